@@ -1,0 +1,406 @@
+/*
+ * pmem_metrics.c - the registry of pmem devices and the two-step flush.
+ *
+ * See pmem_metrics.h for the guarantees.  Lock order, where both are held:
+ * flush_lock, then registry.lock.
+ */
+#define _POSIX_C_SOURCE 200809L /* pthread_rwlock_t under -std=c11 */
+
+#include "pmem_metrics.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The external definitions of the header's inline hot path (C11 6.7.4). */
+extern inline void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n);
+extern inline void pmem_metrics_inc(struct pmem_metrics_counter *c);
+extern inline uint64_t pmem_metrics_count(const struct pmem_metrics_counter *c);
+extern inline uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter *c);
+
+enum { NFIELDS = PMEM_METRICS_NFIELDS };
+
+/* One device: the public counters first, then the id they are known by. */
+struct device {
+	struct pmem_metrics m;
+	size_t id_len; /* bytes, without the NUL */
+	char id[];
+};
+
+#define FIELD_OFFSET_(name, doc) offsetof(struct pmem_metrics, name),
+#define FIELD_NAME_(name, doc) #name,
+#define FIELD_DOC_(name, doc) doc,
+static const size_t field_offset[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_OFFSET_)};
+static const char *const field_name[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_NAME_)};
+static const char *const field_doc[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_DOC_)};
+
+/*
+ * The process-wide registry: devices sorted by id bytes.  Entries only ever
+ * get inserted; a device, once published here, never moves or goes away.
+ */
+static struct {
+	pthread_rwlock_t lock;
+	struct device **v;
+	size_t n, cap;
+	size_t id_bytes; /* sum of (id_len + 1) over v: the size of a snapshot's id list */
+} registry = {.lock = PTHREAD_RWLOCK_INITIALIZER};
+
+/* Held from pmem_metrics_snapshot_take() to _commit() or _abort(). */
+static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local bool holding_snapshot;
+
+struct pmem_metrics_snapshot {
+	size_t n;
+	struct device **devs; /* n: whose `old` to move on commit */
+	uint64_t *seen;       /* n * NFIELDS: `current` as loaded */
+	uint64_t *diffs;      /* n * NFIELDS: seen - old */
+	uint64_t agg[NFIELDS];
+	char *ids; /* every id, each followed by NUL */
+	size_t ids_len;
+};
+
+/* ---- Ids ---------------------------------------------------------------- */
+
+enum pmem_metrics_id_error pmem_metrics_id_check(const char *drive_id, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)drive_id;
+	size_t chars = 0;
+
+	if (!p)
+		return PMEM_METRICS_ID_NULL;
+	if (len == 0)
+		return PMEM_METRICS_ID_EMPTY;
+	for (size_t i = 0; i < len; chars++) {
+		unsigned char b = p[i];
+		uint32_t cp;
+		size_t k;
+
+		if (b < 0x80) {
+			if (b < 0x20 || b == 0x7f)
+				return PMEM_METRICS_ID_CONTROL;
+			i++;
+			continue;
+		}
+		if (b >= 0xc2 && b <= 0xdf) {
+			k = 1;
+			cp = b & 0x1f;
+		} else if (b >= 0xe0 && b <= 0xef) {
+			k = 2;
+			cp = b & 0x0f;
+		} else if (b >= 0xf0 && b <= 0xf4) {
+			k = 3;
+			cp = b & 0x07;
+		} else {
+			return PMEM_METRICS_ID_UTF8;
+		}
+		if (len - i <= k)
+			return PMEM_METRICS_ID_UTF8;
+		for (size_t j = 1; j <= k; j++) {
+			if ((p[i + j] & 0xc0) != 0x80)
+				return PMEM_METRICS_ID_UTF8;
+			cp = cp << 6 | (p[i + j] & 0x3f);
+		}
+		/* Overlong forms, UTF-16 surrogates, beyond U+10FFFF. */
+		if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+		    (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+			return PMEM_METRICS_ID_UTF8;
+		if (cp <= 0x9f) /* C1 controls, U+0080..U+009F */
+			return PMEM_METRICS_ID_CONTROL;
+		i += k + 1;
+	}
+	return chars > PMEM_METRICS_ID_MAX_CHARS ? PMEM_METRICS_ID_TOO_LONG : PMEM_METRICS_ID_OK;
+}
+
+const char *pmem_metrics_id_strerror(int error)
+{
+	switch (error) {
+	case PMEM_METRICS_ID_OK:
+		return "valid";
+	case PMEM_METRICS_ID_NULL:
+		return "must not be NULL";
+	case PMEM_METRICS_ID_EMPTY:
+		return "must not be empty";
+	case PMEM_METRICS_ID_TOO_LONG:
+		return "must be at most 64 characters long";
+	case PMEM_METRICS_ID_CONTROL:
+		return "must not contain NUL or other control characters";
+	case PMEM_METRICS_ID_UTF8:
+		return "must be valid UTF-8";
+	default:
+		return "unknown error";
+	}
+}
+
+/* ---- Registry ------------------------------------------------------------- */
+
+/* Compare an id of `len` bytes with a device's id, as unsigned bytes. */
+static int id_cmp(const char *id, size_t len, const struct device *d)
+{
+	int r = memcmp(id, d->id, len < d->id_len ? len : d->id_len);
+
+	if (r)
+		return r;
+	return (len > d->id_len) - (len < d->id_len);
+}
+
+/* Index of `id` in the registry, or of where it would go; caller holds the lock. */
+static size_t find(const char *id, size_t len, bool *found)
+{
+	size_t lo = 0, hi = registry.n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int r = id_cmp(id, len, registry.v[mid]);
+
+		if (r == 0) {
+			*found = true;
+			return mid;
+		}
+		if (r < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	*found = false;
+	return lo;
+}
+
+static struct device *device_new(const char *id, size_t len)
+{
+	/* Counters first, so every cache line of `m` is the device's own. */
+	size_t size = sizeof(struct device) + len + 1;
+	struct device *d = aligned_alloc(alignof(struct device),
+					 (size + alignof(struct device) - 1) / alignof(struct device) *
+						 alignof(struct device));
+
+	if (!d)
+		return NULL;
+	for (size_t f = 0; f < NFIELDS; f++) {
+		struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
+
+		atomic_init(&c->current, 0);
+		atomic_init(&c->old, 0);
+	}
+	d->id_len = len;
+	memcpy(d->id, id, len);
+	d->id[len] = '\0';
+	return d;
+}
+
+struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
+{
+	struct device *d, *fresh;
+	bool found;
+	size_t at;
+
+	if (pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
+		errno = EINVAL;
+		return NULL;
+	}
+
+	pthread_rwlock_rdlock(&registry.lock);
+	at = find(drive_id, len, &found);
+	d = found ? registry.v[at] : NULL;
+	pthread_rwlock_unlock(&registry.lock);
+	if (d)
+		return &d->m;
+
+	/* Build the device outside the write lock; another thread may win the race. */
+	fresh = device_new(drive_id, len);
+	if (!fresh) {
+		errno = ENOMEM;
+		return NULL;
+	}
+
+	pthread_rwlock_wrlock(&registry.lock);
+	at = find(drive_id, len, &found);
+	if (found) {
+		d = registry.v[at];
+	} else if (registry.n == registry.cap) {
+		size_t cap = registry.cap ? registry.cap * 2 : 16;
+		struct device **v = realloc(registry.v, cap * sizeof(*v));
+
+		if (v) {
+			registry.v = v;
+			registry.cap = cap;
+		}
+	}
+	if (!found && registry.n < registry.cap) {
+		memmove(&registry.v[at + 1], &registry.v[at], (registry.n - at) * sizeof(*registry.v));
+		registry.v[at] = fresh;
+		registry.n++;
+		registry.id_bytes += len + 1;
+		d = fresh;
+		fresh = NULL;
+	}
+	pthread_rwlock_unlock(&registry.lock);
+
+	free(fresh); /* lost the race, or the array could not grow */
+	if (!d) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return &d->m;
+}
+
+struct pmem_metrics *pmem_metrics_alloc(const char *drive_id)
+{
+	if (!drive_id) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return pmem_metrics_alloc_len(drive_id, strlen(drive_id));
+}
+
+size_t pmem_metrics_device_count(void)
+{
+	size_t n;
+
+	pthread_rwlock_rdlock(&registry.lock);
+	n = registry.n;
+	pthread_rwlock_unlock(&registry.lock);
+	return n;
+}
+
+struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i)
+{
+	if (!m || i >= NFIELDS)
+		return NULL;
+	return (struct pmem_metrics_counter *)((char *)m + field_offset[i]);
+}
+
+const char *pmem_metrics_field_name(size_t i)
+{
+	return i < NFIELDS ? field_name[i] : NULL;
+}
+
+const char *pmem_metrics_field_doc(size_t i)
+{
+	return i < NFIELDS ? field_doc[i] : NULL;
+}
+
+/* ---- Flushing ------------------------------------------------------------- */
+
+static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
+{
+	/* One block: header, then devs, seen, diffs, ids. */
+	size_t size = sizeof(struct pmem_metrics_snapshot) + n * sizeof(struct device *) +
+		      2 * n * NFIELDS * sizeof(uint64_t) + ids_len;
+	struct pmem_metrics_snapshot *s = malloc(size);
+
+	if (!s)
+		return NULL;
+	memset(s, 0, sizeof(*s));
+	s->n = n;
+	s->devs = (struct device **)(s + 1);
+	s->seen = (uint64_t *)(s->devs + n);
+	s->diffs = s->seen + n * NFIELDS;
+	s->ids = (char *)(s->diffs + n * NFIELDS);
+	s->ids_len = ids_len;
+	return s;
+}
+
+static void flush_release(void)
+{
+	holding_snapshot = false;
+	pthread_mutex_unlock(&flush_lock);
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+{
+	struct pmem_metrics_snapshot *s;
+	char *ids;
+
+	if (holding_snapshot) {
+		errno = EDEADLK;
+		return NULL;
+	}
+	pthread_mutex_lock(&flush_lock);
+	holding_snapshot = true;
+
+	pthread_rwlock_rdlock(&registry.lock);
+	s = snapshot_new(registry.n, registry.id_bytes);
+	if (!s) {
+		pthread_rwlock_unlock(&registry.lock);
+		flush_release();
+		errno = ENOMEM;
+		return NULL;
+	}
+	ids = s->ids;
+	for (size_t i = 0; i < s->n; i++) {
+		struct device *d = registry.v[i];
+		uint64_t *seen = &s->seen[i * NFIELDS];
+		uint64_t *diff = &s->diffs[i * NFIELDS];
+
+		s->devs[i] = d;
+		memcpy(ids, d->id, d->id_len + 1);
+		ids += d->id_len + 1;
+		for (size_t f = 0; f < NFIELDS; f++) {
+			struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
+
+			/*
+			 * Relaxed: `old` is written only by flushes, and
+			 * flush_lock orders us after the last commit.  `current`
+			 * is loaded once; diff and aggregate both use that load.
+			 */
+			seen[f] = atomic_load_explicit(&c->current, memory_order_relaxed);
+			diff[f] = seen[f] - atomic_load_explicit(&c->old, memory_order_relaxed);
+			s->agg[f] += diff[f];
+		}
+	}
+	pthread_rwlock_unlock(&registry.lock);
+	return s;
+}
+
+size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->n : 0;
+}
+
+const char *pmem_metrics_snapshot_id(const struct pmem_metrics_snapshot *s, size_t i)
+{
+	return s && i < s->n ? s->devs[i]->id : NULL;
+}
+
+const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len)
+{
+	if (len)
+		*len = s ? s->ids_len : 0;
+	return s ? s->ids : NULL;
+}
+
+const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->diffs : NULL;
+}
+
+const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->agg : NULL;
+}
+
+void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->n; i++) {
+		for (size_t f = 0; f < NFIELDS; f++) {
+			struct pmem_metrics_counter *c = pmem_metrics_field(&s->devs[i]->m, f);
+
+			/* Release pairs with the acquire load in pmem_metrics_fetch_diff(). */
+			atomic_store_explicit(&c->old, s->seen[i * NFIELDS + f], memory_order_release);
+		}
+	}
+	free(s);
+	flush_release();
+}
+
+void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
+{
+	if (!s)
+		return;
+	free(s);
+	flush_release();
+}

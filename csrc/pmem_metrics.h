@@ -1,0 +1,232 @@
+/*
+ * pmem_metrics.h - per-device virtio-pmem counters, Firecracker compatible.
+ *
+ * Overview
+ * ========
+ * Every pmem device, keyed by its drive id, owns one `struct pmem_metrics`:
+ * a fixed set of shared incremental counters (see PMEM_METRICS_FIELDS).
+ * A counter holds two unsigned 64-bit values, `current` and `old`:
+ *
+ *   pmem_metrics_inc(c), pmem_metrics_add(c, n)   current += n (mod 2^64)
+ *   pmem_metrics_count(c)                         current
+ *   pmem_metrics_fetch_diff(c)                    current - old (mod 2^64)
+ *
+ * A flush reports every counter's diff and then moves `old` up to what it
+ * reported, in two steps so that nothing is lost when the report cannot be
+ * delivered:
+ *
+ *   s = pmem_metrics_snapshot_take();     load every counter once
+ *   ...write the report built from s...
+ *   pmem_metrics_snapshot_commit(s);      old := the loaded values
+ *   (or pmem_metrics_snapshot_abort(s);   nothing changes)
+ *
+ * Locking and ordering guarantees
+ * -------------------------------
+ * - inc/add/count/fetch_diff take no lock.  inc/add are one relaxed atomic
+ *   fetch-add: they are safe from any thread at any time, including while a
+ *   flush is in progress, and they are never lost.
+ * - pmem_metrics_alloc() looks the id up under the registry read lock; an
+ *   insert takes the write lock and looks again, so two threads allocating
+ *   the same id get the same pointer.
+ * - Flushes are serialised: pmem_metrics_snapshot_take() blocks while another
+ *   snapshot is outstanding, until that one is committed or aborted.  So two
+ *   flushes never report the same increment.  The registry read lock is held
+ *   only while the snapshot is copied, never while the report is written.
+ * - A snapshot loads each counter exactly once; its per-device diffs and its
+ *   aggregate are computed from those same loads, so the aggregate always
+ *   equals the field-wise sum (mod 2^64) of the devices it lists.
+ *
+ * Design
+ * ======
+ * - The field list is the X-macro PMEM_METRICS_FIELDS: adding a counter is
+ *   one line there; everything else, in C and in Python, is derived from it.
+ * - Each counter sits on its own 64-byte cache line, so threads bumping
+ *   different counters of one device, or counters of different devices,
+ *   never false-share.
+ * - The registry is one sorted array of device pointers per process, ordered
+ *   by the bytes of the UTF-8 drive id (which is code-point order, like
+ *   Rust's BTreeMap<String, _>), searched with binary search behind a
+ *   pthread rwlock.
+ * - The hot path is inline in this header: a C caller's increment compiles
+ *   to one relaxed fetch-add.  The library also exports every function as a
+ *   symbol for FFI users.
+ *
+ * Limitations
+ * ===========
+ * - Devices are never freed: a `struct pmem_metrics *` stays valid until the
+ *   process exits, and ids cannot be removed.
+ * - Drive ids are 1 to PMEM_METRICS_ID_MAX_CHARS code points of valid UTF-8
+ *   with no control characters (C0, DEL, C1).
+ * - Counters wrap modulo 2^64; a diff stays right across one wrap between
+ *   flushes.
+ * - A snapshot must be committed or aborted by the thread that took it.
+ * - C11 only (`_Atomic`); the header is not meant for C++ translation units.
+ */
+#ifndef PMEM_METRICS_H
+#define PMEM_METRICS_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * The counters of one pmem device, in flush order: X(name, doc).
+ * This is the only place the list is written down.
+ */
+#define PMEM_METRICS_FIELDS(X)                                                 \
+	X(activate_fails, "Number of times when activate failed on a pmem device.") \
+	X(cfg_fails, "Number of times when interacting with the space config of a pmem device failed.") \
+	X(event_fails, "Number of times when handling events on a pmem device failed.") \
+	X(queue_event_count, "Number of events triggered on the queue of this pmem device.")
+
+#define PMEM_METRICS_COUNT_FIELD_(name, doc) +1
+/* Number of counters in one device. */
+#define PMEM_METRICS_NFIELDS (0 PMEM_METRICS_FIELDS(PMEM_METRICS_COUNT_FIELD_))
+
+/* Longest accepted drive id, in code points. */
+#define PMEM_METRICS_ID_MAX_CHARS 64
+
+/* Why pmem_metrics_id_check() rejected an id. */
+enum pmem_metrics_id_error {
+	PMEM_METRICS_ID_OK = 0,
+	PMEM_METRICS_ID_NULL = 1,     /* the pointer is NULL */
+	PMEM_METRICS_ID_EMPTY = 2,    /* zero length */
+	PMEM_METRICS_ID_TOO_LONG = 3, /* more than PMEM_METRICS_ID_MAX_CHARS */
+	PMEM_METRICS_ID_CONTROL = 4,  /* NUL or another control character */
+	PMEM_METRICS_ID_UTF8 = 5      /* not valid UTF-8 */
+};
+
+/* One shared incremental counter; it fills one cache line by itself. */
+struct pmem_metrics_counter {
+	alignas(64) _Atomic uint64_t current;
+	_Atomic uint64_t old;
+};
+
+#define PMEM_METRICS_DECLARE_FIELD_(name, doc) struct pmem_metrics_counter name;
+/* The counters of one pmem device. */
+struct pmem_metrics {
+	PMEM_METRICS_FIELDS(PMEM_METRICS_DECLARE_FIELD_)
+};
+
+/*
+ * Counter hot path.  Inline here; the library holds the external
+ * definitions, so each is also an exported symbol.
+ *
+ * Relaxed ordering is enough for an increment: a counter orders nothing
+ * else, and every read-modify-write of one atomic is totally ordered, so no
+ * increment is ever lost.
+ *
+ * A NULL counter is tolerated: inc/add do nothing, count/fetch_diff return 0.
+ * The test is one well-predicted branch.
+ */
+inline void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n)
+{
+	if (c)
+		atomic_fetch_add_explicit(&c->current, n, memory_order_relaxed);
+}
+
+inline void pmem_metrics_inc(struct pmem_metrics_counter *c)
+{
+	if (c)
+		atomic_fetch_add_explicit(&c->current, 1, memory_order_relaxed);
+}
+
+/* Cumulative value: everything ever added, modulo 2^64. */
+inline uint64_t pmem_metrics_count(const struct pmem_metrics_counter *c)
+{
+	return c ? atomic_load_explicit(&c->current, memory_order_relaxed) : 0;
+}
+
+/* What the next flush would report: current - old.  Changes nothing. */
+inline uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter *c)
+{
+	if (!c)
+		return 0;
+	/*
+	 * Acquire pairs with the release store of `old` in
+	 * pmem_metrics_snapshot_commit(): the flusher loaded `current` before
+	 * storing that `old`, so our later load of `current` cannot see an
+	 * older value than the one `old` was moved up to, and the diff never
+	 * goes "negative".
+	 */
+	uint64_t old = atomic_load_explicit(&c->old, memory_order_acquire);
+	return atomic_load_explicit(&c->current, memory_order_relaxed) - old;
+}
+
+/* ---- Devices and the registry ---------------------------------------- */
+
+/*
+ * The metrics of the device `drive_id` (NUL-terminated UTF-8), created with
+ * every counter at 0 on first use.  The same id always gives the same
+ * pointer.  Returns NULL with errno EINVAL for an id that
+ * pmem_metrics_id_check() rejects, ENOMEM when out of memory; a failed call
+ * changes nothing.
+ */
+struct pmem_metrics *pmem_metrics_alloc(const char *drive_id);
+
+/* As pmem_metrics_alloc(), for an id of `len` bytes that need not end in NUL. */
+struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len);
+
+/* PMEM_METRICS_ID_OK if `len` bytes at `drive_id` form a valid id, else why not. */
+enum pmem_metrics_id_error pmem_metrics_id_check(const char *drive_id, size_t len);
+
+/* The rule behind an enum pmem_metrics_id_error, as an English phrase. */
+const char *pmem_metrics_id_strerror(int error);
+
+/* Number of devices allocated so far. */
+size_t pmem_metrics_device_count(void);
+
+/* Field `i` of `m` (in PMEM_METRICS_FIELDS order); NULL if i is out of range. */
+struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i);
+
+/* Name and one-line doc of field `i`; NULL if i is out of range. */
+const char *pmem_metrics_field_name(size_t i);
+const char *pmem_metrics_field_doc(size_t i);
+
+/* ---- Flushing ---------------------------------------------------------- */
+
+/* A consistent copy of every device's diffs, taken by one flush. */
+struct pmem_metrics_snapshot;
+
+/*
+ * Start a flush: wait until no other snapshot is outstanding, then load
+ * every counter of every device once.  Must be followed, in the same thread,
+ * by exactly one pmem_metrics_snapshot_commit() or _abort().  Returns NULL
+ * with errno ENOMEM when out of memory, EDEADLK if this thread already holds
+ * an outstanding snapshot.
+ */
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void);
+
+/* Number of devices in the snapshot, in id order. */
+size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s);
+
+/* Id of device `i` (NUL-terminated); NULL if i is out of range. */
+const char *pmem_metrics_snapshot_id(const struct pmem_metrics_snapshot *s, size_t i);
+
+/*
+ * Every id, in order, each followed by one NUL byte; *len is set to the
+ * total number of bytes.  Lets a binding read all names in one call.
+ */
+const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len);
+
+/*
+ * The diffs, row-major: device i's field f is [i * PMEM_METRICS_NFIELDS + f].
+ * The array holds pmem_metrics_snapshot_len(s) * PMEM_METRICS_NFIELDS values.
+ */
+const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *s);
+
+/* The aggregate: PMEM_METRICS_NFIELDS field-wise sums of the diffs (mod 2^64). */
+const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s);
+
+/*
+ * The report built from `s` was delivered: move every counter's `old` up to
+ * the value the snapshot loaded, release the flush and free `s`.
+ * Increments made since the snapshot stay for the next flush.  NULL: no-op.
+ */
+void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
+
+/* The report was not delivered: change nothing, release the flush, free `s`. NULL: no-op. */
+void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
+
+#endif /* PMEM_METRICS_H */

@@ -1,0 +1,49 @@
+"""pmem_metrics: exact, fast per-device virtio-pmem counters, Firecracker compatible.
+
+Every pmem device, keyed by its drive id, owns the counters named in
+:data:`FIELDS`.  They live in the C library ``libpmemmetrics``; C code linked
+against it in the same process shares them.
+
+>>> from pmem_metrics import PmemMetricsPerDevice, flush_metrics_json
+>>> m = PmemMetricsPerDevice.alloc("drv0")
+>>> m.activate_fails.inc()
+>>> m.queue_event_count.add(3)
+>>> flush_metrics_json()  # doctest: +SKIP
+'{"pmem_drv0":{"activate_fails":1,"cfg_fails":0,"event_fails":0,"queue_event_count":3},"pmem":{...}}'
+
+See :mod:`pmem_metrics.flush` for the format and the flush guarantees.
+"""
+
+from ._binding import FIELD_DOCS, FIELDS, ID_MAX_CHARS
+from .device import Counter, PmemMetricsPerDevice, device_count
+from .errors import (
+    AlreadyInitializedError,
+    FlushInProgressError,
+    InvalidDriveIdError,
+    MetricsDestinationError,
+    OutOfMemoryError,
+    PmemMetricsError,
+)
+from .flush import METRICS, Flush, MetricsWriter, flush_metrics, flush_metrics_json
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FIELDS",
+    "FIELD_DOCS",
+    "ID_MAX_CHARS",
+    "METRICS",
+    "AlreadyInitializedError",
+    "Counter",
+    "Flush",
+    "FlushInProgressError",
+    "InvalidDriveIdError",
+    "MetricsDestinationError",
+    "MetricsWriter",
+    "OutOfMemoryError",
+    "PmemMetricsError",
+    "PmemMetricsPerDevice",
+    "device_count",
+    "flush_metrics",
+    "flush_metrics_json",
+]

@@ -1,0 +1,20 @@
+"""The compiled CFFI binding, and the facts read from the C library at import.
+
+The field list is defined once, in C (``PMEM_METRICS_FIELDS``); Python reads the
+names and their docs here and builds everything else from them.
+"""
+
+from __future__ import annotations
+
+from ._ffi import ffi, lib
+
+NFIELDS: int = lib.PMEM_METRICS_NFIELDS
+FIELDS: tuple[str, ...] = tuple(
+    ffi.string(lib.pmem_metrics_field_name(i)).decode("ascii") for i in range(NFIELDS)
+)
+FIELD_DOCS: dict[str, str] = {
+    name: ffi.string(lib.pmem_metrics_field_doc(i)).decode("utf-8") for i, name in enumerate(FIELDS)
+}
+ID_MAX_CHARS: int = lib.PMEM_METRICS_ID_MAX_CHARS
+
+__all__ = ["FIELDS", "FIELD_DOCS", "ID_MAX_CHARS", "NFIELDS", "ffi", "lib"]

@@ -1,0 +1,112 @@
+"""Per-device handles: :class:`PmemMetricsPerDevice` and its :class:`Counter` fields.
+
+A handle is a thin view of counters that live in the C library; Python holds
+no counts of its own.  Allocating an id twice yields two handles on the very
+same counters (they compare equal).
+"""
+
+from __future__ import annotations
+
+import errno
+from functools import partial
+from typing import Any, Callable
+
+from ._binding import FIELDS, ffi, lib
+from .errors import InvalidDriveIdError, error_from_errno
+
+
+class Counter:
+    """One shared incremental counter of a pmem device.
+
+    ``inc()`` adds 1 and ``add(n)`` adds *n* (``0 <= n < 2**64``; anything else
+    raises ``OverflowError`` or ``TypeError`` and adds nothing).  Both are one
+    relaxed atomic add in C, safe from any thread.  Values wrap modulo ``2**64``.
+    """
+
+    __slots__ = ("_c", "add", "inc")
+
+    inc: Callable[[], None]
+    add: Callable[[int], None]
+
+    def __init__(self, c: Any) -> None:
+        self._c = c
+        # Bound C calls, not methods: the hot path is two slot reads and one CFFI call.
+        self.inc = partial(lib.pmem_metrics_inc, c)
+        self.add = partial(lib.pmem_metrics_add, c)
+
+    def count(self) -> int:
+        """Everything ever added (modulo 2**64); flushes do not reset it."""
+        return lib.pmem_metrics_count(self._c)
+
+    def fetch_diff(self) -> int:
+        """What the next flush would report for this counter; changes nothing."""
+        return lib.pmem_metrics_fetch_diff(self._c)
+
+    def __repr__(self) -> str:
+        return f"<Counter count={self.count()} diff={self.fetch_diff()}>"
+
+
+class PmemMetricsPerDevice:
+    """The counters of one pmem device: one :class:`Counter` attribute per name in ``FIELDS``.
+
+    Get one with :meth:`alloc`; the counters live for the rest of the process.
+    """
+
+    __slots__ = ("_m", "drive_id", *FIELDS)
+
+    drive_id: str
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("use PmemMetricsPerDevice.alloc(drive_id)")
+
+    @classmethod
+    def alloc(cls, drive_id: str) -> PmemMetricsPerDevice:
+        """The metrics of device *drive_id*, created at zero on first use.
+
+        The same id always gives the same counters.  Raises ``TypeError`` if
+        *drive_id* is not a ``str``, :class:`InvalidDriveIdError` (a
+        ``ValueError``) if it is empty, longer than ``ID_MAX_CHARS`` characters,
+        or holds NUL or other control characters.  A rejected id changes nothing.
+        """
+        if not isinstance(drive_id, str):
+            raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
+        try:
+            raw = drive_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidDriveIdError(
+                f"invalid drive id {drive_id!r}: must be valid Unicode (no lone surrogates)"
+            ) from None
+        m = lib.pmem_metrics_alloc_len(raw, len(raw))
+        if m == ffi.NULL:
+            err = ffi.errno
+            message = f"cannot allocate metrics for drive id {drive_id!r}"
+            if err == errno.EINVAL:
+                why = lib.pmem_metrics_id_strerror(lib.pmem_metrics_id_check(raw, len(raw)))
+                message = f"invalid drive id {drive_id!r}: {ffi.string(why).decode()}"
+            raise error_from_errno(err, message)
+        self = object.__new__(cls)
+        self._m = m
+        self.drive_id = drive_id
+        for i, name in enumerate(FIELDS):
+            setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PmemMetricsPerDevice):
+            return NotImplemented
+        return self._m == other._m
+
+    def __hash__(self) -> int:
+        return hash(int(ffi.cast("uintptr_t", self._m)))
+
+    def __repr__(self) -> str:
+        return f"PmemMetricsPerDevice.alloc({self.drive_id!r})"
+
+    # The counters are set in alloc() from FIELDS, which comes from C at import.
+    def __getattr__(self, name: str) -> Counter:
+        raise AttributeError(f"{type(self).__name__!r} has no field {name!r}; fields: {FIELDS}")
+
+
+def device_count() -> int:
+    """Number of pmem devices allocated so far in this process."""
+    return lib.pmem_metrics_device_count()

@@ -1,0 +1,47 @@
+"""Exceptions of pmem_metrics, and the one helper that turns a C failure into one.
+
+Every exception derives from :class:`PmemMetricsError` and from the builtin it
+refines, so ``except ValueError`` and ``except PmemMetricsError`` both work.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class PmemMetricsError(Exception):
+    """Base class of every exception raised by pmem_metrics."""
+
+
+class InvalidDriveIdError(PmemMetricsError, ValueError):
+    """A drive id broke one of the rules (empty, too long, control characters, bad UTF-8)."""
+
+
+class OutOfMemoryError(PmemMetricsError, MemoryError):
+    """The C library could not allocate memory; nothing was changed."""
+
+
+class FlushInProgressError(PmemMetricsError, RuntimeError):
+    """This thread tried to start a flush while its own flush was still open."""
+
+
+class AlreadyInitializedError(PmemMetricsError, RuntimeError):
+    """The metrics writer was initialised a second time."""
+
+
+class MetricsDestinationError(PmemMetricsError, OSError):
+    """The metrics destination could not be opened (for example, a named pipe with no reader)."""
+
+
+_BY_ERRNO: dict[int, type[PmemMetricsError]] = {
+    errno.EINVAL: InvalidDriveIdError,
+    errno.ENOMEM: OutOfMemoryError,
+    errno.EDEADLK: FlushInProgressError,
+}
+
+
+def error_from_errno(err: int, message: str) -> PmemMetricsError:
+    """The exception for a C call that failed with ``errno`` *err*, described by *message*."""
+    cls = _BY_ERRNO.get(err, PmemMetricsError)
+    return cls(f"{message} ({os.strerror(err)})" if err else message)

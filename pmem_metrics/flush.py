@@ -1,0 +1,201 @@
+"""Flushing: the Firecracker-compatible JSON object and the metrics line writer.
+
+A flush reports, for every counter, what was added since the previous flush,
+then moves the counter's baseline up to what it reported.  It happens in two
+steps in C: a snapshot loads every counter once, and is committed only after
+the report was built and (for :meth:`MetricsWriter.write`) delivered.  A
+failed write aborts the snapshot, so the next flush reports those counts.
+
+The object (compact JSON, ids kept as UTF-8, devices in id order, ``"pmem"``,
+the aggregate, last)::
+
+    {"pmem_drv0":{"activate_fails":1,"cfg_fails":0,"event_fails":0,"queue_event_count":0},
+     "pmem_drv1":{"activate_fails":0,"cfg_fails":0,"event_fails":0,"queue_event_count":3},
+     "pmem":{"activate_fails":1,"cfg_fails":0,"event_fails":0,"queue_event_count":3}}
+
+A metrics line puts ``"utc_timestamp_ms"`` first and ends with ``\\n``::
+
+    {"utc_timestamp_ms":1700000000000,"pmem_drv0":{...},"pmem_drv1":{...},"pmem":{...}}
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Union
+
+from ._binding import FIELDS, NFIELDS, ffi, lib
+from .errors import AlreadyInitializedError, MetricsDestinationError, error_from_errno
+
+Flush = dict[str, dict[str, int]]
+"""What :func:`flush_metrics` returns: ``{"pmem_<id>": {field: diff}, ..., "pmem": {...}}``."""
+
+# '"pmem_%s":{"activate_fails":%d,...}' -- field names are C identifiers, no escaping needed.
+_FIELDS_JSON = ",".join(f'"{name}":%d' for name in FIELDS)
+_DEVICE_JSON = '"pmem_%s":{' + _FIELDS_JSON + "}"
+_AGGREGATE_JSON = '"pmem":{' + _FIELDS_JSON + "}"
+
+
+class _Snapshot:
+    """What one C snapshot holds, copied out in three calls."""
+
+    __slots__ = ("aggregate", "diffs", "ids_utf8")
+
+    def __init__(self, s: Any) -> None:
+        n = lib.pmem_metrics_snapshot_len(s)
+        size = ffi.new("size_t *")
+        ids = lib.pmem_metrics_snapshot_ids(s, size)
+        # Every id followed by NUL; ids never contain NUL (C rejects it).
+        self.ids_utf8: str = ffi.unpack(ids, size[0]).decode("utf-8") if n else ""
+        self.diffs: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
+        self.aggregate: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
+
+    def _rows(self, ids: str) -> Iterator[tuple[Any, ...]]:
+        """(id, diff of each field) per device, in id order."""
+        names = ids.split("\0")[:-1]
+        d = self.diffs
+        return zip(names, *(d[f::NFIELDS] for f in range(NFIELDS)))
+
+    def as_dict(self) -> Flush:
+        out = {f"pmem_{row[0]}": dict(zip(FIELDS, row[1:])) for row in self._rows(self.ids_utf8)}
+        out["pmem"] = dict(zip(FIELDS, self.aggregate))
+        return out
+
+    def as_json(self) -> str:
+        ids = self.ids_utf8
+        # Ids hold no control characters, so '"' and '\' are all JSON must escape
+        # (ensure_ascii=False / serde_json style: everything else stays UTF-8).
+        if "\\" in ids or '"' in ids:
+            ids = ids.replace("\\", "\\\\").replace('"', '\\"')
+        parts = [_DEVICE_JSON % row for row in self._rows(ids)]
+        parts.append(_AGGREGATE_JSON % tuple(self.aggregate))
+        return "{" + ",".join(parts) + "}"
+
+
+@contextmanager
+def _flush() -> Iterator[_Snapshot]:
+    """Take a snapshot; commit it if the body succeeds, abort it (losing nothing) if not."""
+    s = lib.pmem_metrics_snapshot_take()
+    if s == ffi.NULL:
+        raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
+    try:
+        yield _Snapshot(s)
+    except BaseException:
+        lib.pmem_metrics_snapshot_abort(s)
+        raise
+    lib.pmem_metrics_snapshot_commit(s)
+
+
+def flush_metrics() -> Flush:
+    """Flush: every device's counts since the last flush, then the aggregate, as a dict.
+
+    Keys are ``"pmem_<drive id>"`` in id order, then ``"pmem"``; each value maps
+    every name in ``FIELDS`` to its diff.  The aggregate is the field-wise sum
+    of the devices in this same flush.
+    """
+    with _flush() as snap:
+        return snap.as_dict()
+
+
+def flush_metrics_json() -> str:
+    """Flush, as compact JSON text (the same object :func:`flush_metrics` returns)."""
+    with _flush() as snap:
+        return snap.as_json()
+
+
+Destination = Union[str, "os.PathLike[str]", IO[Any]]
+
+
+class _FdSink:
+    """A file or named pipe opened by path; each line goes out in whole-line writes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            # O_NONBLOCK: opening a named pipe with no reader fails with ENXIO
+            # instead of hanging until one shows up.
+            self.fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            why = "named pipe has no reader" if e.errno == errno.ENXIO else e.strerror
+            raise MetricsDestinationError(
+                e.errno, f"cannot open metrics destination {os.fspath(path)!r}: {why}"
+            ) from e
+        os.set_blocking(self.fd, True)
+
+    def write(self, line: str) -> None:
+        data = memoryview(line.encode("utf-8"))
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+
+class _FileSink:
+    """A writable file object: text streams get ``str``, binary ones ``bytes``."""
+
+    def __init__(self, f: IO[Any]) -> None:
+        self.f = f
+        self.binary = isinstance(f, (io.RawIOBase, io.BufferedIOBase))
+
+    def write(self, line: str) -> None:
+        self.f.write(line.encode("utf-8") if self.binary else line)
+        self.f.flush()
+
+
+class MetricsWriter:
+    """Writes metrics lines to one destination, like Firecracker's ``--metrics-path``.
+
+    Call :meth:`init` once, then :meth:`write` whenever a line is due.  The
+    process-wide instance is :data:`METRICS`.
+    """
+
+    def __init__(self) -> None:
+        self._sink: _FdSink | _FileSink | None = None
+        self._init_lock = threading.Lock()
+
+    @property
+    def initialized(self) -> bool:
+        """Whether :meth:`init` has succeeded."""
+        return self._sink is not None
+
+    def init(self, destination: Destination) -> None:
+        """Set the destination: a path (regular file, appended to, or named pipe) or a file object.
+
+        Raises :class:`AlreadyInitializedError` on a second call, and
+        :class:`MetricsDestinationError` (an ``OSError``) if a path cannot be
+        opened, including a named pipe that has no reader yet.
+        """
+        with self._init_lock:
+            if self._sink is not None:
+                raise AlreadyInitializedError("metrics writer is already initialized")
+            if isinstance(destination, (str, os.PathLike)):
+                self._sink = _FdSink(destination)
+            elif callable(getattr(destination, "write", None)):
+                self._sink = _FileSink(destination)
+            else:
+                raise TypeError(
+                    "metrics destination must be a path or a writable file object, "
+                    f"not {type(destination).__name__}"
+                )
+
+    def write(self) -> bool:
+        """Flush and write one metrics line; ``False`` (writing nothing) before :meth:`init`.
+
+        If the destination fails, its exception propagates and no count is
+        lost: the next successful write reports them.
+        """
+        sink = self._sink
+        if sink is None:
+            return False
+        with _flush() as snap:
+            body = snap.as_json()
+            stamp = time.time_ns() // 1_000_000
+            sink.write(f'{{"utc_timestamp_ms":{stamp},{body[1:]}\n')
+        return True
+
+
+METRICS = MetricsWriter()
+"""The process-wide metrics writer."""

@@ -1,0 +1,112 @@
+"""The main job: python -m pmem_metrics demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import assert_aggregate_is_sum
+
+from pmem_metrics import FIELDS
+
+
+def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "demo", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def check_lines(text: str, devices: int, stderr: str) -> list[dict]:
+    lines = text.splitlines()
+    objs = [json.loads(line) for line in lines]
+    for obj in objs:
+        assert next(iter(obj)) == "utc_timestamp_ms"
+        body = {k: v for k, v in obj.items() if k != "utc_timestamp_ms"}
+        assert sum(k.startswith("pmem_") for k in body) == devices
+        assert_aggregate_is_sum(body)
+    # Exactness: every increment the demo made was reported once, across all lines.
+    made = int(re.search(r"(\d+) increments", stderr).group(1))
+    assert sum(obj["pmem"][f] for obj in objs for f in FIELDS) == made
+    assert made > 0 or devices == 0
+    return objs
+
+
+def test_demo_to_stdout(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, "--devices", "3", "--duration", "1", "--interval", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    objs = check_lines(proc.stdout, 3, proc.stderr)
+    assert 3 <= len(objs) <= 6  # ~3 interval lines and the final one
+    stamps = [obj["utc_timestamp_ms"] for obj in objs]
+    assert stamps == sorted(stamps)
+    assert [k for k in objs[0] if k.startswith("pmem_")] == ["pmem_drv0", "pmem_drv1", "pmem_drv2"]
+
+
+def test_demo_defaults_to_four_devices(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, "--duration", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    assert len(check_lines(proc.stdout, 4, proc.stderr)) == 1
+
+
+def test_demo_to_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    proc = run_demo(
+        tmp_path,
+        "--devices",
+        "2",
+        "--duration",
+        "0.5",
+        "--interval",
+        "0.2",
+        "--metrics-path",
+        str(path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    check_lines(path.read_text(), 2, proc.stderr)
+
+
+def test_demo_to_a_named_pipe(tmp_path: Path) -> None:
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        proc = run_demo(
+            tmp_path,
+            "--devices",
+            "2",
+            "--duration",
+            "0.5",
+            "--interval",
+            "0.2",
+            "--metrics-path",
+            str(fifo),
+        )
+        text = os.read(reader, 1 << 16).decode()
+    finally:
+        os.close(reader)
+    assert proc.returncode == 0, proc.stderr
+    check_lines(text, 2, proc.stderr)
+
+
+def test_demo_named_pipe_without_reader_fails_cleanly(tmp_path: Path) -> None:
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    proc = run_demo(tmp_path, "--duration", "0.2", "--metrics-path", str(fifo))
+    assert proc.returncode == 1
+    assert "no reader" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_rejects_bad_arguments(tmp_path: Path) -> None:
+    for args in (["--devices", "-1"], ["--interval", "0"], ["--duration", "x"]):
+        proc = run_demo(tmp_path, *args)
+        assert proc.returncode == 2
+        assert "error" in proc.stderr

@@ -1,0 +1,181 @@
+"""The metrics line writer (MetricsWriter / METRICS)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_aggregate_is_sum
+
+from pmem_metrics import (
+    FIELDS,
+    METRICS,
+    FlushInProgressError,
+    MetricsDestinationError,
+    MetricsWriter,
+    PmemMetricsPerDevice,
+    flush_metrics,
+)
+
+
+def parse_line(line: str) -> dict:
+    assert line.endswith("\n") and "\n" not in line[:-1]
+    assert re.match(r'\{"utc_timestamp_ms":\d+,"pmem', line)
+    obj = json.loads(line)
+    assert next(iter(obj)) == "utc_timestamp_ms"
+    assert_aggregate_is_sum({k: v for k, v in obj.items() if k != "utc_timestamp_ms"})
+    assert line == json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
+    return obj
+
+
+def test_write_before_init_returns_false_and_flushes_nothing(uid: str) -> None:
+    c = PmemMetricsPerDevice.alloc(uid + "w").activate_fails
+    c.inc()
+    assert MetricsWriter().write() is False
+    assert c.fetch_diff() == 1
+
+
+def test_the_global_writer_exists_and_init_twice_raises(run_python) -> None:
+    out = run_python(
+        """
+        import io
+        from pmem_metrics import METRICS, AlreadyInitializedError
+        print(METRICS.write(), METRICS.initialized)
+        buf = io.StringIO()
+        METRICS.init(buf)
+        try:
+            METRICS.init(io.StringIO())
+        except AlreadyInitializedError as e:
+            assert isinstance(e, RuntimeError)
+            print("second init:", e)
+        print(METRICS.write(), buf.getvalue().count("\\n"))
+        """
+    )
+    assert out.splitlines() == [
+        "False False",
+        "second init: metrics writer is already initialized",
+        "True 1",
+    ]
+    assert METRICS is not None
+
+
+def test_line_format_to_a_path(uid: str, tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    w = MetricsWriter()
+    w.init(path)
+    PmemMetricsPerDevice.alloc(uid + "a").activate_fails.inc()
+    PmemMetricsPerDevice.alloc(uid + "b").queue_event_count.add(3)
+    before = time.time_ns() // 1_000_000
+    assert w.write() is True
+    assert w.write() is True
+    after = time.time_ns() // 1_000_000
+    first, second = (parse_line(line) for line in path.read_text().splitlines(keepends=True))
+    assert before <= first["utc_timestamp_ms"] <= second["utc_timestamp_ms"] <= after
+    assert first[f"pmem_{uid}a"]["activate_fails"] == 1
+    assert first[f"pmem_{uid}b"]["queue_event_count"] == 3
+    assert second[f"pmem_{uid}b"]["queue_event_count"] == 0
+
+
+def test_a_path_is_appended_to_not_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    path.write_text("earlier\n")
+    w = MetricsWriter()
+    w.init(str(path))
+    w.write()
+    assert path.read_text().startswith("earlier\n{")
+
+
+def test_text_and_binary_file_objects(uid: str) -> None:
+    for buf in (io.StringIO(), io.BytesIO()):
+        w = MetricsWriter()
+        w.init(buf)
+        PmemMetricsPerDevice.alloc(uid + "f").event_fails.inc()
+        assert w.write()
+        value = buf.getvalue()
+        text = value.decode() if isinstance(value, bytes) else value
+        assert parse_line(text)[f"pmem_{uid}f"]["event_fails"] == 1
+
+
+def test_named_pipe(uid: str, tmp_path: Path) -> None:
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        w = MetricsWriter()
+        w.init(fifo)
+        PmemMetricsPerDevice.alloc(uid + "p").cfg_fails.add(4)
+        assert w.write()
+        line = os.read(reader, 1 << 16).decode()
+    finally:
+        os.close(reader)
+    assert parse_line(line)[f"pmem_{uid}p"]["cfg_fails"] == 4
+
+
+def test_named_pipe_without_reader_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    w = MetricsWriter()
+    with pytest.raises(MetricsDestinationError, match="no reader") as info:
+        w.init(fifo)
+    assert isinstance(info.value, OSError)
+    assert not w.initialized
+
+
+def test_bad_destinations() -> None:
+    with pytest.raises(TypeError, match="path or a writable file object"):
+        MetricsWriter().init(42)  # type: ignore[arg-type]
+    with pytest.raises(MetricsDestinationError, match="cannot open"):
+        MetricsWriter().init("/nonexistent-dir/metrics")
+
+
+class FlakyFile(io.StringIO):
+    """A file object whose write fails while ``failing`` is set."""
+
+    failing = True
+
+    def write(self, s: str) -> int:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        return super().write(s)
+
+
+def test_a_failed_write_loses_nothing(uid: str) -> None:
+    m = PmemMetricsPerDevice.alloc(uid + "x")
+    flush_metrics()
+    f = FlakyFile()
+    w = MetricsWriter()
+    w.init(f)
+    m.activate_fails.add(2)
+    with pytest.raises(OSError, match="No space"):
+        w.write()
+    assert m.activate_fails.fetch_diff() == 2  # still to be reported
+    m.activate_fails.inc()
+    with pytest.raises(OSError):
+        w.write()
+    f.failing = False
+    assert w.write()
+    reported = parse_line(f.getvalue())[f"pmem_{uid}x"]
+    assert reported == {**dict.fromkeys(FIELDS, 0), "activate_fails": 3}
+    assert m.activate_fails.fetch_diff() == 0
+
+
+def test_flushing_from_inside_a_write_is_refused_not_a_deadlock(uid: str) -> None:
+    class Reentrant(io.StringIO):
+        def write(self, s: str) -> int:
+            flush_metrics()
+            return 0
+
+    c = PmemMetricsPerDevice.alloc(uid + "re").event_fails
+    c.inc()
+    w = MetricsWriter()
+    w.init(Reentrant())
+    with pytest.raises(FlushInProgressError) as info:
+        w.write()
+    assert isinstance(info.value, RuntimeError)
+    assert c.fetch_diff() == 1
+    assert flush_metrics()[f"pmem_{uid}re"]["event_fails"] == 1
