@@ -22,6 +22,11 @@ extern inline uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter
 
 enum { NFIELDS = PMEM_METRICS_NFIELDS };
 
+/* No false sharing: every counter owns exactly one 64-byte line. */
+_Static_assert(sizeof(struct pmem_metrics_counter) == 64, "a counter is one cache line");
+_Static_assert(alignof(struct pmem_metrics_counter) == 64, "counters start on a cache line");
+_Static_assert(sizeof(struct pmem_metrics) == 64 * NFIELDS, "a device is its counters");
+
 /* One device: the public counters first, then the id they are known by. */
 struct device {
 	struct pmem_metrics m;

@@ -16,12 +16,23 @@ from pmem_metrics import (
     device_count,
     flush_metrics,
 )
+from pmem_metrics._binding import ffi
 
 
 def test_fields_come_from_c_in_flush_order() -> None:
     assert FIELDS == ("activate_fails", "cfg_fails", "event_fails", "queue_event_count")
     m = PmemMetricsPerDevice.alloc("fields-probe")
     assert all(isinstance(getattr(m, f), Counter) for f in FIELDS)
+
+
+def test_every_counter_has_a_cache_line_of_its_own(uid: str) -> None:
+    addresses = [
+        int(ffi.cast("uintptr_t", getattr(PmemMetricsPerDevice.alloc(uid + d), f)._c))
+        for d in ("a", "b")
+        for f in FIELDS
+    ]
+    assert all(a % 64 == 0 for a in addresses)
+    assert len({a // 64 for a in addresses}) == len(addresses)
 
 
 def test_max_pmem_dev_metrics(uid: str) -> None:
