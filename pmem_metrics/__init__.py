@@ -11,10 +11,14 @@ against it in the same process shares them.
 >>> flush_metrics_json()  # doctest: +SKIP
 '{"pmem_drv0":{"activate_fails":1,"cfg_fails":0,"event_fails":0,"queue_event_count":3},"pmem":{...}}'
 
-See :mod:`pmem_metrics.flush` for the format and the flush guarantees.
+See :mod:`pmem_metrics.flush` for the format and the flush guarantees, and
+:mod:`pmem_metrics.capi` for linking C code against the same library.
 """
 
+from importlib.metadata import version as _version
+
 from ._binding import FIELD_DOCS, FIELDS, ID_MAX_CHARS
+from .capi import get_include, get_library_dir
 from .device import Counter, PmemMetricsPerDevice, device_count
 from .errors import (
     AlreadyInitializedError,
@@ -26,7 +30,7 @@ from .errors import (
 )
 from .flush import METRICS, Flush, MetricsWriter, flush_metrics, flush_metrics_json
 
-__version__ = "0.1.0"
+__version__ = _version("pmem_metrics")
 
 __all__ = [
     "FIELDS",
@@ -46,4 +50,6 @@ __all__ = [
     "device_count",
     "flush_metrics",
     "flush_metrics_json",
+    "get_include",
+    "get_library_dir",
 ]

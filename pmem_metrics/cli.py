@@ -1,4 +1,4 @@
-"""Command line: ``python -m pmem_metrics demo``.
+"""Command line: ``python -m pmem_metrics demo`` and ``python -m pmem_metrics --cflags --libs``.
 
 The demo simulates pmem devices whose threads bump counters at random, and
 writes a metrics line every ``--interval`` seconds and a final one at the end,
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from . import capi
 from ._binding import FIELDS
 from .device import PmemMetricsPerDevice
 from .flush import METRICS
@@ -106,7 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pmem_metrics", description="pmem_metrics: per-device pmem counters"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--cflags", action="store_true", help="print compiler flags for C code using libpmemmetrics"
+    )
+    parser.add_argument(
+        "--libs", action="store_true", help="print linker flags for C code using libpmemmetrics"
+    )
+    sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("demo", help="simulate pmem devices and write metrics lines")
     p.add_argument("--devices", type=_count, default=4, help="number of devices (default 4)")
     p.add_argument("--duration", type=_seconds, default=3.0, help="seconds to run (default 3)")
@@ -116,6 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics-path", help="file or named pipe to write to (default: stdout)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
+    if args.cflags or args.libs:
+        if args.command:
+            parser.error("--cflags/--libs take no command")
+        print(" ".join((capi.cflags() if args.cflags else []) + (capi.libs() if args.libs else [])))
+        return 0
+    if args.command is None:
+        parser.error("a command (demo) or --cflags/--libs is required")
     try:
         return demo(args.devices, args.duration, args.interval, args.metrics_path, args.seed)
     except OSError as e:

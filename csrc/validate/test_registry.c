@@ -1,0 +1,243 @@
+/*
+ * test_registry.c - single-threaded semantics: ids, counters, snapshots, bad input.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "pmem_metrics.h"
+
+#define NF PMEM_METRICS_NFIELDS
+
+/* The diffs row of `id` in `s`, or NULL. */
+static const uint64_t *row_of(const struct pmem_metrics_snapshot *s, const char *id)
+{
+	for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++)
+		if (strcmp(pmem_metrics_snapshot_id(s, i), id) == 0)
+			return &pmem_metrics_snapshot_diffs(s)[i * NF];
+	return NULL;
+}
+
+static void test_fields_from_the_x_macro(void)
+{
+	CHECK(NF == 4);
+	CHECK(strcmp(pmem_metrics_field_name(0), "activate_fails") == 0);
+	CHECK(strcmp(pmem_metrics_field_name(3), "queue_event_count") == 0);
+	CHECK(pmem_metrics_field_name(NF) == NULL);
+	CHECK(pmem_metrics_field_doc(NF) == NULL);
+	CHECK(strstr(pmem_metrics_field_doc(0), "activate") != NULL);
+}
+
+static void test_alloc_is_idempotent(void)
+{
+	size_t n = pmem_metrics_device_count();
+	struct pmem_metrics *a = pmem_metrics_alloc("reg-a");
+	struct pmem_metrics *b = pmem_metrics_alloc("reg-b");
+
+	CHECK(a && b && a != b);
+	CHECK(pmem_metrics_alloc("reg-a") == a);
+	CHECK(pmem_metrics_alloc_len("reg-bxyz", 5) == b);
+	CHECK(pmem_metrics_device_count() == n + 2);
+	CHECK(pmem_metrics_field(a, 0) == &a->activate_fails);
+	CHECK(pmem_metrics_field(a, 3) == &a->queue_event_count);
+	CHECK(pmem_metrics_field(a, NF) == NULL);
+	CHECK(pmem_metrics_field(NULL, 0) == NULL);
+}
+
+static void test_counter_semantics_and_wrap(void)
+{
+	struct pmem_metrics_counter *c = &pmem_metrics_alloc("reg-counter")->cfg_fails;
+	struct pmem_metrics_snapshot *s;
+
+	pmem_metrics_inc(c);
+	pmem_metrics_add(c, 4);
+	CHECK(pmem_metrics_count(c) == 5);
+	CHECK(pmem_metrics_fetch_diff(c) == 5);
+	s = pmem_metrics_snapshot_take();
+	CHECK(row_of(s, "reg-counter")[1] == 5);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_count(c) == 5);
+	CHECK(pmem_metrics_fetch_diff(c) == 0);
+
+	pmem_metrics_add(c, UINT64_MAX); /* current wraps to 4 */
+	CHECK(pmem_metrics_count(c) == 4);
+	CHECK(pmem_metrics_fetch_diff(c) == UINT64_MAX);
+	s = pmem_metrics_snapshot_take();
+	CHECK(row_of(s, "reg-counter")[1] == UINT64_MAX);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(c) == 0);
+}
+
+static void test_id_rules(void)
+{
+	static const struct {
+		const char *id;
+		size_t len;
+		enum pmem_metrics_id_error want;
+	} cases[] = {
+		{"drv0", 4, PMEM_METRICS_ID_OK},
+		{"", 0, PMEM_METRICS_ID_EMPTY},
+		{"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 64, PMEM_METRICS_ID_OK},
+		{"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 65, PMEM_METRICS_ID_TOO_LONG},
+		{"a\0b", 3, PMEM_METRICS_ID_CONTROL},
+		{"a\nb", 3, PMEM_METRICS_ID_CONTROL},
+		{"\x1f", 1, PMEM_METRICS_ID_CONTROL},
+		{"\x7f", 1, PMEM_METRICS_ID_CONTROL},
+		{"\xc2\x80", 2, PMEM_METRICS_ID_CONTROL}, /* U+0080, C1 */
+		{"\xc2\x9f", 2, PMEM_METRICS_ID_CONTROL}, /* U+009F, C1 */
+		{"\xc2\xa0", 2, PMEM_METRICS_ID_OK},      /* U+00A0 */
+		{"\xef\xbf\xbf", 3, PMEM_METRICS_ID_OK},  /* U+FFFF */
+		{"\xf0\x9f\x98\x80", 4, PMEM_METRICS_ID_OK}, /* U+1F600 */
+		{"\xf4\x8f\xbf\xbf", 4, PMEM_METRICS_ID_OK}, /* U+10FFFF */
+		{"\xf4\x90\x80\x80", 4, PMEM_METRICS_ID_UTF8}, /* U+110000 */
+		{"\xc0\xaf", 2, PMEM_METRICS_ID_UTF8},         /* overlong '/' */
+		{"\xe0\x80\xaf", 3, PMEM_METRICS_ID_UTF8},     /* overlong '/' */
+		{"\xf0\x80\x80\xaf", 4, PMEM_METRICS_ID_UTF8}, /* overlong '/' */
+		{"\xed\xa0\x80", 3, PMEM_METRICS_ID_UTF8},     /* surrogate U+D800 */
+		{"\xe2\x82", 2, PMEM_METRICS_ID_UTF8},         /* truncated */
+		{"\x80", 1, PMEM_METRICS_ID_UTF8},             /* stray continuation */
+		{"\xe2\x28\xa1", 3, PMEM_METRICS_ID_UTF8},     /* bad continuation */
+		{"\xf5\x80\x80\x80", 4, PMEM_METRICS_ID_UTF8},
+		{"\xff", 1, PMEM_METRICS_ID_UTF8},
+	};
+	char long_id[4 * 65];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		enum pmem_metrics_id_error got = pmem_metrics_id_check(cases[i].id, cases[i].len);
+
+		if (got != cases[i].want)
+			fprintf(stderr, "id case %zu: got %d, want %d\n", i, (int)got, (int)cases[i].want);
+		CHECK(got == cases[i].want);
+	}
+	CHECK(pmem_metrics_id_check(NULL, 3) == PMEM_METRICS_ID_NULL);
+
+	/* The limit counts code points, not bytes. */
+	for (size_t i = 0; i < 64; i++)
+		memcpy(&long_id[4 * i], "\xf0\x9f\x98\x80", 4);
+	CHECK(pmem_metrics_id_check(long_id, 4 * 64) == PMEM_METRICS_ID_OK);
+	memcpy(&long_id[4 * 64], "\xf0\x9f\x98\x80", 4);
+	CHECK(pmem_metrics_id_check(long_id, 4 * 65) == PMEM_METRICS_ID_TOO_LONG);
+
+	for (int e = PMEM_METRICS_ID_OK; e <= PMEM_METRICS_ID_UTF8; e++)
+		CHECK(strcmp(pmem_metrics_id_strerror(e), "unknown error") != 0);
+	CHECK(strcmp(pmem_metrics_id_strerror(99), "unknown error") == 0);
+}
+
+static void test_bad_ids_are_refused_and_change_nothing(void)
+{
+	size_t n = pmem_metrics_device_count();
+
+	errno = 0;
+	CHECK(pmem_metrics_alloc(NULL) == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_alloc("") == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_alloc_len(NULL, 4) == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_alloc_len("a\0b", 3) == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_alloc("bad\x01") == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_alloc("\xed\xa0\x80") == NULL && errno == EINVAL);
+	CHECK(pmem_metrics_device_count() == n);
+}
+
+static void test_null_counters_are_tolerated(void)
+{
+	/* Through function pointers: the exported symbols, not the inline copies. */
+	void (*inc)(struct pmem_metrics_counter *) = pmem_metrics_inc;
+	void (*add)(struct pmem_metrics_counter *, uint64_t) = pmem_metrics_add;
+	uint64_t (*count)(const struct pmem_metrics_counter *) = pmem_metrics_count;
+	uint64_t (*diff)(const struct pmem_metrics_counter *) = pmem_metrics_fetch_diff;
+	struct pmem_metrics_counter *c = &pmem_metrics_alloc("reg-exported")->event_fails;
+
+	inc(NULL);
+	add(NULL, 5);
+	CHECK(count(NULL) == 0);
+	CHECK(diff(NULL) == 0);
+	inc(c);
+	add(c, 2);
+	CHECK(count(c) == 3 && diff(c) == 3);
+
+	CHECK(pmem_metrics_snapshot_len(NULL) == 0);
+	CHECK(pmem_metrics_snapshot_id(NULL, 0) == NULL);
+	CHECK(pmem_metrics_snapshot_diffs(NULL) == NULL);
+	CHECK(pmem_metrics_snapshot_aggregate(NULL) == NULL);
+	pmem_metrics_snapshot_commit(NULL);
+	pmem_metrics_snapshot_abort(NULL);
+}
+
+static void test_snapshot_order_aggregate_and_ids(void)
+{
+	/* Allocated out of order; expected in byte (= code point) order. */
+	static const char *const ids[] = {"snap-b", "snap-\xef\xbf\xbf", "snap-a", "snap-\xf0\x90\x80\x80", "snap-B"};
+	struct pmem_metrics_snapshot *s;
+	const uint64_t *agg, *diffs;
+	uint64_t sum[NF] = {0};
+	const char *all;
+	size_t len, n, at = 0;
+
+	for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++)
+		pmem_metrics_add(&pmem_metrics_alloc(ids[i])->queue_event_count, i + 1);
+
+	s = pmem_metrics_snapshot_take();
+	CHECK(s != NULL);
+	n = pmem_metrics_snapshot_len(s);
+	CHECK(n == pmem_metrics_device_count());
+	for (size_t i = 1; i < n; i++)
+		CHECK(strcmp(pmem_metrics_snapshot_id(s, i - 1), pmem_metrics_snapshot_id(s, i)) < 0);
+	CHECK(pmem_metrics_snapshot_id(s, n) == NULL);
+
+	all = pmem_metrics_snapshot_ids(s, &len);
+	for (size_t i = 0; i < n; i++) {
+		CHECK(strcmp(all + at, pmem_metrics_snapshot_id(s, i)) == 0);
+		at += strlen(all + at) + 1;
+	}
+	CHECK(at == len);
+
+	diffs = pmem_metrics_snapshot_diffs(s);
+	agg = pmem_metrics_snapshot_aggregate(s);
+	for (size_t i = 0; i < n; i++)
+		for (size_t f = 0; f < NF; f++)
+			sum[f] += diffs[i * NF + f];
+	for (size_t f = 0; f < NF; f++)
+		CHECK(agg[f] == sum[f]);
+	CHECK(row_of(s, "snap-a")[3] == 3);
+	CHECK(row_of(s, "snap-\xf0\x90\x80\x80")[3] == 4);
+	pmem_metrics_snapshot_commit(s);
+}
+
+static void test_abort_keeps_counts_and_a_second_take_is_edeadlk(void)
+{
+	struct pmem_metrics_counter *c = &pmem_metrics_alloc("reg-abort")->activate_fails;
+	struct pmem_metrics_snapshot *s;
+
+	pmem_metrics_add(c, 7);
+	s = pmem_metrics_snapshot_take();
+	CHECK(row_of(s, "reg-abort")[0] == 7);
+	pmem_metrics_inc(c); /* lands during the flush: for the next one */
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take() == NULL && errno == EDEADLK);
+	pmem_metrics_snapshot_abort(s);
+	CHECK(pmem_metrics_fetch_diff(c) == 8);
+
+	s = pmem_metrics_snapshot_take();
+	CHECK(row_of(s, "reg-abort")[0] == 8);
+	pmem_metrics_inc(c);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(c) == 1);
+}
+
+int main(void)
+{
+	RUN(test_fields_from_the_x_macro);
+	RUN(test_alloc_is_idempotent);
+	RUN(test_counter_semantics_and_wrap);
+	RUN(test_id_rules);
+	RUN(test_bad_ids_are_refused_and_change_nothing);
+	RUN(test_null_counters_are_tolerated);
+	RUN(test_snapshot_order_aggregate_and_ids);
+	RUN(test_abort_keeps_counts_and_a_second_take_is_edeadlk);
+	return check_summary();
+}

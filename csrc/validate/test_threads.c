@@ -1,0 +1,210 @@
+/*
+ * test_threads.c - many threads hammering alloc / inc / add / flush at once.
+ *
+ * Incrementer threads bump a deterministic pattern of (device, field) pairs,
+ * allocating devices as they first reach them; an allocator thread creates
+ * devices nobody bumps; two flusher threads take snapshots, check that each
+ * one's aggregate equals the sum of its rows, add the rows to running totals
+ * and commit (or, every few rounds, abort).  A reader checks fetch_diff never
+ * goes "negative".  Afterwards every total must equal exactly what was added.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "pmem_metrics.h"
+
+#define NF PMEM_METRICS_NFIELDS
+#define NDEV 48      /* devices bumped */
+#define NSPARE 200   /* devices only allocated */
+#define NBUMP 4      /* incrementer threads */
+#define ITERS 60000  /* steps per incrementer */
+#define NFLUSH 2     /* flusher threads */
+
+static atomic_bool done;
+static uint64_t reported[NDEV][NF]; /* guarded by the flush: written between take and commit */
+static atomic_int flushes, aborts, bad_aggregates, bad_ids;
+
+static void bump_id(char *buf, size_t size, int d)
+{
+	snprintf(buf, size, "bump%03d", d);
+}
+
+/* Step i of thread t: which device and field, and how much. */
+static void step(int t, int i, int *d, int *f, uint64_t *n)
+{
+	*d = (i * 7 + t * 13) % NDEV;
+	*f = (i / 3 + t) % NF;
+	*n = (uint64_t)(i % 5 == 0 ? 3 : 1);
+}
+
+static void *bumper(void *arg)
+{
+	int t = (int)(intptr_t)arg;
+	struct pmem_metrics *dev[NDEV] = {0};
+	char id[32];
+
+	for (int i = 0; i < ITERS; i++) {
+		int d, f;
+		uint64_t n;
+
+		step(t, i, &d, &f, &n);
+		if (!dev[d]) {
+			bump_id(id, sizeof(id), d);
+			dev[d] = pmem_metrics_alloc(id);
+		}
+		if (n == 1)
+			pmem_metrics_inc(pmem_metrics_field(dev[d], (size_t)f));
+		else
+			pmem_metrics_add(pmem_metrics_field(dev[d], (size_t)f), n);
+	}
+	return NULL;
+}
+
+static void *allocator(void *arg)
+{
+	char id[32];
+
+	(void)arg;
+	for (int i = 0; i < NSPARE; i++) {
+		snprintf(id, sizeof(id), "spare%04d", i);
+		if (!pmem_metrics_alloc(id))
+			atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
+	}
+	return NULL;
+}
+
+/* One flush: check it, and (unless aborting) add it to the totals. */
+static void flush_once(int round)
+{
+	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+	const uint64_t *diffs, *agg;
+	uint64_t sum[NF] = {0};
+	size_t n;
+
+	if (!s) {
+		atomic_fetch_add_explicit(&bad_aggregates, 1, memory_order_relaxed);
+		return;
+	}
+	n = pmem_metrics_snapshot_len(s);
+	diffs = pmem_metrics_snapshot_diffs(s);
+	agg = pmem_metrics_snapshot_aggregate(s);
+	for (size_t i = 0; i < n; i++)
+		for (size_t f = 0; f < NF; f++)
+			sum[f] += diffs[i * NF + f];
+	if (memcmp(sum, agg, sizeof(sum)) != 0)
+		atomic_fetch_add_explicit(&bad_aggregates, 1, memory_order_relaxed);
+
+	if (round % 5 == 4) { /* a failed write: nothing may be lost */
+		pmem_metrics_snapshot_abort(s);
+		atomic_fetch_add_explicit(&aborts, 1, memory_order_relaxed);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const char *id = pmem_metrics_snapshot_id(s, i);
+		int d;
+
+		if (strncmp(id, "spare", 5) == 0) {
+			for (size_t f = 0; f < NF; f++)
+				if (diffs[i * NF + f] != 0)
+					atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
+			continue;
+		}
+		if (sscanf(id, "bump%d", &d) != 1 || d < 0 || d >= NDEV) {
+			atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
+			continue;
+		}
+		for (size_t f = 0; f < NF; f++)
+			reported[d][f] += diffs[i * NF + f];
+	}
+	pmem_metrics_snapshot_commit(s);
+	atomic_fetch_add_explicit(&flushes, 1, memory_order_relaxed);
+}
+
+static void *flusher(void *arg)
+{
+	(void)arg;
+	for (int round = 0; !atomic_load_explicit(&done, memory_order_relaxed); round++)
+		flush_once(round);
+	return NULL;
+}
+
+static void *reader(void *arg)
+{
+	uint64_t bound = (uint64_t)NBUMP * ITERS * 3;
+	char id[32];
+
+	(void)arg;
+	while (!atomic_load_explicit(&done, memory_order_relaxed)) {
+		for (int d = 0; d < NDEV; d++) {
+			bump_id(id, sizeof(id), d);
+			for (size_t f = 0; f < NF; f++) {
+				struct pmem_metrics_counter *c = pmem_metrics_field(pmem_metrics_alloc(id), f);
+
+				if (pmem_metrics_fetch_diff(c) > bound) /* "negative" */
+					atomic_fetch_add_explicit(&bad_aggregates, 1, memory_order_relaxed);
+			}
+		}
+	}
+	return NULL;
+}
+
+static void test_exact_totals_under_concurrency(void)
+{
+	pthread_t bump[NBUMP], flush[NFLUSH], alloc, rd;
+	static uint64_t expect[NDEV][NF];
+	char id[32];
+
+	for (int t = 0; t < NFLUSH; t++)
+		pthread_create(&flush[t], NULL, flusher, NULL);
+	pthread_create(&rd, NULL, reader, NULL);
+	pthread_create(&alloc, NULL, allocator, NULL);
+	for (int t = 0; t < NBUMP; t++)
+		pthread_create(&bump[t], NULL, bumper, (void *)(intptr_t)t);
+	for (int t = 0; t < NBUMP; t++)
+		pthread_join(bump[t], NULL);
+	pthread_join(alloc, NULL);
+	atomic_store_explicit(&done, true, memory_order_relaxed);
+	for (int t = 0; t < NFLUSH; t++)
+		pthread_join(flush[t], NULL);
+	pthread_join(rd, NULL);
+	flush_once(0); /* the final flush, committed */
+
+	for (int t = 0; t < NBUMP; t++) {
+		for (int i = 0; i < ITERS; i++) {
+			int d, f;
+			uint64_t n;
+
+			step(t, i, &d, &f, &n);
+			expect[d][f] += n;
+		}
+	}
+	for (int d = 0; d < NDEV; d++) {
+		struct pmem_metrics *m;
+
+		bump_id(id, sizeof(id), d);
+		m = pmem_metrics_alloc(id);
+		for (size_t f = 0; f < NF; f++) {
+			CHECK(reported[d][f] == expect[d][f]);
+			CHECK(pmem_metrics_count(pmem_metrics_field(m, f)) == expect[d][f]);
+			CHECK(pmem_metrics_fetch_diff(pmem_metrics_field(m, f)) == 0);
+		}
+	}
+	CHECK(pmem_metrics_device_count() == NDEV + NSPARE);
+	CHECK(atomic_load(&bad_aggregates) == 0);
+	CHECK(atomic_load(&bad_ids) == 0);
+	printf("# %d flushes committed, %d aborted\n", atomic_load(&flushes), atomic_load(&aborts));
+}
+
+int main(void)
+{
+	RUN(test_exact_totals_under_concurrency);
+	return check_summary();
+}
