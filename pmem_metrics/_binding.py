@@ -6,7 +6,13 @@ names and their docs here and builds everything else from them.
 
 from __future__ import annotations
 
-from ._ffi import ffi, lib
+try:
+    from ._ffi import ffi, lib
+except ImportError as e:  # pragma: no cover - depends on how the package was installed
+    raise ImportError(
+        "pmem_metrics: the compiled extension is missing; build it with `pip install .` "
+        f"(imported from {__file__})"
+    ) from e
 
 NFIELDS: int = lib.PMEM_METRICS_NFIELDS
 FIELDS: tuple[str, ...] = tuple(

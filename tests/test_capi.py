@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cffi
@@ -64,11 +65,13 @@ size_t devices_seen_from_c(void) { return pmem_metrics_device_count(); }
 
 
 def flags() -> list[str]:
+    """What ``python -m pmem_metrics --cflags --libs`` prints, for the installed package."""
     out = subprocess.run(
         [sys.executable, "-m", "pmem_metrics", "--cflags", "--libs"],
         capture_output=True,
         text=True,
         check=True,
+        cwd=tempfile.gettempdir(),  # not the checkout, whose source folder would shadow it
     ).stdout
     return shlex.split(out)
 
