@@ -22,6 +22,9 @@ extern inline uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter
 
 enum { NFIELDS = PMEM_METRICS_NFIELDS };
 
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+
 /* No false sharing: every counter owns exactly one 64-byte line. */
 _Static_assert(sizeof(struct pmem_metrics_counter) == 64, "a counter is one cache line");
 _Static_assert(alignof(struct pmem_metrics_counter) == 64, "counters start on a cache line");
@@ -128,7 +131,7 @@ const char *pmem_metrics_id_strerror(int error)
 	case PMEM_METRICS_ID_EMPTY:
 		return "must not be empty";
 	case PMEM_METRICS_ID_TOO_LONG:
-		return "must be at most 64 characters long";
+		return "must be at most " STRINGIFY(PMEM_METRICS_ID_MAX_CHARS) " characters long";
 	case PMEM_METRICS_ID_CONTROL:
 		return "must not contain NUL or other control characters";
 	case PMEM_METRICS_ID_UTF8:
@@ -290,19 +293,22 @@ const char *pmem_metrics_field_doc(size_t i)
 
 static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
 {
-	/* One block: header, then devs, seen, diffs, ids. */
-	size_t size = sizeof(struct pmem_metrics_snapshot) + n * sizeof(struct device *) +
-		      2 * n * NFIELDS * sizeof(uint64_t) + ids_len;
+	/*
+	 * One block: header, seen, diffs, devs, ids -- the uint64_t arrays
+	 * first, so they are 8-byte aligned even where pointers are 4 bytes.
+	 */
+	size_t size = sizeof(struct pmem_metrics_snapshot) + 2 * n * NFIELDS * sizeof(uint64_t) +
+		      n * sizeof(struct device *) + ids_len;
 	struct pmem_metrics_snapshot *s = malloc(size);
 
 	if (!s)
 		return NULL;
 	memset(s, 0, sizeof(*s));
 	s->n = n;
-	s->devs = (struct device **)(s + 1);
-	s->seen = (uint64_t *)(s->devs + n);
+	s->seen = (uint64_t *)(s + 1);
 	s->diffs = s->seen + n * NFIELDS;
-	s->ids = (char *)(s->diffs + n * NFIELDS);
+	s->devs = (struct device **)(s->diffs + n * NFIELDS);
+	s->ids = (char *)(s->devs + n);
 	s->ids_len = ids_len;
 	return s;
 }

@@ -78,15 +78,14 @@ def demo(
         t.start()
     lines = 0
     try:
+        # A line at every multiple of the interval before the end, even when
+        # late (like Firecracker's periodic timer), so the count is exact.
         start = time.monotonic()
-        end = start + duration
-        due = start + interval
-        while (now := time.monotonic()) < end:
-            if now >= due:
-                METRICS.write()
-                lines += 1
-                due += interval
-            time.sleep(max(0.0, min(due, end) - time.monotonic()))
+        while (lines + 1) * interval < duration:
+            time.sleep(max(0.0, start + (lines + 1) * interval - time.monotonic()))
+            METRICS.write()
+            lines += 1
+        time.sleep(max(0.0, start + duration - time.monotonic()))
     finally:
         stop.set()
         for t in threads:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -80,13 +81,17 @@ class _Snapshot:
 @contextmanager
 def _flush() -> Iterator[_Snapshot]:
     """Take a snapshot; commit it if the body succeeds, abort it (losing nothing) if not."""
-    s = lib.pmem_metrics_snapshot_take()
-    if s == ffi.NULL:
-        raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
+    s = ffi.NULL
     try:
+        # Inside the try, so that an exception raised by a signal handler as the
+        # call returns still aborts (what is left is the instant between the
+        # C call's return and this assignment).
+        s = lib.pmem_metrics_snapshot_take()
+        if s == ffi.NULL:
+            raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
         yield _Snapshot(s)
     except BaseException:
-        lib.pmem_metrics_snapshot_abort(s)
+        lib.pmem_metrics_snapshot_abort(s)  # a no-op on NULL
         raise
     lib.pmem_metrics_snapshot_commit(s)
 
@@ -112,29 +117,69 @@ Destination = Union[str, "os.PathLike[str]", IO[Any]]
 
 
 class _FdSink:
-    """A file or named pipe opened by path; each line goes out in whole-line writes."""
+    """A file descriptor: a line goes out whole or not at all.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    If a write fails part way, the part already in a regular file is
+    truncated away.  Where that is impossible (a pipe), the next line starts
+    with a newline, so the fragment stays a line of its own and never spoils
+    the next one.  For a file object that has a descriptor, its own buffer is
+    flushed first, so earlier text written through it keeps its place.
+    """
+
+    def __init__(self, fd: int, stream: IO[Any] | None = None) -> None:
+        self.fd = fd
+        self.stream = stream
+        self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        self.torn = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> _FdSink:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             # O_NONBLOCK: opening a named pipe with no reader fails with ENXIO
             # instead of hanging until one shows up.
-            self.fd = os.open(path, flags, 0o644)
+            fd = os.open(path, flags, 0o644)
         except OSError as e:
             why = "named pipe has no reader" if e.errno == errno.ENXIO else e.strerror
             raise MetricsDestinationError(
                 e.errno, f"cannot open metrics destination {os.fspath(path)!r}: {why}"
             ) from e
-        os.set_blocking(self.fd, True)
+        os.set_blocking(fd, True)
+        return cls(fd)
 
     def write(self, line: str) -> None:
-        data = memoryview(line.encode("utf-8"))
-        while data:
-            data = data[os.write(self.fd, data) :]
+        if self.stream is not None:
+            self.stream.flush()
+        data = memoryview((("\n" if self.torn else "") + line).encode("utf-8"))
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self.fd, data[done:])
+        except OSError:
+            if done:
+                self._remove_fragment(done)
+            raise
+        self.torn = False
+
+    def _remove_fragment(self, size: int) -> None:
+        """Take back the *size* bytes a failed write left behind (we are the only writer)."""
+        if self.regular:
+            try:
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size - size)
+                return
+            except OSError:
+                pass
+        self.torn = True
 
 
 class _FileSink:
-    """A writable file object: text streams get ``str``, binary ones ``bytes``."""
+    """A file object with no descriptor (``io.StringIO``, ...): ``write()`` then ``flush()``.
+
+    Text streams get ``str``, binary ones ``bytes``.  If either call fails the
+    line counts as not delivered, so its counts are reported again by the next
+    write: nothing is lost, but an object that kept the line buffered through
+    a failed ``flush()`` will later emit it too.
+    """
 
     def __init__(self, f: IO[Any]) -> None:
         self.f = f
@@ -142,7 +187,24 @@ class _FileSink:
 
     def write(self, line: str) -> None:
         self.f.write(line.encode("utf-8") if self.binary else line)
-        self.f.flush()
+        flush = getattr(self.f, "flush", None)
+        if flush is not None:
+            flush()
+
+
+def _sink_for(destination: Destination) -> _FdSink | _FileSink:
+    if isinstance(destination, (str, os.PathLike)):
+        return _FdSink.open(destination)
+    if not callable(getattr(destination, "write", None)):
+        raise TypeError(
+            "metrics destination must be a path or a writable file object, "
+            f"not {type(destination).__name__}"
+        )
+    try:
+        fd = destination.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return _FileSink(destination)
+    return _FdSink(fd, destination)
 
 
 class MetricsWriter:
@@ -164,6 +226,9 @@ class MetricsWriter:
     def init(self, destination: Destination) -> None:
         """Set the destination: a path (regular file, appended to, or named pipe) or a file object.
 
+        Lines are UTF-8.  A file object with a file descriptor is flushed
+        before each line, which then goes straight to the descriptor.
+
         Raises :class:`AlreadyInitializedError` on a second call, and
         :class:`MetricsDestinationError` (an ``OSError``) if a path cannot be
         opened, including a named pipe that has no reader yet.
@@ -171,21 +236,16 @@ class MetricsWriter:
         with self._init_lock:
             if self._sink is not None:
                 raise AlreadyInitializedError("metrics writer is already initialized")
-            if isinstance(destination, (str, os.PathLike)):
-                self._sink = _FdSink(destination)
-            elif callable(getattr(destination, "write", None)):
-                self._sink = _FileSink(destination)
-            else:
-                raise TypeError(
-                    "metrics destination must be a path or a writable file object, "
-                    f"not {type(destination).__name__}"
-                )
+            self._sink = _sink_for(destination)
 
     def write(self) -> bool:
         """Flush and write one metrics line; ``False`` (writing nothing) before :meth:`init`.
 
         If the destination fails, its exception propagates and no count is
-        lost: the next successful write reports them.
+        lost: the next successful write reports them.  Paths and file objects
+        with a file descriptor (``sys.stdout``, ``open(...)``) get each line in
+        whole-line writes to the descriptor, so a line is delivered exactly
+        once or not at all; see ``_FileSink`` for objects without one.
         """
         sink = self._sink
         if sink is None:

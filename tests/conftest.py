@@ -8,16 +8,91 @@ an empty registry run their code in a fresh interpreter (``run_python``).
 from __future__ import annotations
 
 import itertools
+import shlex
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
+import cffi
 import pytest
 
 from pmem_metrics import FIELDS
 
 _ids = itertools.count()
+
+NATIVE_C = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <pmem_metrics.h>
+
+struct job { struct pmem_metrics *m; int n; };
+
+static void *run(void *arg)
+{
+    struct job *j = arg;
+    for (int i = 0; i < j->n; i++) {
+        pmem_metrics_inc(&j->m->activate_fails);
+        pmem_metrics_add(&j->m->queue_event_count, 2);
+    }
+    return NULL;
+}
+
+/* Bump `id` from `threads` native threads; 0, or -errno. */
+int bump(const char *id, int threads, int per_thread)
+{
+    pthread_t t[64];
+    struct job j = { pmem_metrics_alloc(id), per_thread };
+    if (!j.m)
+        return -errno;
+    if (threads > 64)
+        return -EINVAL;
+    for (int i = 0; i < threads; i++)
+        pthread_create(&t[i], NULL, run, &j);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    return 0;
+}
+
+uintptr_t alloc_from_c(const char *id) { return (uintptr_t)pmem_metrics_alloc(id); }
+size_t devices_seen_from_c(void) { return pmem_metrics_device_count(); }
+"""
+
+
+def c_flags() -> list[str]:
+    """What ``python -m pmem_metrics --cflags --libs`` prints, for the installed package."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "--cflags", "--libs"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),  # not the checkout, whose source folder would shadow it
+    ).stdout
+    return shlex.split(out)
+
+
+@pytest.fixture(scope="session")
+def native(tmp_path_factory: pytest.TempPathFactory):
+    """NATIVE_C compiled as a shared object linking libpmemmetrics.so, loaded with CFFI."""
+    d = tmp_path_factory.mktemp("native")
+    (d / "native.c").write_text(NATIVE_C)
+    so = d / "libnative.so"
+    subprocess.run(
+        ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-pthread",
+         str(d / "native.c"), *c_flags(), "-o", str(so)],
+        check=True,
+    )  # fmt: skip
+    ffi = cffi.FFI()
+    ffi.cdef(
+        """
+        int bump(const char *id, int threads, int per_thread);
+        uintptr_t alloc_from_c(const char *id);
+        size_t devices_seen_from_c(void);
+        """
+    )
+    return ffi.dlopen(str(so))
 
 
 @pytest.fixture

@@ -173,3 +173,42 @@ def test_aggregate_equals_sum_and_nothing_is_lost_or_doubled_under_threads(uid: 
             assert sum(obj.get(f"pmem_{d.drive_id}", ZERO)[f] for obj in flushes) == counter.count()
     for i in range(200):
         assert sum(obj.get(f"pmem_{uid}new{i}", ZERO)["cfg_fails"] for obj in flushes) == 1
+
+
+def test_aggregate_is_the_sum_while_native_threads_bump(native, uid: str) -> None:
+    """Native threads bump nonstop (no GIL between them) while Python flushes in a loop."""
+    ids = [uid + "hot0", uid + "hot1"]
+    per_thread = 300_000
+    flush_metrics()
+    results: list[int] = []
+    drivers = [
+        threading.Thread(target=lambda i=i: results.append(native.bump(i.encode(), 2, per_thread)))
+        for i in ids
+    ]
+    flushes = []
+    for t in drivers:
+        t.start()
+    while any(t.is_alive() for t in drivers) or len(flushes) < 2:
+        flushes.append(flush_metrics())
+    for t in drivers:
+        t.join()
+    flushes.append(flush_metrics())
+    assert results == [0, 0]
+    for obj in flushes:
+        assert_aggregate_is_sum(obj)
+    for drive_id in ids:
+        got = [obj.get(f"pmem_{drive_id}", ZERO) for obj in flushes]
+        assert sum(g["activate_fails"] for g in got) == 2 * per_thread
+        assert sum(g["queue_event_count"] for g in got) == 2 * 2 * per_thread
+
+
+def test_the_aggregate_is_a_u64_sum_like_firecracker(uid: str) -> None:
+    a = PmemMetricsPerDevice.alloc(uid + "a")
+    b = PmemMetricsPerDevice.alloc(uid + "b")
+    flush_metrics()
+    a.cfg_fails.add(2**63)
+    b.cfg_fails.add(2**63 + 5)
+    obj = flush_metrics()
+    assert obj[f"pmem_{uid}a"]["cfg_fails"] == 2**63
+    assert obj[f"pmem_{uid}b"]["cfg_fails"] == 2**63 + 5
+    assert obj["pmem"]["cfg_fails"] == 5  # (2**63 + 2**63 + 5) mod 2**64

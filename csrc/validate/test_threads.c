@@ -203,8 +203,115 @@ static void test_exact_totals_under_concurrency(void)
 	printf("# %d flushes committed, %d aborted\n", atomic_load(&flushes), atomic_load(&aborts));
 }
 
+/*
+ * A few hot counters bumped nonstop while a flusher snapshots in a tight
+ * loop: the case where an aggregate taken from a second load of each counter
+ * (Firecracker's) would stop matching the devices it is the sum of.
+ */
+#define HOT_BUMPERS 2
+#define HOT_ITERS 3000000
+
+static atomic_int hot_running;
+
+static void *hot_bumper(void *arg)
+{
+	struct pmem_metrics *m = arg;
+
+	for (int i = 0; i < HOT_ITERS; i++)
+		pmem_metrics_inc(pmem_metrics_field(m, (size_t)i % NF));
+	atomic_fetch_sub_explicit(&hot_running, 1, memory_order_relaxed);
+	return NULL;
+}
+
+static void test_aggregate_is_the_sum_while_counters_are_hot(void)
+{
+	struct pmem_metrics *hot[2] = {pmem_metrics_alloc("hot0"), pmem_metrics_alloc("hot1")};
+	pthread_t t[HOT_BUMPERS];
+	uint64_t total = 0;
+	int rounds = 0, mismatches = 0;
+
+	atomic_store(&hot_running, HOT_BUMPERS);
+	for (int i = 0; i < HOT_BUMPERS; i++)
+		pthread_create(&t[i], NULL, hot_bumper, hot[i % 2]);
+	do {
+		struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+		const uint64_t *d = pmem_metrics_snapshot_diffs(s), *agg = pmem_metrics_snapshot_aggregate(s);
+
+		for (size_t f = 0; f < NF; f++) {
+			uint64_t sum = 0;
+
+			for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++)
+				sum += d[i * NF + f];
+			mismatches += sum != agg[f];
+			total += agg[f];
+		}
+		pmem_metrics_snapshot_commit(s);
+		rounds++;
+	} while (atomic_load_explicit(&hot_running, memory_order_relaxed) > 0 || rounds < 2);
+	for (int i = 0; i < HOT_BUMPERS; i++)
+		pthread_join(t[i], NULL);
+	{
+		struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+
+		for (size_t f = 0; f < NF; f++)
+			total += pmem_metrics_snapshot_aggregate(s)[f];
+		pmem_metrics_snapshot_commit(s);
+	}
+	CHECK(mismatches == 0);
+	CHECK(total == (uint64_t)HOT_BUMPERS * HOT_ITERS);
+	printf("# %d snapshots of hot counters\n", rounds);
+}
+
+/* Every round, all racers allocate one fresh id at the same instant. */
+#define NRACERS 8
+#define ROUNDS 300
+
+static pthread_barrier_t start_line, finish_line;
+static struct pmem_metrics *raced[NRACERS];
+
+static void *racer(void *arg)
+{
+	int t = (int)(intptr_t)arg;
+	char id[32];
+
+	for (int r = 0; r < ROUNDS; r++) {
+		snprintf(id, sizeof(id), "race%04d", r);
+		pthread_barrier_wait(&start_line);
+		raced[t] = pmem_metrics_alloc(id);
+		pthread_barrier_wait(&finish_line);
+		if (t == 0) {
+			for (int u = 1; u < NRACERS; u++)
+				if (raced[u] != raced[0] || !raced[0])
+					atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
+		}
+		/* Nobody overwrites raced[] before racer 0 has read it. */
+		pthread_barrier_wait(&start_line);
+	}
+	return NULL;
+}
+
+static void test_racing_allocs_of_one_id_get_one_device(void)
+{
+	pthread_t t[NRACERS];
+	size_t before = pmem_metrics_device_count();
+
+	atomic_store(&bad_ids, 0);
+	pthread_barrier_init(&start_line, NULL, NRACERS);
+	pthread_barrier_init(&finish_line, NULL, NRACERS);
+	for (int i = 0; i < NRACERS; i++)
+		pthread_create(&t[i], NULL, racer, (void *)(intptr_t)i);
+	for (int i = 0; i < NRACERS; i++)
+		pthread_join(t[i], NULL);
+	pthread_barrier_destroy(&start_line);
+	pthread_barrier_destroy(&finish_line);
+	CHECK(atomic_load(&bad_ids) == 0);
+	CHECK(pmem_metrics_device_count() == before + ROUNDS);
+}
+
 int main(void)
 {
 	RUN(test_exact_totals_under_concurrency);
+	RUN(test_racing_allocs_of_one_id_get_one_device);
+	RUN(test_aggregate_is_the_sum_while_counters_are_hot);
 	return check_summary();
 }
