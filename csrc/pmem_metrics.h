@@ -72,13 +72,15 @@
 
 /*
  * The counters of one pmem device, in flush order: X(name, doc).
- * This is the only place the list is written down.
+ * This is the only place the list is written down; adding a counter is one
+ * line here (every line ends in a backslash; the comment closes the list).
  */
 #define PMEM_METRICS_FIELDS(X)                                                 \
 	X(activate_fails, "Number of times when activate failed on a pmem device.") \
 	X(cfg_fails, "Number of times when interacting with the space config of a pmem device failed.") \
 	X(event_fails, "Number of times when handling events on a pmem device failed.") \
-	X(queue_event_count, "Number of events triggered on the queue of this pmem device.")
+	X(queue_event_count, "Number of events triggered on the queue of this pmem device.") \
+	/* end of PMEM_METRICS_FIELDS */
 
 #define PMEM_METRICS_COUNT_FIELD_(name, doc) +1
 /* Number of counters in one device. */
