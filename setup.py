@@ -35,9 +35,11 @@ class BuildExtWithLibrary(build_ext):
             output_dir=self.build_temp,
             extra_postargs=C_FLAGS,
         )
-        self.compiler.link_shared_object(
-            objects, lib, extra_postargs=["-pthread", "-Wl,-soname,libpmemmetrics.so"]
-        )
+        # A plain C link: Python's LDSHARED would add the interpreter's own rpath.
+        os.makedirs(os.path.dirname(lib), exist_ok=True)
+        cc = self.compiler.compiler_so[0]
+        soname = "-Wl,-soname,libpmemmetrics.so"
+        self.compiler.spawn([cc, "-shared", "-pthread", soname, *objects, "-o", lib])
         os.makedirs(os.path.dirname(header), exist_ok=True)
         shutil.copy2(os.path.join(CSRC, "pmem_metrics.h"), header)
         for ext in self.extensions:

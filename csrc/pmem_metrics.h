@@ -47,9 +47,10 @@
  *   by the bytes of the UTF-8 drive id (which is code-point order, like
  *   Rust's BTreeMap<String, _>), searched with binary search behind a
  *   pthread rwlock.
- * - The hot path is inline in this header: a C caller's increment compiles
- *   to one relaxed fetch-add.  The library also exports every function as a
- *   symbol for FFI users.
+ * - The hot path is inline in this header: in an optimised build a C
+ *   caller's increment compiles to one relaxed fetch-add (at -O0 it is a
+ *   call).  The library also exports every function as a symbol for FFI
+ *   users.
  *
  * Limitations
  * ===========
@@ -64,6 +65,10 @@
  */
 #ifndef PMEM_METRICS_H
 #define PMEM_METRICS_H
+
+#if defined(__GNUC_GNU_INLINE__) && !defined(__GNUC_STDC_INLINE__)
+#error "pmem_metrics.h needs C99/C11 inline semantics (not -fgnu89-inline)"
+#endif
 
 #include <stdalign.h>
 #include <stdatomic.h>

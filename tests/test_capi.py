@@ -13,6 +13,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import cffi
 import pytest
 from conftest import c_flags
 
@@ -70,6 +71,23 @@ def test_a_device_allocated_from_c_then_python_is_one_device(native, uid: str) -
     assert native.alloc_from_c((uid + "py-first").encode()) == address(first)
     assert native.bump((uid + "py-first").encode(), 2, 10) == 0
     assert first.activate_fails.count() == 20
+
+
+def test_the_exported_counter_functions_tolerate_null() -> None:
+    ffi = cffi.FFI()
+    ffi.cdef(
+        """
+        void pmem_metrics_inc(void *c);
+        void pmem_metrics_add(void *c, uint64_t n);
+        uint64_t pmem_metrics_count(const void *c);
+        uint64_t pmem_metrics_fetch_diff(const void *c);
+        """
+    )
+    so = ffi.dlopen(str(Path(pmem_metrics.get_library_dir()) / "libpmemmetrics.so"))
+    so.pmem_metrics_inc(ffi.NULL)
+    so.pmem_metrics_add(ffi.NULL, 5)
+    assert so.pmem_metrics_count(ffi.NULL) == 0
+    assert so.pmem_metrics_fetch_diff(ffi.NULL) == 0
 
 
 def test_bad_id_from_c_is_einval(native) -> None:

@@ -145,11 +145,14 @@ static void test_bad_ids_are_refused_and_change_nothing(void)
 
 static void test_null_counters_are_tolerated(void)
 {
-	/* Through function pointers: the exported symbols, not the inline copies. */
-	void (*inc)(struct pmem_metrics_counter *) = pmem_metrics_inc;
-	void (*add)(struct pmem_metrics_counter *, uint64_t) = pmem_metrics_add;
-	uint64_t (*count)(const struct pmem_metrics_counter *) = pmem_metrics_count;
-	uint64_t (*diff)(const struct pmem_metrics_counter *) = pmem_metrics_fetch_diff;
+	/*
+	 * Through volatile function pointers: the exported symbols, which the
+	 * compiler cannot swap for the inline copies.
+	 */
+	void (*volatile inc)(struct pmem_metrics_counter *) = pmem_metrics_inc;
+	void (*volatile add)(struct pmem_metrics_counter *, uint64_t) = pmem_metrics_add;
+	uint64_t (*volatile count)(const struct pmem_metrics_counter *) = pmem_metrics_count;
+	uint64_t (*volatile diff)(const struct pmem_metrics_counter *) = pmem_metrics_fetch_diff;
 	struct pmem_metrics_counter *c = &pmem_metrics_alloc("reg-exported")->event_fails;
 
 	inc(NULL);
