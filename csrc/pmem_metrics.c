@@ -69,6 +69,51 @@ struct pmem_metrics_snapshot {
 	size_t ids_len;
 };
 
+/* ---- Memory ----------------------------------------------------------------- */
+
+#ifdef PMEM_METRICS_FAULT_INJECTION
+static atomic_uint fail_countdown; /* 0: off; n: the n-th allocation from now fails */
+
+void pmem_metrics_fault_fail_alloc(unsigned n)
+{
+	atomic_store_explicit(&fail_countdown, n, memory_order_relaxed);
+}
+
+/* Whether this allocation is the one to fail. */
+static bool alloc_should_fail(void)
+{
+	unsigned n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
+
+	while (n != 0) {
+		if (atomic_compare_exchange_weak_explicit(&fail_countdown, &n, n - 1,
+							  memory_order_relaxed, memory_order_relaxed))
+			return n == 1;
+	}
+	return false;
+}
+#else
+static bool alloc_should_fail(void)
+{
+	return false;
+}
+#endif
+
+/* Every allocation goes through these, so a test build can fail any of them. */
+static void *xmalloc(size_t size)
+{
+	return alloc_should_fail() ? NULL : malloc(size);
+}
+
+static void *xrealloc(void *p, size_t size)
+{
+	return alloc_should_fail() ? NULL : realloc(p, size);
+}
+
+static void *xaligned_alloc(size_t alignment, size_t size)
+{
+	return alloc_should_fail() ? NULL : aligned_alloc(alignment, size);
+}
+
 /* ---- Ids ---------------------------------------------------------------- */
 
 enum pmem_metrics_id_error pmem_metrics_id_check(const char *drive_id, size_t len)
@@ -179,7 +224,7 @@ static struct device *device_new(const char *id, size_t len)
 {
 	/* Counters first, so every cache line of `m` is the device's own. */
 	size_t size = sizeof(struct device) + len + 1;
-	struct device *d = aligned_alloc(alignof(struct device),
+	struct device *d = xaligned_alloc(alignof(struct device),
 					 (size + alignof(struct device) - 1) / alignof(struct device) *
 						 alignof(struct device));
 
@@ -228,7 +273,7 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 		d = registry.v[at];
 	} else if (registry.n == registry.cap) {
 		size_t cap = registry.cap ? registry.cap * 2 : 16;
-		struct device **v = realloc(registry.v, cap * sizeof(*v));
+		struct device **v = xrealloc(registry.v, cap * sizeof(*v));
 
 		if (v) {
 			registry.v = v;
@@ -289,6 +334,41 @@ const char *pmem_metrics_field_doc(size_t i)
 	return i < NFIELDS ? field_doc[i] : NULL;
 }
 
+/* ---- fork() ----------------------------------------------------------------- */
+
+/*
+ * The registry lock is only ever held by short stretches of C code (a lookup,
+ * an insert, a snapshot's copy, a commit), so the prepare handler can wait for
+ * it: the child then gets a consistent array.  The flush lock is different: a
+ * binding may hold it while it writes a line, in code that may need the very
+ * lock (a GIL) the forking thread holds, so waiting for it could deadlock.
+ * The child instead starts with it free -- unless the forking thread is the
+ * one holding it, whose snapshot lives on in the child and will release it.
+ */
+static void fork_prepare(void)
+{
+	pthread_rwlock_wrlock(&registry.lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_rwlock_unlock(&registry.lock);
+}
+
+static void fork_child(void)
+{
+	/* A lock held by a thread that does not exist here is re-made, not unlocked. */
+	pthread_rwlock_init(&registry.lock, NULL);
+	if (!holding_snapshot)
+		pthread_mutex_init(&flush_lock, NULL);
+}
+
+/* Runs once, when the library is loaded: covered from before the first call. */
+__attribute__((constructor)) static void fork_register(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 /* ---- Flushing ------------------------------------------------------------- */
 
 static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
@@ -299,7 +379,7 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
 	 */
 	size_t size = sizeof(struct pmem_metrics_snapshot) + 2 * n * NFIELDS * sizeof(uint64_t) +
 		      n * sizeof(struct device *) + ids_len;
-	struct pmem_metrics_snapshot *s = malloc(size);
+	struct pmem_metrics_snapshot *s = xmalloc(size);
 
 	if (!s)
 		return NULL;
@@ -396,6 +476,12 @@ void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
 {
 	if (!s)
 		return;
+	/*
+	 * The read lock is not needed for the devices (they never move); it
+	 * makes a commit atomic with respect to fork(), whose prepare handler
+	 * takes the write lock, so a child never sees half of one.
+	 */
+	pthread_rwlock_rdlock(&registry.lock);
 	for (size_t i = 0; i < s->n; i++) {
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&s->devs[i]->m, f);
@@ -404,6 +490,7 @@ void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
 			atomic_store_explicit(&c->old, s->seen[i * NFIELDS + f], memory_order_release);
 		}
 	}
+	pthread_rwlock_unlock(&registry.lock);
 	free(s);
 	flush_release();
 }

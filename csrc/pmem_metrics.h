@@ -61,6 +61,11 @@
  * - Counters wrap modulo 2^64; a diff stays right across one wrap between
  *   flushes.
  * - A snapshot must be committed or aborted by the thread that took it.
+ * - fork(): the library registers pthread_atfork handlers.  fork() waits for
+ *   any registry operation in progress (never for a flush being written), and
+ *   the child starts with every count the parent had at that moment, the
+ *   registry unlocked and no flush in progress (unless the forking thread
+ *   itself had one open: it may finish it in the child).
  * - C11 only (`_Atomic`); the header is not meant for C++ translation units.
  */
 #ifndef PMEM_METRICS_H
@@ -235,5 +240,13 @@ void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
 
 /* The report was not delivered: change nothing, release the flush, free `s`. NULL: no-op. */
 void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
+
+#ifdef PMEM_METRICS_FAULT_INJECTION
+/*
+ * Test builds only (compiled with -DPMEM_METRICS_FAULT_INJECTION): make the
+ * n-th memory allocation from now fail as if out of memory; 0 turns it off.
+ */
+void pmem_metrics_fault_fail_alloc(unsigned n);
+#endif
 
 #endif /* PMEM_METRICS_H */

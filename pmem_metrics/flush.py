@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import stat
 import threading
 import time
@@ -116,6 +117,9 @@ def flush_metrics_json() -> str:
 Destination = Union[str, "os.PathLike[str]", IO[Any]]
 
 
+_SIGPIPE = {signal.SIGPIPE}
+
+
 class _FdSink:
     """A file descriptor: a line goes out whole or not at all.
 
@@ -152,13 +156,21 @@ class _FdSink:
             self.stream.flush()
         data = memoryview((("\n" if self.torn else "") + line).encode("utf-8"))
         done = 0
+        # A reader that went away must give EPIPE, not kill the process, whatever
+        # SIGPIPE's disposition (Python ignores it; an application may not).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
         try:
             while done < len(data):
                 done += os.write(self.fd, data[done:])
-        except OSError:
+        except OSError as e:
+            if e.errno == errno.EPIPE and signal.SIGPIPE not in mask:
+                signal.sigtimedwait(_SIGPIPE, 0)  # take the pending one back
             if done:
                 self._remove_fragment(done)
             raise
+        finally:
+            if signal.SIGPIPE not in mask:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.torn = False
 
     def _remove_fragment(self, size: int) -> None:

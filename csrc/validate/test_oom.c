@@ -1,0 +1,75 @@
+/*
+ * test_oom.c - out of memory, injected (built with -DPMEM_METRICS_FAULT_INJECTION).
+ *
+ * Every allocation site fails in turn; each failure must return NULL with
+ * errno ENOMEM and leave the registry and every count as they were.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "check.h"
+#include "pmem_metrics.h"
+
+static void test_a_new_device_without_memory(void)
+{
+	size_t n = pmem_metrics_device_count();
+
+	pmem_metrics_fault_fail_alloc(1);
+	errno = 0;
+	CHECK(pmem_metrics_alloc("oom-dev") == NULL && errno == ENOMEM);
+	CHECK(pmem_metrics_device_count() == n);
+	CHECK(pmem_metrics_alloc("oom-dev") != NULL); /* memory is back */
+	CHECK(pmem_metrics_device_count() == n + 1);
+}
+
+static void test_a_registry_that_cannot_grow(void)
+{
+	char id[32];
+	size_t n;
+	int i = 0;
+	struct pmem_metrics_snapshot *s;
+
+	/* Fill up to a power-of-two capacity (16, 32, ...): the next insert must grow. */
+	while ((n = pmem_metrics_device_count()) < 16 || (n & (n - 1)) != 0) {
+		snprintf(id, sizeof(id), "oom-fill%03d", i++);
+		pmem_metrics_alloc(id);
+	}
+	pmem_metrics_inc(&pmem_metrics_alloc("oom-fill000")->cfg_fails);
+	pmem_metrics_fault_fail_alloc(2); /* 1: the device, 2: the array */
+	errno = 0;
+	CHECK(pmem_metrics_alloc("oom-grow") == NULL && errno == ENOMEM);
+	CHECK(pmem_metrics_device_count() == n);
+	s = pmem_metrics_snapshot_take();
+	CHECK(s && pmem_metrics_snapshot_len(s) == n);
+	for (size_t k = 1; s && k < n; k++)
+		CHECK(strcmp(pmem_metrics_snapshot_id(s, k - 1), pmem_metrics_snapshot_id(s, k)) < 0);
+	pmem_metrics_snapshot_abort(s);
+	CHECK(pmem_metrics_alloc("oom-grow") != NULL);
+	CHECK(pmem_metrics_device_count() == n + 1);
+	CHECK(pmem_metrics_fetch_diff(&pmem_metrics_alloc("oom-fill000")->cfg_fails) == 1);
+}
+
+static void test_a_snapshot_without_memory(void)
+{
+	struct pmem_metrics *m = pmem_metrics_alloc("oom-snap");
+	struct pmem_metrics_snapshot *s;
+
+	pmem_metrics_add(&m->event_fails, 9);
+	pmem_metrics_fault_fail_alloc(1);
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take() == NULL && errno == ENOMEM);
+	CHECK(pmem_metrics_fetch_diff(&m->event_fails) == 9);
+	s = pmem_metrics_snapshot_take(); /* the flush lock was released */
+	CHECK(s != NULL);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(&m->event_fails) == 0);
+}
+
+int main(void)
+{
+	RUN(test_a_new_device_without_memory);
+	RUN(test_a_registry_that_cannot_grow);
+	RUN(test_a_snapshot_without_memory);
+	return check_summary();
+}
