@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_aggregate_is_sum
+from conftest import FifoReader, assert_aggregate_is_sum
 
 from pmem_metrics import (
     FIELDS,
@@ -105,15 +105,15 @@ def test_text_and_binary_file_objects(uid: str) -> None:
 def test_named_pipe(uid: str, tmp_path: Path) -> None:
     fifo = tmp_path / "metrics.fifo"
     os.mkfifo(fifo)
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    reader = FifoReader(fifo)
     try:
         w = MetricsWriter()
         w.init(fifo)
         PmemMetricsPerDevice.alloc(uid + "p").cfg_fails.add(4)
         assert w.write()
-        line = os.read(reader, 1 << 16).decode()
+        (line,) = reader.lines(1)
     finally:
-        os.close(reader)
+        reader.close()
     assert parse_line(line)[f"pmem_{uid}p"]["cfg_fails"] == 4
 
 
@@ -305,22 +305,25 @@ def test_a_named_pipe_whose_reader_left(uid: str, tmp_path: Path) -> None:
     os.mkfifo(fifo)
     m = PmemMetricsPerDevice.alloc(uid + "pipe")
     flush_metrics()
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    reader = FifoReader(fifo)
     w = MetricsWriter()
     w.init(fifo)
     m.cfg_fails.add(1)
-    assert w.write()
-    assert parse_line(os.read(reader, 1 << 16).decode())[f"pmem_{uid}pipe"]["cfg_fails"] == 1
-    os.close(reader)
+    try:
+        assert w.write()
+        (line,) = reader.lines(1)
+    finally:
+        reader.close()
+    assert parse_line(line)[f"pmem_{uid}pipe"]["cfg_fails"] == 1
     m.cfg_fails.add(2)
     with pytest.raises(BrokenPipeError):  # EPIPE, and SIGPIPE did not kill us
         w.write()
     assert m.cfg_fails.fetch_diff() == 2
-    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a new reader comes
+    reader = FifoReader(fifo)  # a new reader comes
     try:
         m.cfg_fails.add(4)
         assert w.write()
-        line = os.read(reader, 1 << 16).decode()
+        (line,) = reader.lines(1)
     finally:
-        os.close(reader)
+        reader.close()
     assert parse_line(line)[f"pmem_{uid}pipe"]["cfg_fails"] == 6
