@@ -327,3 +327,52 @@ def test_a_named_pipe_whose_reader_left(uid: str, tmp_path: Path) -> None:
     finally:
         reader.close()
     assert parse_line(line)[f"pmem_{uid}pipe"]["cfg_fails"] == 6
+
+
+def test_a_reader_leaving_mid_line_leaves_no_torn_line_for_the_next(run_python) -> None:
+    """A line bigger than the pipe buffer is cut when its reader leaves; the next reader
+    finds the cut-off part as a line of its own, then whole lines."""
+    out = run_python(
+        """
+        import json, os, select, threading
+        from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
+        for i in range(3000):  # a line of ~280 KB, far beyond the 64 KiB pipe buffer
+            PmemMetricsPerDevice.alloc(f"drive-{i:04d}")
+        m = PmemMetricsPerDevice.alloc("drive-0000")
+        os.mkfifo("fifo")
+        first = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
+        w = MetricsWriter()
+        w.init("fifo")
+        m.cfg_fails.add(5)
+        errors = []
+        def write():
+            try:
+                w.write()
+            except OSError as e:
+                errors.append(type(e).__name__)
+        t = threading.Thread(target=write)
+        t.start()
+        select.select([first], [], [])
+        os.read(first, 1000)  # the reader takes a little of the line, then goes away
+        os.close(first)
+        t.join()
+        second = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
+        data = bytearray()
+        t = threading.Thread(target=write)
+        t.start()
+        while t.is_alive() or select.select([second], [], [], 0)[0]:
+            if select.select([second], [], [], 0.05)[0]:
+                data += os.read(second, 1 << 16)
+        t.join()
+        lines = data.decode().split("\\n")
+        assert lines[-1] == ""
+        parsed = []
+        for line in lines[:-1]:
+            try:
+                parsed.append(json.loads(line)["pmem_drive-0000"]["cfg_fails"])
+            except ValueError:
+                parsed.append("fragment")
+        print(errors, parsed)
+        """
+    )
+    assert out == "['BrokenPipeError'] ['fragment', 5]\n"
