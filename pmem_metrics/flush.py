@@ -130,8 +130,9 @@ class _FdSink:
     flushed first, so earlier text written through it keeps its place.
     """
 
-    def __init__(self, fd: int, stream: IO[Any] | None = None) -> None:
+    def __init__(self, fd: int, name: str, stream: IO[Any] | None = None) -> None:
         self.fd = fd
+        self.name = name  # for error messages
         self.stream = stream
         self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
         self.torn = False
@@ -149,7 +150,7 @@ class _FdSink:
                 e.errno, f"cannot open metrics destination {os.fspath(path)!r}: {why}"
             ) from e
         os.set_blocking(fd, True)
-        return cls(fd)
+        return cls(fd, os.fspath(path))
 
     def write(self, line: str) -> None:
         if self.stream is not None:
@@ -167,6 +168,8 @@ class _FdSink:
                 signal.sigtimedwait(_SIGPIPE, 0)  # take the pending one back
             if done:
                 self._remove_fragment(done)
+            if e.filename is None:
+                e.filename = self.name  # "[Errno 28] No space left on device: '/dev/full'"
             raise
         finally:
             if signal.SIGPIPE not in mask:
@@ -216,7 +219,7 @@ def _sink_for(destination: Destination) -> _FdSink | _FileSink:
         fd = destination.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         return _FileSink(destination)
-    return _FdSink(fd, destination)
+    return _FdSink(fd, str(getattr(destination, "name", destination)), destination)
 
 
 class MetricsWriter:

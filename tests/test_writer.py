@@ -265,7 +265,7 @@ def test_a_full_device_keeps_every_count(uid: str) -> None:
     m.event_fails.add(3)
     w = MetricsWriter()
     w.init("/dev/full")
-    with pytest.raises(OSError) as info:
+    with pytest.raises(OSError, match="No space left on device: '/dev/full'") as info:
         w.write()
     assert info.value.errno == errno.ENOSPC
     assert m.event_fails.fetch_diff() == 3
