@@ -8,8 +8,8 @@ same counters (they compare equal).
 from __future__ import annotations
 
 import errno
-from functools import partial
-from typing import Any, Callable
+from types import MethodType
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._binding import FIELDS, ffi, lib
 from .errors import InvalidDriveIdError, error_from_errno
@@ -30,9 +30,10 @@ class Counter:
 
     def __init__(self, c: Any) -> None:
         self._c = c
-        # Bound C calls, not methods: the hot path is two slot reads and one CFFI call.
-        self.inc = partial(lib.pmem_metrics_inc, c)
-        self.add = partial(lib.pmem_metrics_add, c)
+        # The C functions bound to this counter (no Python frame in between):
+        # the hot path is two slot reads and one CFFI call.
+        self.inc = MethodType(lib.pmem_metrics_inc, c)
+        self.add = MethodType(lib.pmem_metrics_add, c)
 
     def count(self) -> int:
         """Everything ever added (modulo 2**64); flushes do not reset it."""
@@ -102,9 +103,11 @@ class PmemMetricsPerDevice:
     def __repr__(self) -> str:
         return f"PmemMetricsPerDevice.alloc({self.drive_id!r})"
 
-    # The counters are set in alloc() from FIELDS, which comes from C at import.
-    def __getattr__(self, name: str) -> Counter:
-        raise AttributeError(f"{type(self).__name__!r} has no field {name!r}; fields: {FIELDS}")
+    if TYPE_CHECKING:
+        # The counters are set in alloc() from FIELDS, which comes from C at
+        # import; this tells type checkers so.  Only for them: at run time a
+        # __getattr__ would slow every attribute lookup, the hot path's too.
+        def __getattr__(self, name: str) -> Counter: ...
 
 
 def device_count() -> int:
