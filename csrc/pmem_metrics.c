@@ -4,7 +4,7 @@
  * See pmem_metrics.h for the guarantees.  Lock order, where both are held:
  * flush_lock, then registry.lock.
  */
-#define _POSIX_C_SOURCE 200809L /* pthread_rwlock_t under -std=c11 */
+#define _GNU_SOURCE /* pthread_rwlock_t under -std=c11; glibc's writer-preferring rwlock */
 
 #include "pmem_metrics.h"
 
@@ -45,6 +45,17 @@ static const char *const field_name[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_NAME_)
 static const char *const field_doc[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_DOC_)};
 
 /*
+ * glibc's default rwlock prefers readers: a stream of lookups could keep an
+ * insert, or fork(), waiting for ever.  Its writer-preferring kind cannot be
+ * taken recursively for reading, and this file never does.
+ */
+#ifdef PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+#define REGISTRY_LOCK_INITIALIZER PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP
+#else
+#define REGISTRY_LOCK_INITIALIZER PTHREAD_RWLOCK_INITIALIZER
+#endif
+
+/*
  * The process-wide registry: devices sorted by id bytes.  Entries only ever
  * get inserted; a device, once published here, never moves or goes away.
  */
@@ -53,7 +64,7 @@ static struct {
 	struct device **v;
 	size_t n, cap;
 	size_t id_bytes; /* sum of (id_len + 1) over v: the size of a snapshot's id list */
-} registry = {.lock = PTHREAD_RWLOCK_INITIALIZER};
+} registry = {.lock = REGISTRY_LOCK_INITIALIZER};
 
 /* Held from pmem_metrics_snapshot_take() to _commit() or _abort(). */
 static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -79,6 +90,22 @@ void pmem_metrics_fault_fail_alloc(unsigned n)
 	atomic_store_explicit(&fail_countdown, n, memory_order_relaxed);
 }
 
+static void (*_Atomic pause_hook)(const char *where);
+
+void pmem_metrics_fault_pause_hook(void (*hook)(const char *where))
+{
+	atomic_store_explicit(&pause_hook, hook, memory_order_relaxed);
+}
+
+/* Lets a test stop a thread half-way through a critical section. */
+static void pause_point(const char *where)
+{
+	void (*hook)(const char *) = atomic_load_explicit(&pause_hook, memory_order_relaxed);
+
+	if (hook)
+		hook(where);
+}
+
 /* Whether this allocation is the one to fail. */
 static bool alloc_should_fail(void)
 {
@@ -95,6 +122,11 @@ static bool alloc_should_fail(void)
 static bool alloc_should_fail(void)
 {
 	return false;
+}
+
+static void pause_point(const char *where)
+{
+	(void)where;
 }
 #endif
 
@@ -282,6 +314,7 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 	}
 	if (!found && registry.n < registry.cap) {
 		memmove(&registry.v[at + 1], &registry.v[at], (registry.n - at) * sizeof(*registry.v));
+		pause_point("insert"); /* the array is inconsistent right here */
 		registry.v[at] = fresh;
 		registry.n++;
 		registry.id_bytes += len + 1;
@@ -358,9 +391,9 @@ static void fork_parent(void)
 static void fork_child(void)
 {
 	/* A lock held by a thread that does not exist here is re-made, not unlocked. */
-	pthread_rwlock_init(&registry.lock, NULL);
+	registry.lock = (pthread_rwlock_t)REGISTRY_LOCK_INITIALIZER;
 	if (!holding_snapshot)
-		pthread_mutex_init(&flush_lock, NULL);
+		flush_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }
 
 /* Runs once, when the library is loaded: covered from before the first call. */
@@ -489,6 +522,8 @@ void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
 			/* Release pairs with the acquire load in pmem_metrics_fetch_diff(). */
 			atomic_store_explicit(&c->old, s->seen[i * NFIELDS + f], memory_order_release);
 		}
+		if (i == 0)
+			pause_point("commit"); /* half committed right here */
 	}
 	pthread_rwlock_unlock(&registry.lock);
 	free(s);

@@ -46,7 +46,8 @@
  * - The registry is one sorted array of device pointers per process, ordered
  *   by the bytes of the UTF-8 drive id (which is code-point order, like
  *   Rust's BTreeMap<String, _>), searched with binary search behind a
- *   pthread rwlock.
+ *   pthread rwlock (writer-preferring on glibc, so a stream of lookups
+ *   cannot starve an insert or fork()).
  * - The hot path is inline in this header: in an optimised build a C
  *   caller's increment compiles to one relaxed fetch-add (at -O0 it is a
  *   call).  The library also exports every function as a symbol for FFI
@@ -247,6 +248,13 @@ void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
  * n-th memory allocation from now fail as if out of memory; 0 turns it off.
  */
 void pmem_metrics_fault_fail_alloc(unsigned n);
+
+/*
+ * Test builds only: call hook(where) in the middle of an insert ("insert",
+ * with the registry write-locked and the array half updated) and of a
+ * commit ("commit", after the first device).  NULL turns it off.
+ */
+void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));
 #endif
 
 #endif /* PMEM_METRICS_H */

@@ -21,6 +21,7 @@ A metrics line puts ``"utc_timestamp_ms"`` first and ends with ``\\n``::
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import signal
@@ -123,10 +124,11 @@ _SIGPIPE = {signal.SIGPIPE}
 class _FdSink:
     """A file descriptor: a line goes out whole or not at all.
 
-    If a write fails part way, the part already in a regular file is
-    truncated away.  Where that is impossible (a pipe), the next line starts
-    with a newline, so the fragment stays a line of its own and never spoils
-    the next one.  For a file object that has a descriptor, its own buffer is
+    If a write fails part way, for whatever reason (an OSError, or an
+    exception from a signal handler), a regular file is cut back to where the
+    line began.  Where that is impossible (a pipe), the next line starts with
+    a newline, so the fragment stays a line of its own and never spoils the
+    next one.  For a file object that has a descriptor, its own buffer is
     flushed first, so earlier text written through it keeps its place.
     """
 
@@ -135,6 +137,7 @@ class _FdSink:
         self.name = name  # for error messages
         self.stream = stream
         self.regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        self.append = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
         self.torn = False
 
     @classmethod
@@ -153,38 +156,48 @@ class _FdSink:
         return cls(fd, os.fspath(path))
 
     def write(self, line: str) -> None:
-        if self.stream is not None:
-            self.stream.flush()
         data = memoryview((("\n" if self.torn else "") + line).encode("utf-8"))
-        done = 0
         # A reader that went away must give EPIPE, not kill the process, whatever
         # SIGPIPE's disposition (Python ignores it; an application may not).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
+        start = None  # where the line begins, once writing starts
+        done = 0
         try:
+            if self.stream is not None:
+                self.stream.flush()
+            start = 0
+            if self.regular:
+                start = os.fstat(self.fd).st_size if self.append else os.lseek(self.fd, 0, 1)
             while done < len(data):
                 done += os.write(self.fd, data[done:])
-        except OSError as e:
-            if e.errno == errno.EPIPE and signal.SIGPIPE not in mask:
-                signal.sigtimedwait(_SIGPIPE, 0)  # take the pending one back
-            if done:
-                self._remove_fragment(done)
-            if e.filename is None:
-                e.filename = self.name  # "[Errno 28] No space left on device: '/dev/full'"
+        except BaseException as e:
+            if isinstance(e, OSError):
+                if e.errno == errno.EPIPE and signal.SIGPIPE not in mask:
+                    signal.sigtimedwait(_SIGPIPE, 0)  # take the pending one back
+                if e.filename is None:
+                    e.filename = self.name  # "[Errno 28] No space left on device: '/dev/full'"
+            # An OSError from os.write wrote nothing more than `done`; after any
+            # other exception (a signal handler's) the count may have missed a write.
+            if start is not None and (done or not isinstance(e, OSError)):
+                self._take_back(start)
             raise
         finally:
             if signal.SIGPIPE not in mask:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.torn = False
 
-    def _remove_fragment(self, size: int) -> None:
-        """Take back the *size* bytes a failed write left behind (we are the only writer)."""
+    def _take_back(self, start: int) -> None:
+        """Remove whatever part of a failed line got out (we are the only writer)."""
         if self.regular:
             try:
-                os.ftruncate(self.fd, os.fstat(self.fd).st_size - size)
+                if os.fstat(self.fd).st_size > start:
+                    os.ftruncate(self.fd, start)
+                if not self.append:
+                    os.lseek(self.fd, start, 0)
                 return
             except OSError:
                 pass
-        self.torn = True
+        self.torn = True  # a pipe: how much the reader got is unknowable
 
 
 class _FileSink:

@@ -56,11 +56,15 @@ ids = st.one_of(
 @given(drive_id=ids)
 def test_fuzz_drive_ids(drive_id: object) -> None:
     want = expected_error(drive_id)
+    sentinel = PmemMetricsPerDevice.alloc("fuzz-sentinel").cfg_fails
+    sentinel.inc()
+    counts = (sentinel.count(), sentinel.fetch_diff())
     before = device_count()
     if want is not None:
         with pytest.raises(want):
             PmemMetricsPerDevice.alloc(drive_id)  # type: ignore[arg-type]
         assert device_count() == before
+        assert (sentinel.count(), sentinel.fetch_diff()) == counts
         return
     assert isinstance(drive_id, str)
     m = PmemMetricsPerDevice.alloc(drive_id)

@@ -79,8 +79,13 @@ class Registry(RuleBasedStateMachine):
                 assert counter.count() == cur
                 assert counter.fetch_diff() == (cur - old) % U64
 
-    def _flushed(self, obj: dict) -> None:
+    def _flushed(self, obj: dict, text: str | None = None) -> None:
+        """Check a flush against the model, then apply it; *text*: its JSON, if any."""
         assert_aggregate_is_sum(obj)
+        keys = list(obj)
+        assert keys[-1] == "pmem" and keys[:-1] == sorted(keys[:-1])  # code-point order
+        if text is not None:
+            assert text == json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         for drive_id, fields in self.model.items():
             assert obj[f"pmem_{drive_id}"] == {f: (c - o) % U64 for f, (c, o) in fields.items()}
             for pair in fields.values():
@@ -156,7 +161,7 @@ class Registry(RuleBasedStateMachine):
     @rule()
     def flush_json(self) -> None:
         text = flush_metrics_json()
-        self._flushed(json.loads(text))
+        self._flushed(json.loads(text), text)
 
     @rule()
     def write_line(self) -> None:
@@ -164,8 +169,12 @@ class Registry(RuleBasedStateMachine):
         w = MetricsWriter()
         w.init(buf)
         assert w.write()
-        obj = json.loads(buf.getvalue())
-        del obj["utc_timestamp_ms"]
+        line = buf.getvalue()
+        assert line.startswith('{"utc_timestamp_ms":') and line.endswith("}\n")
+        obj = json.loads(line)
+        stamp = obj.pop("utc_timestamp_ms")
+        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        assert line == f'{{"utc_timestamp_ms":{stamp},{body[1:]}\n'
         self._flushed(obj)
 
     @invariant()

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "pmem_metrics.h"
@@ -308,10 +309,53 @@ static void test_racing_allocs_of_one_id_get_one_device(void)
 	CHECK(pmem_metrics_device_count() == before + ROUNDS);
 }
 
+/*
+ * Lookups nonstop from many threads must not keep an insert out for ever
+ * (glibc's default rwlock would: it prefers readers).  A starved insert never
+ * returns; the alarm then ends the process, which fails the suite.
+ */
+#define STORM_READERS 16
+#define STORM_INSERTS 50
+
+static atomic_bool storm_over;
+
+static void *lookup_storm(void *arg)
+{
+	(void)arg;
+	while (!atomic_load_explicit(&storm_over, memory_order_relaxed)) {
+		pmem_metrics_alloc("storm-existing");
+		(void)pmem_metrics_device_count();
+	}
+	return NULL;
+}
+
+static void test_inserts_get_through_a_storm_of_lookups(void)
+{
+	pthread_t t[STORM_READERS];
+	size_t before;
+	char id[32];
+
+	pmem_metrics_alloc("storm-existing");
+	before = pmem_metrics_device_count();
+	for (int i = 0; i < STORM_READERS; i++)
+		pthread_create(&t[i], NULL, lookup_storm, NULL);
+	alarm(60);
+	for (int i = 0; i < STORM_INSERTS; i++) {
+		snprintf(id, sizeof(id), "storm-new%02d", i);
+		pmem_metrics_alloc(id);
+	}
+	alarm(0);
+	atomic_store(&storm_over, true);
+	for (int i = 0; i < STORM_READERS; i++)
+		pthread_join(t[i], NULL);
+	CHECK(pmem_metrics_device_count() == before + STORM_INSERTS);
+}
+
 int main(void)
 {
 	RUN(test_exact_totals_under_concurrency);
 	RUN(test_racing_allocs_of_one_id_get_one_device);
 	RUN(test_aggregate_is_the_sum_while_counters_are_hot);
+	RUN(test_inserts_get_through_a_storm_of_lookups);
 	return check_summary();
 }
