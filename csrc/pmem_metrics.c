@@ -426,6 +426,24 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
 	return s;
 }
 
+/*
+ * Devices are separate allocations (they never move), so a large snapshot
+ * walks scattered memory: ask for a device's lines a few devices ahead, so
+ * the walk overlaps the cache misses instead of waiting for each in turn.
+ */
+enum { PREFETCH_AHEAD = 16 };
+
+static void prefetch_device(const struct device *d)
+{
+#if defined(__GNUC__)
+	for (size_t f = 0; f < NFIELDS; f++)
+		__builtin_prefetch(pmem_metrics_field((struct pmem_metrics *)&d->m, f), 0, 0);
+	__builtin_prefetch(d->id, 0, 0);
+#else
+	(void)d;
+#endif
+}
+
 static void flush_release(void)
 {
 	holding_snapshot = false;
@@ -457,6 +475,9 @@ struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
 		struct device *d = registry.v[i];
 		uint64_t *seen = &s->seen[i * NFIELDS];
 		uint64_t *diff = &s->diffs[i * NFIELDS];
+
+		if (i + PREFETCH_AHEAD < s->n)
+			prefetch_device(registry.v[i + PREFETCH_AHEAD]);
 
 		s->devs[i] = d;
 		memcpy(ids, d->id, d->id_len + 1);

@@ -9,6 +9,10 @@
  *      devices            each thread a counter of its own device
  *      packed (control)   each thread its own counter, all in ONE cache line,
  *                         i.e. what the 64-byte layout avoids
+ *      spread (control)   each thread a raw atomic of its own, 128 bytes
+ *                         apart: the machine's own ceiling for private counters
+ *    A device has PMEM_METRICS_NFIELDS counters, so beyond that many threads
+ *    "one-device" threads share counters.
  *    reported as total throughput relative to one thread.
  *
  * Every figure is a ratio to a baseline of the same run.  Prints a table,
@@ -32,12 +36,14 @@
 #define MAX_THREADS 64
 #define REPEATS 5 /* best of */
 
-enum mode { ONE_COUNTER, ONE_DEVICE, DEVICES, PACKED, NMODES };
-static const char *const mode_name[NMODES] = {"one-counter", "one-device", "devices", "packed"};
+enum mode { ONE_COUNTER, ONE_DEVICE, DEVICES, PACKED, SPREAD, NMODES };
+static const char *const mode_name[NMODES] = {"one-counter", "one-device", "devices", "packed",
+					      "spread"};
 
 static long iters = 50000000;
 static struct pmem_metrics *dev[MAX_THREADS];
 static struct { _Atomic uint64_t v[8]; } packed __attribute__((aligned(64)));
+static struct { _Atomic uint64_t v __attribute__((aligned(128))); } spread[MAX_THREADS];
 static pthread_barrier_t start;
 
 static double now(void)
@@ -89,8 +95,11 @@ static void *worker(void *arg)
 	case DEVICES:
 		c = &dev[j->index]->queue_event_count;
 		break;
-	default:
+	case PACKED:
 		raw = &packed.v[j->index % 8];
+		break;
+	default:
+		raw = &spread[j->index].v;
 	}
 	pthread_barrier_wait(&start);
 	if (c)
