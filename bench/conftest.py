@@ -37,14 +37,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def measure(benchmark: Any, request: pytest.FixtureRequest) -> Callable[..., Any]:
     """``benchmark`` that also records its median under the test's name."""
 
+    def record() -> None:
+        if benchmark.stats is not None:  # None under --benchmark-disable (a smoke run)
+            RESULTS[request.node.name] = benchmark.stats.stats.median
+
     def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         result = benchmark(fn, *args, **kwargs)
-        RESULTS[request.node.name] = benchmark.stats.stats.median
+        record()
         return result
 
     def pedantic(fn: Callable[..., Any], **kwargs: Any) -> Any:
         result = benchmark.pedantic(fn, **kwargs)
-        RESULTS[request.node.name] = benchmark.stats.stats.median
+        record()
         return result
 
     run.pedantic = pedantic  # type: ignore[attr-defined]
