@@ -77,6 +77,7 @@ static double time_raw(_Atomic uint64_t *v)
 struct job {
 	enum mode mode;
 	int index;
+	double start, end; /* read by each worker itself: the main thread may not get a core */
 };
 
 static void *worker(void *arg)
@@ -102,12 +103,14 @@ static void *worker(void *arg)
 		raw = &spread[j->index].v;
 	}
 	pthread_barrier_wait(&start);
+	j->start = now();
 	if (c)
 		for (long i = 0; i < iters; i++)
 			pmem_metrics_inc(c);
 	else
 		for (long i = 0; i < iters; i++)
 			atomic_fetch_add_explicit(raw, 1, memory_order_relaxed);
+	j->end = now();
 	return NULL;
 }
 
@@ -119,18 +122,19 @@ static double throughput(enum mode mode, int threads)
 	for (int r = 0; r < REPEATS; r++) {
 		pthread_t t[MAX_THREADS];
 		struct job jobs[MAX_THREADS];
-		double t0, rate;
+		double first = 1e300, last = 0, rate;
 
-		pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+		pthread_barrier_init(&start, NULL, (unsigned)threads);
 		for (int i = 0; i < threads; i++) {
-			jobs[i] = (struct job){mode, i};
+			jobs[i] = (struct job){.mode = mode, .index = i};
 			pthread_create(&t[i], NULL, worker, &jobs[i]);
 		}
-		pthread_barrier_wait(&start);
-		t0 = now();
-		for (int i = 0; i < threads; i++)
+		for (int i = 0; i < threads; i++) {
 			pthread_join(t[i], NULL);
-		rate = (double)iters * threads / (now() - t0);
+			first = jobs[i].start < first ? jobs[i].start : first;
+			last = jobs[i].end > last ? jobs[i].end : last;
+		}
+		rate = (double)iters * threads / (last - first);
 		pthread_barrier_destroy(&start);
 		if (rate > best)
 			best = rate;
