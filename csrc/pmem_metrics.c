@@ -76,6 +76,7 @@ struct pmem_metrics_snapshot {
 	uint64_t *seen;       /* n * NFIELDS: `current` as loaded */
 	uint64_t *diffs;      /* n * NFIELDS: seen - old */
 	uint64_t agg[NFIELDS];
+	bool flush; /* taken by pmem_metrics_snapshot_take(): holds flush_lock */
 	char *ids; /* every id, each followed by NUL */
 	size_t ids_len;
 };
@@ -450,26 +451,19 @@ static void flush_release(void)
 	pthread_mutex_unlock(&flush_lock);
 }
 
-struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+/* Copy the registry into a new snapshot, loading every counter once. */
+static struct pmem_metrics_snapshot *snapshot_load(bool flush)
 {
 	struct pmem_metrics_snapshot *s;
 	char *ids;
-
-	if (holding_snapshot) {
-		errno = EDEADLK;
-		return NULL;
-	}
-	pthread_mutex_lock(&flush_lock);
-	holding_snapshot = true;
 
 	pthread_rwlock_rdlock(&registry.lock);
 	s = snapshot_new(registry.n, registry.id_bytes);
 	if (!s) {
 		pthread_rwlock_unlock(&registry.lock);
-		flush_release();
-		errno = ENOMEM;
 		return NULL;
 	}
+	s->flush = flush;
 	ids = s->ids;
 	for (size_t i = 0; i < s->n; i++) {
 		struct device *d = registry.v[i];
@@ -484,18 +478,48 @@ struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
 		ids += d->id_len + 1;
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
-
 			/*
-			 * Relaxed: `old` is written only by flushes, and
-			 * flush_lock orders us after the last commit.  `current`
-			 * is loaded once; diff and aggregate both use that load.
+			 * A flush holds flush_lock, which orders it after the last
+			 * commit, so it could load `old` relaxed; a peek holds no
+			 * such lock, so acquire pairs with the commit's release
+			 * store, as in pmem_metrics_fetch_diff().  `current` is
+			 * loaded once; diff and aggregate both use that load.
 			 */
+			uint64_t old = atomic_load_explicit(&c->old, memory_order_acquire);
+
 			seen[f] = atomic_load_explicit(&c->current, memory_order_relaxed);
-			diff[f] = seen[f] - atomic_load_explicit(&c->old, memory_order_relaxed);
+			diff[f] = seen[f] - old;
 			s->agg[f] += diff[f];
 		}
 	}
 	pthread_rwlock_unlock(&registry.lock);
+	return s;
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+{
+	struct pmem_metrics_snapshot *s;
+
+	if (holding_snapshot) {
+		errno = EDEADLK;
+		return NULL;
+	}
+	pthread_mutex_lock(&flush_lock);
+	holding_snapshot = true;
+	s = snapshot_load(true);
+	if (!s) {
+		flush_release();
+		errno = ENOMEM;
+	}
+	return s;
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void)
+{
+	struct pmem_metrics_snapshot *s = snapshot_load(false);
+
+	if (!s)
+		errno = ENOMEM;
 	return s;
 }
 
@@ -526,10 +550,19 @@ const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapsh
 	return s ? s->agg : NULL;
 }
 
+const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->seen : NULL;
+}
+
 void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
 {
 	if (!s)
 		return;
+	if (!s->flush) { /* a peek reports nothing, so it moves nothing */
+		free(s);
+		return;
+	}
 	/*
 	 * The read lock is not needed for the devices (they never move); it
 	 * makes a commit atomic with respect to fork(), whose prepare handler
@@ -555,6 +588,7 @@ void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
 {
 	if (!s)
 		return;
+	if (s->flush)
+		flush_release();
 	free(s);
-	flush_release();
 }

@@ -211,6 +211,15 @@ struct pmem_metrics_snapshot;
  */
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void);
 
+/*
+ * A read-only copy for scraping cumulative counts: the same copy as
+ * pmem_metrics_snapshot_take() makes, but it takes no flush lock (so it never
+ * waits for a flush, and a flush never waits for it) and it is not a flush:
+ * pmem_metrics_snapshot_commit() or _abort() only free it, changing nothing.
+ * Returns NULL with errno ENOMEM when out of memory.
+ */
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void);
+
 /* Number of devices in the snapshot, in id order. */
 size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s);
 
@@ -231,6 +240,12 @@ const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *
 
 /* The aggregate: PMEM_METRICS_NFIELDS field-wise sums of the diffs (mod 2^64). */
 const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s);
+
+/*
+ * The cumulative counts (pmem_metrics_count()) the snapshot loaded, laid out
+ * like pmem_metrics_snapshot_diffs().
+ */
+const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
 
 /*
  * The report built from `s` was delivered: move every counter's `old` up to

@@ -27,6 +27,7 @@ from .errors import (
     MetricsDestinationError,
     OutOfMemoryError,
     PmemMetricsError,
+    WriterStateError,
 )
 from .flush import METRICS, Flush, MetricsWriter, flush_metrics, flush_metrics_json
 
@@ -47,6 +48,7 @@ __all__ = [
     "OutOfMemoryError",
     "PmemMetricsError",
     "PmemMetricsPerDevice",
+    "WriterStateError",
     "device_count",
     "flush_metrics",
     "flush_metrics_json",

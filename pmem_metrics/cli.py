@@ -58,11 +58,36 @@ def _device_thread(
     done.append(added)
 
 
+def _serve_prometheus(port: int, addr: str) -> None:
+    """Serve the counters for Prometheus on addr:port while the demo runs."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from .prometheus import register
+    except ImportError:
+        raise SystemExit(
+            "python -m pmem_metrics: --prometheus-port needs prometheus_client: "
+            "pip install 'pmem_metrics[prometheus]'"
+        ) from None
+    registry = CollectorRegistry()
+    register(registry)
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+    bound = server.server_address[1]
+    print(f"demo: Prometheus metrics at http://{addr}:{bound}/metrics", file=sys.stderr, flush=True)
+
+
 def demo(
-    devices: int, duration: float, interval: float, metrics_path: str | None, seed: int
+    devices: int,
+    duration: float,
+    interval: float,
+    metrics_path: str | None,
+    seed: int,
+    prometheus: tuple[int, str] | None = None,
 ) -> int:
     """Run the simulation; return the process exit status."""
     METRICS.init(metrics_path if metrics_path is not None else sys.stdout)
+    if prometheus is not None:
+        _serve_prometheus(*prometheus)
     stop = threading.Event()
     done: list[int] = []
     threads = [
@@ -121,6 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--metrics-path", help="file or named pipe to write to (default: stdout)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--prometheus-port",
+        type=_count,
+        help="also serve the counters for Prometheus on this port (0: any free one)",
+    )
+    p.add_argument(
+        "--prometheus-addr", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
+    )
     args = parser.parse_args(argv)
     if args.cflags or args.libs:
         if args.command:
@@ -130,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.error("a command (demo) or --cflags/--libs is required")
     try:
-        return demo(args.devices, args.duration, args.interval, args.metrics_path, args.seed)
+        prometheus = None
+        if args.prometheus_port is not None:
+            prometheus = (args.prometheus_port, args.prometheus_addr)
+        return demo(
+            args.devices, args.duration, args.interval, args.metrics_path, args.seed, prometheus
+        )
     except OSError as e:
         print(f"python -m pmem_metrics: {e}", file=sys.stderr)
         return 1

@@ -37,11 +37,13 @@ class Counter:
 
     def count(self) -> int:
         """Everything ever added (modulo 2**64); flushes do not reset it."""
-        return lib.pmem_metrics_count(self._c)
+        value: int = lib.pmem_metrics_count(self._c)
+        return value
 
     def fetch_diff(self) -> int:
         """What the next flush would report for this counter; changes nothing."""
-        return lib.pmem_metrics_fetch_diff(self._c)
+        value: int = lib.pmem_metrics_fetch_diff(self._c)
+        return value
 
     def __repr__(self) -> str:
         return f"<Counter count={self.count()} diff={self.fetch_diff()}>"
@@ -56,6 +58,7 @@ class PmemMetricsPerDevice:
     __slots__ = ("_m", "drive_id", *FIELDS)
 
     drive_id: str
+    _m: Any  # the C struct pmem_metrics *
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use PmemMetricsPerDevice.alloc(drive_id)")
@@ -95,7 +98,8 @@ class PmemMetricsPerDevice:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PmemMetricsPerDevice):
             return NotImplemented
-        return self._m == other._m
+        same: bool = self._m == other._m  # the same C device
+        return same
 
     def __hash__(self) -> int:
         return hash(int(ffi.cast("uintptr_t", self._m)))
@@ -112,4 +116,5 @@ class PmemMetricsPerDevice:
 
 def device_count() -> int:
     """Number of pmem devices allocated so far in this process."""
-    return lib.pmem_metrics_device_count()
+    n: int = lib.pmem_metrics_device_count()
+    return n

@@ -26,7 +26,11 @@ class FlushInProgressError(PmemMetricsError, RuntimeError):
     """This thread tried to start a flush while its own flush was still open."""
 
 
-class AlreadyInitializedError(PmemMetricsError, RuntimeError):
+class WriterStateError(PmemMetricsError, RuntimeError):
+    """The metrics writer is not in a state for this call (e.g. periodic writing before init)."""
+
+
+class AlreadyInitializedError(WriterStateError):
     """The metrics writer was initialised a second time."""
 
 

@@ -13,27 +13,35 @@ the aggregate, last)::
      "pmem_drv1":{"activate_fails":0,"cfg_fails":0,"event_fails":0,"queue_event_count":3},
      "pmem":{"activate_fails":1,"cfg_fails":0,"event_fails":0,"queue_event_count":3}}
 
-A metrics line puts ``"utc_timestamp_ms"`` first and ends with ``\\n``::
+A metrics line puts ``"utc_timestamp_ms"`` first (then ``"id"`` and
+``"properties"`` where :meth:`MetricsWriter.init` was given them) and ends
+with ``\\n``::
 
     {"utc_timestamp_ms":1700000000000,"pmem_drv0":{...},"pmem_drv1":{...},"pmem":{...}}
+    {"utc_timestamp_ms":1700000000000,"id":"vm-1","properties":{"k":"v"},"pmem_drv0":{...},...}
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import io
+import json
+import logging
 import os
 import signal
 import stat
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import IO, Any, Union
 
-from ._binding import FIELDS, NFIELDS, ffi, lib
-from .errors import AlreadyInitializedError, MetricsDestinationError, error_from_errno
+from ._binding import FIELDS
+from ._snapshot import Snapshot, flushing
+from .errors import AlreadyInitializedError, MetricsDestinationError, WriterStateError
+
+_log = logging.getLogger("pmem_metrics")
 
 Flush = dict[str, dict[str, int]]
 """What :func:`flush_metrics` returns: ``{"pmem_<id>": {field: diff}, ..., "pmem": {...}}``."""
@@ -44,58 +52,21 @@ _DEVICE_JSON = '"pmem_%s":{' + _FIELDS_JSON + "}"
 _AGGREGATE_JSON = '"pmem":{' + _FIELDS_JSON + "}"
 
 
-class _Snapshot:
-    """What one C snapshot holds, copied out in three calls."""
-
-    __slots__ = ("aggregate", "diffs", "ids_utf8")
-
-    def __init__(self, s: Any) -> None:
-        n = lib.pmem_metrics_snapshot_len(s)
-        size = ffi.new("size_t *")
-        ids = lib.pmem_metrics_snapshot_ids(s, size)
-        # Every id followed by NUL; ids never contain NUL (C rejects it).
-        self.ids_utf8: str = ffi.unpack(ids, size[0]).decode("utf-8") if n else ""
-        self.diffs: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
-        self.aggregate: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
-
-    def _rows(self, ids: str) -> Iterator[tuple[Any, ...]]:
-        """(id, diff of each field) per device, in id order."""
-        names = ids.split("\0")[:-1]
-        d = self.diffs
-        return zip(names, *(d[f::NFIELDS] for f in range(NFIELDS)))
-
-    def as_dict(self) -> Flush:
-        out = {f"pmem_{row[0]}": dict(zip(FIELDS, row[1:])) for row in self._rows(self.ids_utf8)}
-        out["pmem"] = dict(zip(FIELDS, self.aggregate))
-        return out
-
-    def as_json(self) -> str:
-        ids = self.ids_utf8
-        # Ids hold no control characters, so '"' and '\' are all JSON must escape
-        # (ensure_ascii=False / serde_json style: everything else stays UTF-8).
-        if "\\" in ids or '"' in ids:
-            ids = ids.replace("\\", "\\\\").replace('"', '\\"')
-        parts = [_DEVICE_JSON % row for row in self._rows(ids)]
-        parts.append(_AGGREGATE_JSON % tuple(self.aggregate))
-        return "{" + ",".join(parts) + "}"
+def _as_dict(snap: Snapshot) -> Flush:
+    out = {f"pmem_{row[0]}": dict(zip(FIELDS, row[1:])) for row in snap.rows(snap.diffs)}
+    out["pmem"] = dict(zip(FIELDS, snap.aggregate))
+    return out
 
 
-@contextmanager
-def _flush() -> Iterator[_Snapshot]:
-    """Take a snapshot; commit it if the body succeeds, abort it (losing nothing) if not."""
-    s = ffi.NULL
-    try:
-        # Inside the try, so that an exception raised by a signal handler as the
-        # call returns still aborts (what is left is the instant between the
-        # C call's return and this assignment).
-        s = lib.pmem_metrics_snapshot_take()
-        if s == ffi.NULL:
-            raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
-        yield _Snapshot(s)
-    except BaseException:
-        lib.pmem_metrics_snapshot_abort(s)  # a no-op on NULL
-        raise
-    lib.pmem_metrics_snapshot_commit(s)
+def _as_json(snap: Snapshot) -> str:
+    ids = snap.ids_utf8
+    # Ids hold no control characters, so '"' and '\' are all JSON must escape
+    # (ensure_ascii=False / serde_json style: everything else stays UTF-8).
+    if "\\" in ids or '"' in ids:
+        ids = ids.replace("\\", "\\\\").replace('"', '\\"')
+    parts = [_DEVICE_JSON % row for row in snap.rows(snap.diffs, ids)]
+    parts.append(_AGGREGATE_JSON % tuple(snap.aggregate))
+    return "{" + ",".join(parts) + "}"
 
 
 def flush_metrics() -> Flush:
@@ -105,14 +76,14 @@ def flush_metrics() -> Flush:
     every name in ``FIELDS`` to its diff.  The aggregate is the field-wise sum
     of the devices in this same flush.
     """
-    with _flush() as snap:
-        return snap.as_dict()
+    with flushing() as snap:
+        return _as_dict(snap)
 
 
 def flush_metrics_json() -> str:
     """Flush, as compact JSON text (the same object :func:`flush_metrics` returns)."""
-    with _flush() as snap:
-        return snap.as_json()
+    with flushing() as snap:
+        return _as_json(snap)
 
 
 Destination = Union[str, "os.PathLike[str]", IO[Any]]
@@ -235,36 +206,67 @@ def _sink_for(destination: Destination) -> _FdSink | _FileSink:
     return _FdSink(fd, str(getattr(destination, "name", destination)), destination)
 
 
+def _line_head(instance_id: str | None, properties: Mapping[str, str] | None) -> str:
+    """The start of every line: the timestamp's key, then the optional ``id`` and ``properties``."""
+    head = '{"utc_timestamp_ms":%d,'
+    if instance_id is not None:
+        if not isinstance(instance_id, str):
+            raise TypeError(f"id must be a str, not {type(instance_id).__name__}")
+        head += '"id":' + json.dumps(instance_id, ensure_ascii=False).replace("%", "%%") + ","
+    if properties is not None:
+        if not isinstance(properties, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in properties.items()
+        ):
+            raise TypeError("properties must map str to str")
+        text = json.dumps(dict(properties), ensure_ascii=False, separators=(",", ":"))
+        head += '"properties":' + text.replace("%", "%%") + ","
+    return head
+
+
 class MetricsWriter:
     """Writes metrics lines to one destination, like Firecracker's ``--metrics-path``.
 
-    Call :meth:`init` once, then :meth:`write` whenever a line is due.  The
-    process-wide instance is :data:`METRICS`.
+    Call :meth:`init` once, then :meth:`write` whenever a line is due, or let
+    :meth:`start_periodic` do it.  The process-wide instance is :data:`METRICS`.
     """
 
     def __init__(self) -> None:
         self._sink: _FdSink | _FileSink | None = None
-        self._init_lock = threading.Lock()
+        self._head = _line_head(None, None)
+        self._lock = threading.Lock()  # guards init and the periodic thread's start/stop
+        self._periodic: tuple[threading.Thread, threading.Event] | None = None
 
     @property
     def initialized(self) -> bool:
         """Whether :meth:`init` has succeeded."""
         return self._sink is not None
 
-    def init(self, destination: Destination) -> None:
+    def init(
+        self,
+        destination: Destination,
+        *,
+        id: str | None = None,  # named as the field of the line it fills
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
         """Set the destination: a path (regular file, appended to, or named pipe) or a file object.
 
         Lines are UTF-8.  A file object with a file descriptor is flushed
-        before each line, which then goes straight to the descriptor.
+        before each line, which then goes straight to the descriptor.  *id*
+        and *properties*, if given, go into every line after the timestamp,
+        as newer Firecracker versions write them.
 
-        Raises :class:`AlreadyInitializedError` on a second call, and
-        :class:`MetricsDestinationError` (an ``OSError``) if a path cannot be
-        opened, including a named pipe that has no reader yet.
+        Raises :class:`AlreadyInitializedError` on a second call,
+        ``TypeError`` for an *id* that is not a ``str`` or *properties* that
+        do not map ``str`` to ``str``, and :class:`MetricsDestinationError`
+        (an ``OSError``) if a path cannot be opened, including a named pipe
+        that has no reader yet.
         """
-        with self._init_lock:
+        with self._lock:
             if self._sink is not None:
                 raise AlreadyInitializedError("metrics writer is already initialized")
+            head = _line_head(id, properties)
             self._sink = _sink_for(destination)
+            self._head = head
 
     def write(self) -> bool:
         """Flush and write one metrics line; ``False`` (writing nothing) before :meth:`init`.
@@ -278,11 +280,84 @@ class MetricsWriter:
         sink = self._sink
         if sink is None:
             return False
-        with _flush() as snap:
-            body = snap.as_json()
-            stamp = time.time_ns() // 1_000_000
-            sink.write(f'{{"utc_timestamp_ms":{stamp},{body[1:]}\n')
+        with flushing() as snap:
+            body = _as_json(snap)
+            sink.write(self._head % (time.time_ns() // 1_000_000) + body[1:] + "\n")
         return True
+
+    # ---- periodic writing ------------------------------------------------------
+
+    @property
+    def periodic(self) -> bool:
+        """Whether a periodic writer thread is running."""
+        return self._periodic is not None
+
+    def start_periodic(self, interval: float = 60.0, *, at_exit: bool = True) -> None:
+        """Write a line every *interval* seconds from a daemon thread, like Firecracker's timer.
+
+        A line that fails is logged (logger ``pmem_metrics``) and its counts
+        stay for the next one; the thread carries on.  When a write runs
+        late, the missed beats are skipped, not written in a burst.  With
+        *at_exit*, :meth:`stop_periodic` also runs at interpreter exit, so
+        the last counts are written.  Raises :class:`WriterStateError`
+        before :meth:`init` or while periodic writing already runs, and
+        ``ValueError`` for an *interval* that is not a positive number.
+        """
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+            raise TypeError(f"interval must be a number, not {type(interval).__name__}")
+        if not interval > 0 or interval == float("inf"):
+            raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
+        with self._lock:
+            if self._sink is None:
+                raise WriterStateError("init() the metrics writer before start_periodic()")
+            if self._periodic is not None:
+                raise WriterStateError("periodic writing is already running")
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._run_periodic,
+                args=(float(interval), stop),
+                name="pmem_metrics periodic writer",
+                daemon=True,
+            )
+            self._periodic = (thread, stop)
+            thread.start()
+        if at_exit:
+            atexit.register(self._stop_at_exit)
+
+    def stop_periodic(self) -> None:
+        """Stop the periodic thread and write a final line; nothing happens if none runs.
+
+        An error of the final write propagates (its counts stay for a later
+        write).
+        """
+        with self._lock:
+            running, self._periodic = self._periodic, None
+        if running is None:
+            return
+        thread, stop = running
+        atexit.unregister(self._stop_at_exit)
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join()
+        self.write()
+
+    def _run_periodic(self, interval: float, stop: threading.Event) -> None:
+        due = time.monotonic() + interval
+        while not stop.wait(max(0.0, due - time.monotonic())):
+            try:
+                self.write()
+            except Exception:
+                _log.exception("pmem_metrics: writing a metrics line failed; its counts are kept")
+            due += interval
+            now = time.monotonic()
+            if due <= now:  # late: skip the beats missed, do not burst
+                due = now + interval
+
+    def _stop_at_exit(self) -> None:
+        try:
+            self.stop_periodic()
+        except Exception:
+            _log.exception("pmem_metrics: the final metrics line at exit failed")
 
 
 METRICS = MetricsWriter()

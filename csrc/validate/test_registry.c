@@ -232,6 +232,35 @@ static void test_abort_keeps_counts_and_a_second_take_is_edeadlk(void)
 	CHECK(pmem_metrics_fetch_diff(c) == 1);
 }
 
+static void test_a_peek_reads_counts_and_changes_nothing(void)
+{
+	struct pmem_metrics *m = pmem_metrics_alloc("reg-peek");
+	struct pmem_metrics_snapshot *flush, *peek;
+	const uint64_t *counts;
+	size_t at = 0;
+
+	pmem_metrics_add(&m->queue_event_count, 11);
+	flush = pmem_metrics_snapshot_take();
+	pmem_metrics_snapshot_commit(flush);
+	pmem_metrics_add(&m->queue_event_count, 4);
+
+	flush = pmem_metrics_snapshot_take(); /* a flush in progress does not block a peek */
+	peek = pmem_metrics_snapshot_peek();
+	CHECK(peek != NULL);
+	while (at < pmem_metrics_snapshot_len(peek) &&
+	       strcmp(pmem_metrics_snapshot_id(peek, at), "reg-peek") != 0)
+		at++;
+	counts = pmem_metrics_snapshot_counts(peek);
+	CHECK(counts[at * NF + 3] == 15);                           /* cumulative */
+	CHECK(pmem_metrics_snapshot_diffs(peek)[at * NF + 3] == 4); /* since the last flush */
+	pmem_metrics_snapshot_commit(peek); /* only frees */
+	CHECK(pmem_metrics_fetch_diff(&m->queue_event_count) == 4);
+	pmem_metrics_snapshot_abort(flush);
+	CHECK(pmem_metrics_fetch_diff(&m->queue_event_count) == 4);
+	CHECK(pmem_metrics_count(&m->queue_event_count) == 15);
+	CHECK(pmem_metrics_snapshot_counts(NULL) == NULL);
+}
+
 int main(void)
 {
 	RUN(test_fields_from_the_x_macro);
@@ -242,5 +271,6 @@ int main(void)
 	RUN(test_null_counters_are_tolerated);
 	RUN(test_snapshot_order_aggregate_and_ids);
 	RUN(test_abort_keeps_counts_and_a_second_take_is_edeadlk);
+	RUN(test_a_peek_reads_counts_and_changes_nothing);
 	return check_summary();
 }
