@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import threading
 
-from conftest import assert_aggregate_is_sum
+from conftest import assert_aggregate_is_sum, run_threads
 
 from pmem_metrics import FIELDS, PmemMetricsPerDevice, flush_metrics, flush_metrics_json
 
@@ -142,21 +141,9 @@ def test_aggregate_equals_sum_and_nothing_is_lost_or_doubled_under_threads(uid: 
         for i in range(200):
             PmemMetricsPerDevice.alloc(f"{uid}new{i}").cfg_fails.inc()
 
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # interleave the threads far more often than usual
-    try:
-        bumpers = [threading.Thread(target=bump, args=(s,)) for s in range(4)]
-        others = [threading.Thread(target=allocator)]
-        flushers = [threading.Thread(target=flusher, args=(j,)) for j in (False, True)]
-        for t in flushers + bumpers + others:
-            t.start()
-        for t in bumpers + others:
-            t.join()
-        stop.set()
-        for t in flushers:
-            t.join()
-    finally:
-        sys.setswitchinterval(old_interval)
+    bumpers = [threading.Thread(target=bump, args=(s,)) for s in range(4)]
+    flushers = [threading.Thread(target=flusher, args=(j,)) for j in (False, True)]
+    run_threads([*bumpers, threading.Thread(target=allocator)], flushers, stop)
     flushes.append(flush_metrics())
 
     assert len(flushes) > 2

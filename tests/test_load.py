@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import threading
 from dataclasses import dataclass
 
 import pytest
-from conftest import assert_aggregate_is_sum
+from conftest import assert_aggregate_is_sum, run_threads
 
 from pmem_metrics import FIELDS, PmemMetricsPerDevice, flush_metrics, flush_metrics_json
 
@@ -73,18 +72,7 @@ def test_exact_accounting_under_load(native, uid: str, load: Load) -> None:
     workers += [threading.Thread(target=python_bumper, args=(s,)) for s in seeds]
     workers.append(threading.Thread(target=allocator))
     flushers = [threading.Thread(target=flusher, args=(j,)) for j in (False, True)]
-    old_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # interleave the Python threads far more often
-    try:
-        for t in flushers + workers:
-            t.start()
-        for t in workers:
-            t.join()
-        stop.set()
-        for t in flushers:
-            t.join()
-    finally:
-        sys.setswitchinterval(old_interval)
+    run_threads(workers, flushers, stop)
     flushes.append(flush_metrics())
 
     assert results == [0] * load.native_devices

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import textwrap
 import time
 from pathlib import Path
 
@@ -329,20 +330,54 @@ def test_a_named_pipe_whose_reader_left(uid: str, tmp_path: Path) -> None:
     assert parse_line(line)[f"pmem_{uid}pipe"]["cfg_fails"] == 6
 
 
+# Prepended to the subprocess scripts below (indented like them):
+# big_line_fifo() makes lines of ~280 KB, far beyond the 64 KiB pipe buffer,
+# and a writer to a named pipe with a reader that reads nothing yet;
+# drain_and_parse() runs *write* in a thread while draining the pipe *fd*,
+# then gives drive-0000's cfg_fails per line, "fragment" for one not JSON.
+PIPE_HELPERS = textwrap.indent(
+    """
+import json, os, select, threading
+from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
+
+def big_line_fifo():
+    for i in range(3000):
+        PmemMetricsPerDevice.alloc(f"drive-{i:04d}")
+    os.mkfifo("fifo")
+    reader = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
+    w = MetricsWriter()
+    w.init("fifo")
+    return PmemMetricsPerDevice.alloc("drive-0000"), w, reader
+
+def drain_and_parse(fd, write):
+    data = bytearray()
+    t = threading.Thread(target=write)
+    t.start()
+    while t.is_alive() or select.select([fd], [], [], 0)[0]:
+        if select.select([fd], [], [], 0.05)[0]:
+            data += os.read(fd, 1 << 16)
+    t.join()
+    lines = data.decode().split("\\n")
+    assert lines[-1] == ""
+    parsed = []
+    for line in lines[:-1]:
+        try:
+            parsed.append(json.loads(line)["pmem_drive-0000"]["cfg_fails"])
+        except ValueError:
+            parsed.append("fragment")
+    return parsed
+""",
+    " " * 8,
+)
+
+
 def test_a_reader_leaving_mid_line_leaves_no_torn_line_for_the_next(run_python) -> None:
     """A line bigger than the pipe buffer is cut when its reader leaves; the next reader
     finds the cut-off part as a line of its own, then whole lines."""
     out = run_python(
-        """
-        import json, os, select, threading
-        from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
-        for i in range(3000):  # a line of ~280 KB, far beyond the 64 KiB pipe buffer
-            PmemMetricsPerDevice.alloc(f"drive-{i:04d}")
-        m = PmemMetricsPerDevice.alloc("drive-0000")
-        os.mkfifo("fifo")
-        first = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
-        w = MetricsWriter()
-        w.init("fifo")
+        PIPE_HELPERS
+        + """
+        m, w, first = big_line_fifo()
         m.cfg_fails.add(5)
         errors = []
         def write():
@@ -357,22 +392,7 @@ def test_a_reader_leaving_mid_line_leaves_no_torn_line_for_the_next(run_python) 
         os.close(first)
         t.join()
         second = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
-        data = bytearray()
-        t = threading.Thread(target=write)
-        t.start()
-        while t.is_alive() or select.select([second], [], [], 0)[0]:
-            if select.select([second], [], [], 0.05)[0]:
-                data += os.read(second, 1 << 16)
-        t.join()
-        lines = data.decode().split("\\n")
-        assert lines[-1] == ""
-        parsed = []
-        for line in lines[:-1]:
-            try:
-                parsed.append(json.loads(line)["pmem_drive-0000"]["cfg_fails"])
-            except ValueError:
-                parsed.append("fragment")
-        print(errors, parsed)
+        print(errors, drain_and_parse(second, write))
         """
     )
     assert out == "['BrokenPipeError'] ['fragment', 5]\n"
@@ -413,16 +433,10 @@ def test_a_partial_write_to_a_file_object_not_in_append_mode(run_python, tmp_pat
 def test_an_exception_from_a_signal_handler_mid_line_leaves_no_torn_line(run_python) -> None:
     """A blocked write to a pipe, interrupted by a handler that raises after part went out."""
     out = run_python(
-        """
-        import json, os, select, signal, threading
-        from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
-        for i in range(3000):  # ~280 KB: the write blocks once the pipe buffer is full
-            PmemMetricsPerDevice.alloc(f"drive-{i:04d}")
-        m = PmemMetricsPerDevice.alloc("drive-0000")
-        os.mkfifo("fifo")
-        reader = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
-        w = MetricsWriter()
-        w.init("fifo")
+        PIPE_HELPERS
+        + """
+        import signal
+        m, w, reader = big_line_fifo()
         class Interrupted(Exception):
             pass
         def handler(signum, frame):
@@ -434,21 +448,7 @@ def test_an_exception_from_a_signal_handler_mid_line_leaves_no_torn_line(run_pyt
             w.write()
         except Interrupted:
             print("interrupted")
-        data = bytearray()
-        t = threading.Thread(target=w.write)
-        t.start()
-        while t.is_alive() or select.select([reader], [], [], 0)[0]:
-            if select.select([reader], [], [], 0.05)[0]:
-                data += os.read(reader, 1 << 16)
-        lines = data.decode().split("\\n")
-        assert lines[-1] == ""
-        parsed = []
-        for line in lines[:-1]:
-            try:
-                parsed.append(json.loads(line)["pmem_drive-0000"]["cfg_fails"])
-            except ValueError:
-                parsed.append("fragment")
-        print(parsed)
+        print(drain_and_parse(reader, w.write))
         """
     )
     assert out == "interrupted\n['fragment', 5]\n"
