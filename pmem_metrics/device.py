@@ -109,8 +109,12 @@ class PmemMetricsPerDevice:
 
     if TYPE_CHECKING:
         # The counters are set in alloc() from FIELDS, which comes from C at
-        # import; this tells type checkers so.  Only for them: at run time a
-        # __getattr__ would slow every attribute lookup, the hot path's too.
+        # import; this tells type checkers that they are Counters without
+        # naming them in Python (so a new field needs no Python change; the
+        # price: a misspelt field passes the type checker, and fails at run
+        # time).  Only for type checkers: a class with __getattr__ loses
+        # CPython's specialised attribute loads, and the increment went from
+        # 1.36x to 1.77x the bare CFFI call when it had one.
         def __getattr__(self, name: str) -> Counter: ...
 
 

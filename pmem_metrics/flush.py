@@ -35,7 +35,7 @@ import stat
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, Any, Union
+from typing import IO, Any, NamedTuple, Union
 
 from ._binding import FIELDS
 from ._snapshot import Snapshot, flushing
@@ -206,18 +206,28 @@ def _sink_for(destination: Destination) -> _FdSink | _FileSink:
     return _FdSink(fd, str(getattr(destination, "name", destination)), destination)
 
 
+def _check_utf8(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid Unicode (no lone surrogates): {text!r}") from None
+
+
 def _line_head(instance_id: str | None, properties: Mapping[str, str] | None) -> str:
     """The start of every line: the timestamp's key, then the optional ``id`` and ``properties``."""
     head = '{"utc_timestamp_ms":%d,'
     if instance_id is not None:
         if not isinstance(instance_id, str):
             raise TypeError(f"id must be a str, not {type(instance_id).__name__}")
+        _check_utf8("id", instance_id)
         head += '"id":' + json.dumps(instance_id, ensure_ascii=False).replace("%", "%%") + ","
     if properties is not None:
         if not isinstance(properties, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in properties.items()
         ):
             raise TypeError("properties must map str to str")
+        for k, v in properties.items():
+            _check_utf8("properties", k + v)
         text = json.dumps(dict(properties), ensure_ascii=False, separators=(",", ":"))
         head += '"properties":' + text.replace("%", "%%") + ","
     return head
@@ -234,7 +244,8 @@ class MetricsWriter:
         self._sink: _FdSink | _FileSink | None = None
         self._head = _line_head(None, None)
         self._lock = threading.Lock()  # guards init and the periodic thread's start/stop
-        self._periodic: tuple[threading.Thread, threading.Event] | None = None
+        self._periodic: _Periodic | None = None
+        self._exit_hook = False  # _stop_at_exit is registered with atexit
 
     @property
     def initialized(self) -> bool:
@@ -289,8 +300,9 @@ class MetricsWriter:
 
     @property
     def periodic(self) -> bool:
-        """Whether a periodic writer thread is running."""
-        return self._periodic is not None
+        """Whether a periodic writer thread runs (in this process)."""
+        running = self._periodic
+        return running is not None and running.pid == os.getpid()
 
     def start_periodic(self, interval: float = 60.0, *, at_exit: bool = True) -> None:
         """Write a line every *interval* seconds from a daemon thread, like Firecracker's timer.
@@ -299,18 +311,21 @@ class MetricsWriter:
         stay for the next one; the thread carries on.  When a write runs
         late, the missed beats are skipped, not written in a burst.  With
         *at_exit*, :meth:`stop_periodic` also runs at interpreter exit, so
-        the last counts are written.  Raises :class:`WriterStateError`
-        before :meth:`init` or while periodic writing already runs, and
-        ``ValueError`` for an *interval* that is not a positive number.
+        the last counts are written.  A child process forked meanwhile has
+        no periodic writer (its parent's thread is not there) and writes
+        nothing at its exit.  Raises :class:`WriterStateError` before
+        :meth:`init` or while periodic writing already runs, ``TypeError``
+        or ``ValueError`` for an *interval* that is not a positive number of
+        seconds up to ``threading.TIMEOUT_MAX``.
         """
         if isinstance(interval, bool) or not isinstance(interval, (int, float)):
             raise TypeError(f"interval must be a number, not {type(interval).__name__}")
-        if not interval > 0 or interval == float("inf"):
+        if not 0 < interval <= threading.TIMEOUT_MAX:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
         with self._lock:
             if self._sink is None:
                 raise WriterStateError("init() the metrics writer before start_periodic()")
-            if self._periodic is not None:
+            if self.periodic:
                 raise WriterStateError("periodic writing is already running")
             stop = threading.Event()
             thread = threading.Thread(
@@ -319,10 +334,11 @@ class MetricsWriter:
                 name="pmem_metrics periodic writer",
                 daemon=True,
             )
-            self._periodic = (thread, stop)
+            self._periodic = _Periodic(thread, stop, os.getpid(), at_exit)
+            if at_exit and not self._exit_hook:
+                atexit.register(self._stop_at_exit)  # once; it checks _periodic.at_exit
+                self._exit_hook = True
             thread.start()
-        if at_exit:
-            atexit.register(self._stop_at_exit)
 
     def stop_periodic(self) -> None:
         """Stop the periodic thread and write a final line; nothing happens if none runs.
@@ -332,13 +348,11 @@ class MetricsWriter:
         """
         with self._lock:
             running, self._periodic = self._periodic, None
-        if running is None:
-            return
-        thread, stop = running
-        atexit.unregister(self._stop_at_exit)
-        stop.set()
-        if thread is not threading.current_thread():
-            thread.join()
+        if running is None or running.pid != os.getpid():
+            return  # none, or the parent's: this forked child has no thread to stop
+        running.stop.set()
+        if running.thread is not threading.current_thread():
+            running.thread.join()
         self.write()
 
     def _run_periodic(self, interval: float, stop: threading.Event) -> None:
@@ -348,16 +362,29 @@ class MetricsWriter:
                 self.write()
             except Exception:
                 _log.exception("pmem_metrics: writing a metrics line failed; its counts are kept")
-            due += interval
-            now = time.monotonic()
-            if due <= now:  # late: skip the beats missed, do not burst
-                due = now + interval
+            due = _next_beat(due, interval, time.monotonic())
 
     def _stop_at_exit(self) -> None:
+        running = self._periodic
+        if running is None or not running.at_exit:
+            return
         try:
             self.stop_periodic()
         except Exception:
             _log.exception("pmem_metrics: the final metrics line at exit failed")
+
+
+class _Periodic(NamedTuple):
+    thread: threading.Thread
+    stop: threading.Event
+    pid: int  # the process that started it: a forked child inherits the state, not the thread
+    at_exit: bool
+
+
+def _next_beat(due: float, interval: float, now: float) -> float:
+    """The beat after *due*; when that is already past, the next one from *now* (no burst)."""
+    due += interval
+    return due if due > now else now + interval
 
 
 METRICS = MetricsWriter()

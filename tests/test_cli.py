@@ -106,7 +106,8 @@ def test_demo_named_pipe_without_reader_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_demo_rejects_bad_arguments(tmp_path: Path) -> None:
-    for args in (["--devices", "-1"], ["--interval", "0"], ["--duration", "x"]):
+    bad = (["--devices", "-1"], ["--interval", "0"], ["--duration", "x"])
+    for args in (*bad, ["--prometheus-port", "70000"]):
         proc = run_demo(tmp_path, *args)
         assert proc.returncode == 2
         assert "error" in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -135,3 +136,62 @@ def test_bad_id_or_properties_are_refused_and_change_nothing(kwargs: dict) -> No
     assert not w.initialized
     w.init(io.StringIO())  # the writer is still free to be initialised
     assert w.initialized
+
+
+def test_late_beats_are_skipped_not_burst() -> None:
+    from pmem_metrics.flush import _next_beat
+
+    assert _next_beat(10.0, 1.0, now=10.2) == 11.0  # on time: the next beat
+    assert _next_beat(10.0, 1.0, now=13.5) == 14.5  # three beats late: one, an interval on
+
+
+def test_bad_intervals_and_a_huge_one(uid: str) -> None:
+    w = MetricsWriter()
+    w.init(io.StringIO())
+    for bad in (float("inf"), threading.TIMEOUT_MAX * 2):
+        with pytest.raises(ValueError):
+            w.start_periodic(bad)
+        assert not w.periodic
+
+
+def test_a_forked_child_writes_no_final_line_of_its_parent(run_python, tmp_path: Path) -> None:
+    run_python(
+        """
+        import os, sys
+        from pmem_metrics import METRICS, PmemMetricsPerDevice
+        METRICS.init("m.json")
+        PmemMetricsPerDevice.alloc("drv0").cfg_fails.add(5)
+        METRICS.start_periodic(3600)
+        pid = os.fork()
+        if pid == 0:
+            assert not METRICS.periodic  # the parent's thread is not here
+            sys.exit(0)  # a normal exit: atexit handlers run in the child too
+        os.waitpid(pid, 0)
+        METRICS.stop_periodic()
+        """
+    )
+    lines = [json.loads(line) for line in (tmp_path / "m.json").read_text().splitlines()]
+    assert [line["pmem_drv0"]["cfg_fails"] for line in lines] == [5]
+
+
+def test_the_exit_hook_follows_the_latest_start(run_python, tmp_path: Path) -> None:
+    run_python(
+        """
+        from pmem_metrics import METRICS, PmemMetricsPerDevice
+        METRICS.init("m.json")
+        m = PmemMetricsPerDevice.alloc("drv0")
+        METRICS.start_periodic(3600)  # at_exit=True
+        METRICS.stop_periodic()  # the first line
+        METRICS.start_periodic(3600, at_exit=False)
+        m.event_fails.inc()  # stays unwritten: no final line at exit was asked for
+        """
+    )
+    assert len((tmp_path / "m.json").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"id": "vm\ud800"}, {"properties": {"k": "v\udfff"}}])
+def test_ids_and_properties_that_are_not_unicode_are_refused(kwargs: dict) -> None:
+    w = MetricsWriter()
+    with pytest.raises(ValueError, match="surrogates"):
+        w.init(io.StringIO(), **kwargs)
+    assert not w.initialized

@@ -110,3 +110,15 @@ def test_demo_serves_prometheus(tmp_path: Path) -> None:
     samples = families["pmem_queue_event_count"]["samples"]
     assert sorted(drive for _, drive in samples) == ["drv0", "drv1", "drv2"]
     assert sum(samples.values()) > 0
+
+
+def test_a_scrape_does_not_wait_for_a_flush(uid: str) -> None:
+    """A scrape while this very thread holds a flush open: it takes no flush lock."""
+    from pmem_metrics._snapshot import flushing
+
+    registry = CollectorRegistry()
+    register(registry)
+    PmemMetricsPerDevice.alloc(uid + "held").activate_fails.add(2)
+    with flushing():  # a second flush here would be refused (EDEADLK); a scrape is not
+        samples = scrape_text(generate_latest(registry).decode())["pmem_activate_fails"]
+    assert samples["samples"]["pmem_activate_fails_total", uid + "held"] == 2
