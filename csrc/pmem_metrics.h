@@ -35,6 +35,9 @@
  * - A snapshot loads each counter exactly once; its per-device diffs and its
  *   aggregate are computed from those same loads, so the aggregate always
  *   equals the field-wise sum (mod 2^64) of the devices it lists.
+ * - pmem_metrics_snapshot_peek() copies the same way for reading cumulative
+ *   counts (a Prometheus scrape) without the flush lock: it never waits for
+ *   a flush, a flush never waits for it, and it resets nothing.
  *
  * Design
  * ======
