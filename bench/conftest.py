@@ -94,11 +94,21 @@ TARGETS = [
     ("flush_metrics_json() <= 1.5x json.dumps, 10,000 devices",
      "test_flush_json[10000]", "test_json_dumps_prebuilt[10000]", 1.5),
     ("flush_metrics_json() >= 20x faster than generate_latest(), 19 devices",
-     "test_prometheus_generate_latest_19", "test_flush_json[19]", -20.0),
+     "test_prometheus_generate_latest[19]", "test_flush_json[19]", -20.0),
 ]  # fmt: skip
 
 # Comparisons without a target, shown as ratios.
 RATIOS = [
+    (
+        "generate_latest() / flush_metrics_json(), 1,000 devices",
+        "test_prometheus_generate_latest[1000]",
+        "test_flush_json[1000]",
+    ),
+    (
+        "generate_latest() / flush_metrics_json(), 10,000 devices",
+        "test_prometheus_generate_latest[10000]",
+        "test_flush_json[10000]",
+    ),
     ("OpenTelemetry SDK add / Python inc", "test_inc_opentelemetry", "test_inc_pmem_metrics"),
     ("pure-Python lock-and-int / Python inc", "test_inc_lock_and_int", "test_inc_pmem_metrics"),
     ("Python inc / bare CFFI call of our own C inc", "test_inc_pmem_metrics", "test_inc_bare_lib"),

@@ -52,8 +52,9 @@
  *   pthread rwlock (writer-preferring on glibc, so a stream of lookups
  *   cannot starve an insert or fork()).
  * - The hot path is inline in this header: in an optimised build a C
- *   caller's increment compiles to one relaxed fetch-add (at -O0 it is a
- *   call).  The library also exports every function as a symbol for FFI
+ *   caller's increment compiles to one relaxed fetch-add (a `lock add` on
+ *   x86-64; for the first field, whose address is the device's, also the
+ *   NULL test, which the compiler cannot drop; at -O0 it is a call).  The library also exports every function as a symbol for FFI
  *   users.
  *
  * Limitations

@@ -15,12 +15,19 @@ except ImportError as e:  # pragma: no cover - depends on how the package was in
     ) from e
 
 NFIELDS: int = lib.PMEM_METRICS_NFIELDS
+"""Number of counters of one device."""
+
 FIELDS: tuple[str, ...] = tuple(
     ffi.string(lib.pmem_metrics_field_name(i)).decode("ascii") for i in range(NFIELDS)
 )
+"""The counters of one device, in flush order (the attributes of a device handle)."""
+
 FIELD_DOCS: dict[str, str] = {
     name: ffi.string(lib.pmem_metrics_field_doc(i)).decode("utf-8") for i, name in enumerate(FIELDS)
 }
+"""Each field's one-line description (the Prometheus HELP text)."""
+
 ID_MAX_CHARS: int = lib.PMEM_METRICS_ID_MAX_CHARS
+"""The longest drive id accepted, in characters (code points)."""
 
 __all__ = ["FIELDS", "FIELD_DOCS", "ID_MAX_CHARS", "NFIELDS", "ffi", "lib"]

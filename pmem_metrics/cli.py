@@ -74,7 +74,7 @@ def _serve_prometheus(port: int, addr: str) -> None:
     except ImportError:
         raise SystemExit(
             "python -m pmem_metrics: --prometheus-port needs prometheus_client: "
-            "pip install 'pmem_metrics[prometheus]'"
+            "pip install '.[prometheus]' (from a checkout)"
         ) from None
     registry = CollectorRegistry()
     register(registry)
@@ -111,7 +111,8 @@ def demo(
     lines = 0
     try:
         # A line at every multiple of the interval before the end, even when
-        # late (like Firecracker's periodic timer), so the count is exact.
+        # late, so the demo's line count is exact (MetricsWriter.start_periodic
+        # instead skips late beats).
         start = time.monotonic()
         while (lines + 1) * interval < duration:
             time.sleep(max(0.0, start + (lines + 1) * interval - time.monotonic()))

@@ -70,7 +70,9 @@ class PmemMetricsPerDevice:
         The same id always gives the same counters.  Raises ``TypeError`` if
         *drive_id* is not a ``str``, :class:`InvalidDriveIdError` (a
         ``ValueError``) if it is empty, longer than ``ID_MAX_CHARS`` characters,
-        or holds NUL or other control characters.  A rejected id changes nothing.
+        holds NUL or other control characters, or lone surrogates, and
+        :class:`OutOfMemoryError` (a ``MemoryError``) if the C library is out
+        of memory.  A refused call changes nothing.
         """
         if not isinstance(drive_id, str):
             raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")

@@ -46,6 +46,10 @@ _BY_ERRNO: dict[int, type[PmemMetricsError]] = {
 
 
 def error_from_errno(err: int, message: str) -> PmemMetricsError:
-    """The exception for a C call that failed with ``errno`` *err*, described by *message*."""
+    """The exception for a C call that failed with ``errno`` *err*, described by *message*.
+
+    The C error text is appended, except for EINVAL, whose *message* names
+    the rule that was broken ("Invalid argument" would add nothing).
+    """
     cls = _BY_ERRNO.get(err, PmemMetricsError)
-    return cls(f"{message} ({os.strerror(err)})" if err else message)
+    return cls(f"{message} ({os.strerror(err)})" if err and err != errno.EINVAL else message)

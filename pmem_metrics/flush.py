@@ -267,10 +267,12 @@ class MetricsWriter:
         as newer Firecracker versions write them.
 
         Raises :class:`AlreadyInitializedError` on a second call,
-        ``TypeError`` for an *id* that is not a ``str`` or *properties* that
-        do not map ``str`` to ``str``, and :class:`MetricsDestinationError`
-        (an ``OSError``) if a path cannot be opened, including a named pipe
-        that has no reader yet.
+        ``TypeError`` for a destination that is neither a path nor writable,
+        an *id* that is not a ``str`` or *properties* that do not map ``str``
+        to ``str``, ``ValueError`` for text with lone surrogates, and
+        :class:`MetricsDestinationError` (an ``OSError``) if a path cannot be
+        opened, including a named pipe that has no reader yet.  A refused
+        call leaves the writer uninitialised.
         """
         with self._lock:
             if self._sink is not None:
@@ -283,10 +285,12 @@ class MetricsWriter:
         """Flush and write one metrics line; ``False`` (writing nothing) before :meth:`init`.
 
         If the destination fails, its exception propagates and no count is
-        lost: the next successful write reports them.  Paths and file objects
-        with a file descriptor (``sys.stdout``, ``open(...)``) get each line in
-        whole-line writes to the descriptor, so a line is delivered exactly
-        once or not at all; see ``_FileSink`` for objects without one.
+        lost: the next successful write reports them.  A regular file gets
+        each line whole or not at all.  On a pipe, a line cut short because
+        its reader left stays a line of its own (closed off by a newline);
+        the counts it carried come again in the next whole line.  A file
+        object without a descriptor gets ``write()`` and ``flush()``; if
+        either fails, the line counts as undelivered.
         """
         sink = self._sink
         if sink is None:

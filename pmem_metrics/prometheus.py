@@ -1,6 +1,7 @@
 """Prometheus exposition: a prometheus_client collector for every pmem device.
 
-Needs the optional extra: ``pip install 'pmem_metrics[prometheus]'``.
+Needs the optional extra ``prometheus`` (``pip install '.[prometheus]'`` from
+a checkout), which brings prometheus_client.
 
 Each field becomes a counter family ``pmem_<field>_total`` with one series per
 device, labelled ``drive_id``, valued at the device's cumulative count
@@ -32,7 +33,7 @@ try:
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError(
-        "pmem_metrics.prometheus needs prometheus_client: pip install 'pmem_metrics[prometheus]'"
+        "pmem_metrics.prometheus needs prometheus_client: pip install '.[prometheus]'"
     ) from e
 
 from ._binding import FIELD_DOCS, FIELDS, NFIELDS
