@@ -26,6 +26,9 @@ from pmem_metrics import FIELDS
 
 _ids = itertools.count()
 
+REPO = Path(__file__).resolve().parent.parent
+"""The checkout (tests use its csrc/ to build C code)."""
+
 NATIVE_C = r"""
 #include <errno.h>
 #include <pthread.h>

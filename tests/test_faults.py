@@ -15,10 +15,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from pmem_metrics import PmemMetricsPerDevice, flush_metrics
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
