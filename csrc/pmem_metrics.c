@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* The external definitions of the header's inline hot path (C11 6.7.4). */
 extern inline void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n);
@@ -66,20 +67,29 @@ static struct {
 	size_t id_bytes; /* sum of (id_len + 1) over v: the size of a snapshot's id list */
 } registry = {.lock = REGISTRY_LOCK_INITIALIZER};
 
-/* Held from pmem_metrics_snapshot_take() to _commit() or _abort(). */
+/* Held by an open flush: from its take until its publish, commit, withdrawal or abort. */
 static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
-static _Thread_local bool holding_snapshot;
+
+enum snapshot_state {
+	SNAPSHOT_PEEK,      /* a read-only copy: holds nothing, moves nothing */
+	SNAPSHOT_OPEN,      /* a flush holding flush_lock */
+	SNAPSHOT_PUBLISHED, /* committed, flush_lock released; can still be withdrawn */
+	SNAPSHOT_SETTLED    /* aborted, or published and withdrawn: nothing more to do */
+};
 
 struct pmem_metrics_snapshot {
 	size_t n;
-	struct device **devs; /* n: whose `old` to move on commit */
+	struct device **devs; /* n: whose `old` a commit moves */
 	uint64_t *seen;       /* n * NFIELDS: `current` as loaded */
-	uint64_t *diffs;      /* n * NFIELDS: seen - old */
+	uint64_t *diffs;      /* n * NFIELDS: seen - old, what a commit adds to `old` */
 	uint64_t agg[NFIELDS];
-	bool flush; /* taken by pmem_metrics_snapshot_take(): holds flush_lock */
+	enum snapshot_state state;
 	char *ids; /* every id, each followed by NUL */
 	size_t ids_len;
 };
+
+/* The open flush of this thread, if any (one at a time: a second would deadlock). */
+static _Thread_local struct pmem_metrics_snapshot *held;
 
 /* ---- Memory ----------------------------------------------------------------- */
 
@@ -393,7 +403,7 @@ static void fork_child(void)
 {
 	/* A lock held by a thread that does not exist here is re-made, not unlocked. */
 	registry.lock = (pthread_rwlock_t)REGISTRY_LOCK_INITIALIZER;
-	if (!holding_snapshot)
+	if (!held)
 		flush_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }
 
@@ -445,14 +455,49 @@ static void prefetch_device(const struct device *d)
 #endif
 }
 
+/*
+ * Wait for flush_lock: for ever (timeout_ms < 0), not at all (0), or up to
+ * timeout_ms milliseconds on the monotonic clock (a wall-clock step cannot
+ * stretch the wait).  0, or the error number (ETIMEDOUT when it is busy).
+ */
+static int flush_lock_acquire(int timeout_ms)
+{
+	struct timespec until;
+	int err;
+
+	if (timeout_ms < 0)
+		return pthread_mutex_lock(&flush_lock);
+	if (timeout_ms == 0) {
+		err = pthread_mutex_trylock(&flush_lock);
+		return err == EBUSY ? ETIMEDOUT : err;
+	}
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
+	clock_gettime(CLOCK_MONOTONIC, &until);
+#else
+	/* No pthread_mutex_clocklock (or TSan does not model it): the wall clock. */
+	clock_gettime(CLOCK_REALTIME, &until);
+#endif
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
+	return pthread_mutex_clocklock(&flush_lock, CLOCK_MONOTONIC, &until);
+#else
+	return pthread_mutex_timedlock(&flush_lock, &until);
+#endif
+}
+
 static void flush_release(void)
 {
-	holding_snapshot = false;
+	held = NULL;
 	pthread_mutex_unlock(&flush_lock);
 }
 
 /* Copy the registry into a new snapshot, loading every counter once. */
-static struct pmem_metrics_snapshot *snapshot_load(bool flush)
+static struct pmem_metrics_snapshot *snapshot_load(enum snapshot_state state)
 {
 	struct pmem_metrics_snapshot *s;
 	char *ids;
@@ -463,7 +508,7 @@ static struct pmem_metrics_snapshot *snapshot_load(bool flush)
 		pthread_rwlock_unlock(&registry.lock);
 		return NULL;
 	}
-	s->flush = flush;
+	s->state = state;
 	ids = s->ids;
 	for (size_t i = 0; i < s->n; i++) {
 		struct device *d = registry.v[i];
@@ -491,36 +536,69 @@ static struct pmem_metrics_snapshot *snapshot_load(bool flush)
 			diff[f] = seen[f] - old;
 			s->agg[f] += diff[f];
 		}
+		if (i == 0 && state == SNAPSHOT_OPEN)
+			pause_point("copy"); /* half copied right here */
 	}
 	pthread_rwlock_unlock(&registry.lock);
 	return s;
 }
 
-struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms)
 {
 	struct pmem_metrics_snapshot *s;
+	int err;
 
-	if (holding_snapshot) {
+	if (!slot || *slot) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (held) {
 		errno = EDEADLK;
-		return NULL;
+		return -1;
 	}
-	pthread_mutex_lock(&flush_lock);
-	holding_snapshot = true;
-	s = snapshot_load(true);
+	err = flush_lock_acquire(timeout_ms);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	pause_point("take");
+	s = snapshot_load(SNAPSHOT_OPEN);
 	if (!s) {
-		flush_release();
+		pthread_mutex_unlock(&flush_lock);
 		errno = ENOMEM;
+		return -1;
 	}
-	return s;
+	held = s;
+	*slot = s;
+	return 0;
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	return pmem_metrics_snapshot_take_into(&s, -1) == 0 ? s : NULL;
+}
+
+int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot)
+{
+	if (!slot || *slot) {
+		errno = EINVAL;
+		return -1;
+	}
+	*slot = snapshot_load(SNAPSHOT_PEEK);
+	if (!*slot) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return 0;
 }
 
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void)
 {
-	struct pmem_metrics_snapshot *s = snapshot_load(false);
+	struct pmem_metrics_snapshot *s = NULL;
 
-	if (!s)
-		errno = ENOMEM;
-	return s;
+	return pmem_metrics_snapshot_peek_into(&s) == 0 ? s : NULL;
 }
 
 size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s)
@@ -555,14 +633,13 @@ const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot 
 	return s ? s->seen : NULL;
 }
 
-void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
+/*
+ * Move every counter's `old` by the diff `s` reported: up for a commit, back
+ * down for a withdrawal.  Relative moves commute, so a withdrawal needs no
+ * flush lock: the flushes committed since keep exactly their own diffs.
+ */
+static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 {
-	if (!s)
-		return;
-	if (!s->flush) { /* a peek reports nothing, so it moves nothing */
-		free(s);
-		return;
-	}
 	/*
 	 * The read lock is not needed for the devices (they never move); it
 	 * makes a commit atomic with respect to fork(), whose prepare handler
@@ -572,23 +649,80 @@ void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
 	for (size_t i = 0; i < s->n; i++) {
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&s->devs[i]->m, f);
+			uint64_t diff = s->diffs[i * NFIELDS + f];
 
-			/* Release pairs with the acquire load in pmem_metrics_fetch_diff(). */
-			atomic_store_explicit(&c->old, s->seen[i * NFIELDS + f], memory_order_release);
+			if (diff == 0)
+				continue;
+			/*
+			 * Release pairs with the acquire loads of `old` in
+			 * pmem_metrics_fetch_diff() and snapshot_load(): whoever sees
+			 * the moved `old` also sees the `current` it was computed from.
+			 */
+			if (back)
+				atomic_fetch_sub_explicit(&c->old, diff, memory_order_release);
+			else
+				atomic_fetch_add_explicit(&c->old, diff, memory_order_release);
 		}
 		if (i == 0)
-			pause_point("commit"); /* half committed right here */
+			pause_point(back ? "withdraw" : "commit"); /* half moved right here */
 	}
 	pthread_rwlock_unlock(&registry.lock);
-	free(s);
+}
+
+void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
+{
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s || s->state != SNAPSHOT_OPEN)
+		return;
+	move_old(s, false);
+	s->state = SNAPSHOT_PUBLISHED;
 	flush_release();
+}
+
+void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot)
+{
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s)
+		return;
+	if (s->state == SNAPSHOT_OPEN) {
+		s->state = SNAPSHOT_SETTLED;
+		flush_release();
+	} else if (s->state == SNAPSHOT_PUBLISHED) {
+		move_old(s, true);
+		s->state = SNAPSHOT_SETTLED;
+	}
+}
+
+int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s)
+{
+	return s && s->state == SNAPSHOT_OPEN;
+}
+
+void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
+{
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s)
+		return;
+	*slot = NULL;
+	if (s->state == SNAPSHOT_OPEN) {
+		if (held != s)
+			return; /* open in another thread: only that thread can release it */
+		s->state = SNAPSHOT_SETTLED;
+		flush_release();
+	}
+	free(s);
+}
+
+void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
+{
+	pmem_metrics_snapshot_publish(&s);
+	pmem_metrics_snapshot_dispose(&s);
 }
 
 void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
 {
-	if (!s)
-		return;
-	if (s->flush)
-		flush_release();
-	free(s);
+	pmem_metrics_snapshot_dispose(&s);
 }

@@ -32,6 +32,14 @@
  *   snapshot is outstanding, until that one is committed or aborted.  So two
  *   flushes never report the same increment.  The registry read lock is held
  *   only while the snapshot is copied, never while the report is written.
+ *   pmem_metrics_snapshot_take_into() waits at most a given time, so a
+ *   binding can wait in slices and handle signals in between.
+ * - A commit moves each counter's `old` up by exactly the diff the snapshot
+ *   reported (an atomic add), not to an absolute value.  That is what lets a
+ *   published report be withdrawn later (pmem_metrics_snapshot_withdraw():
+ *   `old` moves back down by the same amounts) without taking the flush lock
+ *   and without racing the flushes that ran in between: their own diffs
+ *   stay committed, and the withdrawn counts are reported again, once.
  * - A snapshot loads each counter exactly once; its per-device diffs and its
  *   aggregate are computed from those same loads, so the aggregate always
  *   equals the field-wise sum (mod 2^64) of the devices it lists.
@@ -71,10 +79,15 @@
  *   the child starts with every count the parent had at that moment, the
  *   registry unlocked and no flush in progress (unless the forking thread
  *   itself had one open: it may finish it in the child).
- * - C11 only (`_Atomic`); the header is not meant for C++ translation units.
+ * - C11 only (`_Atomic`); a C++ translation unit stops at an #error below
+ *   (C++'s std::atomic is a different type with no layout guarantee here).
  */
 #ifndef PMEM_METRICS_H
 #define PMEM_METRICS_H
+
+#ifdef __cplusplus
+#error "pmem_metrics.h is C11 only: its counters are C11 _Atomic, which C++ does not share; compile the callers of this header as C"
+#endif
 
 #if defined(__GNUC_GNU_INLINE__) && !defined(__GNUC_STDC_INLINE__)
 #error "pmem_metrics.h needs C99/C11 inline semantics (not -fgnu89-inline)"
@@ -161,11 +174,11 @@ inline uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter *c)
 	if (!c)
 		return 0;
 	/*
-	 * Acquire pairs with the release store of `old` in
-	 * pmem_metrics_snapshot_commit(): the flusher loaded `current` before
-	 * storing that `old`, so our later load of `current` cannot see an
-	 * older value than the one `old` was moved up to, and the diff never
-	 * goes "negative".
+	 * Acquire pairs with the release read-modify-writes of `old` by a
+	 * commit (pmem_metrics_snapshot_commit() or _publish()): the flusher
+	 * loaded `current` before moving `old` up to it, so our later load of
+	 * `current` cannot see an older value than that, and the diff never
+	 * goes "negative".  A withdrawal only ever moves `old` down.
 	 */
 	uint64_t old = atomic_load_explicit(&c->old, memory_order_acquire);
 	return atomic_load_explicit(&c->current, memory_order_relaxed) - old;
@@ -261,6 +274,67 @@ void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
 /* The report was not delivered: change nothing, release the flush, free `s`. NULL: no-op. */
 void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
 
+/*
+ * Interrupt-safe flushing, for bindings whose code can be interrupted between
+ * any two steps (Python: a KeyboardInterrupt may be raised as soon as a C
+ * call returns, before its result is stored anywhere).  Each call takes the
+ * address of the caller's snapshot pointer (a `slot`, in memory the caller
+ * owns and set to NULL before the first call) and updates it before it
+ * returns, so the caller's cleanup always finds what is outstanding:
+ *
+ *   struct pmem_metrics_snapshot *slot = NULL;
+ *   while (pmem_metrics_snapshot_take_into(&slot, 50) != 0)
+ *           if (errno != ETIMEDOUT) fail;          (handle signals here)
+ *   ...build and deliver the report from slot...
+ *   pmem_metrics_snapshot_publish(&slot);          delivered
+ *   (on an exception anywhere above: pmem_metrics_snapshot_withdraw(&slot),
+ *    or, where a delivered report stands, _dispose(&slot) alone)
+ *   pmem_metrics_snapshot_dispose(&slot);          free, *slot = NULL
+ *
+ * All of them must be called by the thread that took the snapshot, except
+ * dispose() of a snapshot that is no longer open (any thread may free it).
+ */
+
+/*
+ * As pmem_metrics_snapshot_take(), waiting at most `timeout_ms` milliseconds
+ * for another flush to finish (0: do not wait; negative: wait as long as it
+ * takes).  Stores the snapshot in *slot before it returns.  Returns 0, or -1
+ * with *slot NULL and errno ETIMEDOUT (another flush is still outstanding),
+ * EDEADLK (this thread has one open), ENOMEM, or EINVAL (slot NULL or *slot
+ * not NULL: it would lose the snapshot it holds).
+ */
+int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms);
+
+/* As pmem_metrics_snapshot_peek(), storing it in *slot.  0, or -1 with errno ENOMEM, EINVAL. */
+int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot);
+
+/*
+ * The report built from *slot was delivered: as pmem_metrics_snapshot_commit(),
+ * but the snapshot stays in *slot, so the report can still be withdrawn.
+ * Does nothing unless *slot is an open flush.
+ */
+void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot);
+
+/*
+ * The report built from *slot did not reach its reader after all: an open
+ * flush is aborted (nothing changes); a published one is undone (`old` moves
+ * back down by what it reported, so the next flush reports those counts).
+ * Never waits.  Afterwards *slot is settled: withdraw() again, or publish(),
+ * does nothing.  NULL slot or *slot: no-op.
+ */
+void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
+
+/* Whether `s` is a flush that is neither published, committed nor withdrawn yet. */
+int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s);
+
+/*
+ * Free *slot and set it to NULL.  An open flush is aborted first; a published
+ * one stays published (for a report whose delivery, once published, stands:
+ * a line in a file).  A flush still open in another thread cannot be
+ * released from here: its memory is left alone.  NULL slot or *slot: no-op.
+ */
+void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
+
 #ifdef PMEM_METRICS_FAULT_INJECTION
 /*
  * Test builds only (compiled with -DPMEM_METRICS_FAULT_INJECTION): make the
@@ -270,8 +344,10 @@ void pmem_metrics_fault_fail_alloc(unsigned n);
 
 /*
  * Test builds only: call hook(where) in the middle of an insert ("insert",
- * with the registry write-locked and the array half updated) and of a
- * commit ("commit", after the first device).  NULL turns it off.
+ * with the registry write-locked and the array half updated), of a flush
+ * ("take", holding the flush lock, before the copy; "copy", after the first
+ * device's counters were loaded) and of a commit or withdrawal ("commit",
+ * "withdraw", after the first device).  NULL turns it off.
  */
 void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));
 #endif

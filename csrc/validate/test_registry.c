@@ -1,7 +1,11 @@
 /*
- * test_registry.c - single-threaded semantics: ids, counters, snapshots, bad input.
+ * test_registry.c - semantics: ids, counters, snapshots, bad input (one thread, but
+ * for the one that holds a flush while another waits for it).
  */
+#define _POSIX_C_SOURCE 200809L /* pthread_barrier_t */
+
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -261,6 +265,102 @@ static void test_a_peek_reads_counts_and_changes_nothing(void)
 	CHECK(pmem_metrics_snapshot_counts(NULL) == NULL);
 }
 
+static void test_the_slot_calls_refuse_bad_slots(void)
+{
+	struct pmem_metrics_snapshot *s = NULL, *other = NULL;
+
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take_into(NULL, 0) == -1 && errno == EINVAL);
+	CHECK(pmem_metrics_snapshot_peek_into(NULL) == -1 && errno == EINVAL);
+	CHECK(pmem_metrics_snapshot_take_into(&s, 0) == 0 && s != NULL);
+	CHECK(pmem_metrics_snapshot_is_open(s));
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take_into(&s, 0) == -1 && errno == EINVAL); /* would lose s */
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take_into(&other, 0) == -1 && errno == EDEADLK && !other);
+	CHECK(pmem_metrics_snapshot_peek_into(&other) == 0 && !pmem_metrics_snapshot_is_open(other));
+	pmem_metrics_snapshot_dispose(&other);
+	pmem_metrics_snapshot_dispose(&s); /* aborts the open flush */
+	CHECK(s == NULL && !pmem_metrics_snapshot_is_open(NULL));
+	CHECK(pmem_metrics_snapshot_take_into(&s, 0) == 0); /* the lock was released */
+	pmem_metrics_snapshot_dispose(&s);
+	pmem_metrics_snapshot_publish(NULL);
+	pmem_metrics_snapshot_withdraw(NULL);
+	pmem_metrics_snapshot_dispose(NULL);
+	pmem_metrics_snapshot_publish(&s);
+	pmem_metrics_snapshot_withdraw(&s);
+	pmem_metrics_snapshot_dispose(&s);
+}
+
+static void test_a_published_report_can_be_withdrawn_once(void)
+{
+	struct pmem_metrics_counter *c = &pmem_metrics_alloc("reg-withdraw")->event_fails;
+	struct pmem_metrics_snapshot *a = NULL, *b = NULL;
+
+	pmem_metrics_add(c, 5);
+	CHECK(pmem_metrics_snapshot_take_into(&a, -1) == 0);
+	CHECK(row_of(a, "reg-withdraw")[2] == 5);
+	pmem_metrics_snapshot_publish(&a);
+	CHECK(a != NULL && !pmem_metrics_snapshot_is_open(a)); /* kept, settled for the lock */
+	CHECK(pmem_metrics_fetch_diff(c) == 0);
+
+	/* Another flush runs between the publish and the withdrawal. */
+	pmem_metrics_add(c, 2);
+	CHECK(pmem_metrics_snapshot_take_into(&b, 0) == 0);
+	CHECK(row_of(b, "reg-withdraw")[2] == 2);
+	pmem_metrics_snapshot_publish(&b);
+
+	pmem_metrics_snapshot_withdraw(&a); /* a's 5 come back, b's 2 stay reported */
+	CHECK(pmem_metrics_fetch_diff(c) == 5);
+	pmem_metrics_snapshot_withdraw(&a); /* once only */
+	pmem_metrics_snapshot_publish(&a);  /* settled: nothing */
+	CHECK(pmem_metrics_fetch_diff(c) == 5);
+	pmem_metrics_snapshot_dispose(&a);
+	pmem_metrics_snapshot_dispose(&b); /* published: stays published */
+	CHECK(pmem_metrics_fetch_diff(c) == 5 && pmem_metrics_count(c) == 7);
+
+	/* Withdrawing an open flush is an abort. */
+	CHECK(pmem_metrics_snapshot_take_into(&a, 0) == 0);
+	pmem_metrics_snapshot_withdraw(&a);
+	CHECK(!pmem_metrics_snapshot_is_open(a) && pmem_metrics_fetch_diff(c) == 5);
+	pmem_metrics_snapshot_dispose(&a);
+	a = pmem_metrics_snapshot_take();
+	CHECK(row_of(a, "reg-withdraw")[2] == 5);
+	pmem_metrics_snapshot_commit(a);
+	CHECK(pmem_metrics_fetch_diff(c) == 0);
+}
+
+static void *hold_a_flush(void *arg)
+{
+	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+	pthread_barrier_t *b = arg;
+
+	pthread_barrier_wait(b); /* holding it */
+	pthread_barrier_wait(b); /* the other thread timed out */
+	pmem_metrics_snapshot_abort(s);
+	return NULL;
+}
+
+static void test_a_timed_take_gives_up_while_another_flush_is_open(void)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+	pthread_barrier_t b;
+	pthread_t t;
+
+	pthread_barrier_init(&b, NULL, 2);
+	pthread_create(&t, NULL, hold_a_flush, &b);
+	pthread_barrier_wait(&b);
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take_into(&s, 0) == -1 && errno == ETIMEDOUT && !s);
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take_into(&s, 20) == -1 && errno == ETIMEDOUT && !s);
+	pthread_barrier_wait(&b);
+	CHECK(pmem_metrics_snapshot_take_into(&s, -1) == 0 && s != NULL);
+	pmem_metrics_snapshot_commit(s);
+	pthread_join(t, NULL);
+	pthread_barrier_destroy(&b);
+}
+
 int main(void)
 {
 	RUN(test_fields_from_the_x_macro);
@@ -272,5 +372,8 @@ int main(void)
 	RUN(test_snapshot_order_aggregate_and_ids);
 	RUN(test_abort_keeps_counts_and_a_second_take_is_edeadlk);
 	RUN(test_a_peek_reads_counts_and_changes_nothing);
+	RUN(test_the_slot_calls_refuse_bad_slots);
+	RUN(test_a_published_report_can_be_withdrawn_once);
+	RUN(test_a_timed_take_gives_up_while_another_flush_is_open);
 	return check_summary();
 }

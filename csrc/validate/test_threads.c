@@ -5,12 +5,16 @@
  * allocating devices as they first reach them; an allocator thread creates
  * devices nobody bumps; two flusher threads take snapshots, check that each
  * one's aggregate equals the sum of its rows, add the rows to running totals
- * and commit (or, every few rounds, abort).  A reader checks fetch_diff never
- * goes "negative".  Afterwards every total must equal exactly what was added.
+ * and commit (or, every few rounds, abort, or publish and then withdraw the
+ * report outside the flush lock while the other flusher goes on, or wait for
+ * the lock in short timed slices).  A reader checks fetch_diff never goes
+ * "negative".  Afterwards every total must equal exactly what was added.
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -30,8 +34,9 @@
 #define NFLUSH 2     /* flusher threads */
 
 static atomic_bool done;
-static uint64_t reported[NDEV][NF]; /* guarded by the flush: written between take and commit */
-static atomic_int flushes, aborts, bad_aggregates, bad_ids;
+/* Added to under the flush lock; a withdrawal subtracts outside it. */
+static _Atomic uint64_t reported[NDEV][NF];
+static atomic_int flushes, aborts, withdrawals, timeouts, bad_aggregates, bad_ids;
 
 static void bump_id(char *buf, size_t size, int d)
 {
@@ -82,10 +87,59 @@ static void *allocator(void *arg)
 	return NULL;
 }
 
+/* Add (or, withdrawing, subtract) the bumped devices' rows of `s` to the totals. */
+static void account(const struct pmem_metrics_snapshot *s, bool back)
+{
+	const uint64_t *diffs = pmem_metrics_snapshot_diffs(s);
+
+	for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++) {
+		const char *id = pmem_metrics_snapshot_id(s, i);
+		int d;
+
+		if (strncmp(id, "spare", 5) == 0) {
+			for (size_t f = 0; f < NF; f++)
+				if (diffs[i * NF + f] != 0)
+					atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
+			continue;
+		}
+		if (sscanf(id, "bump%d", &d) != 1 || d < 0 || d >= NDEV) {
+			atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
+			continue;
+		}
+		for (size_t f = 0; f < NF; f++) {
+			if (back)
+				atomic_fetch_sub_explicit(&reported[d][f], diffs[i * NF + f],
+							  memory_order_relaxed);
+			else
+				atomic_fetch_add_explicit(&reported[d][f], diffs[i * NF + f],
+							  memory_order_relaxed);
+		}
+	}
+}
+
+/*
+ * Take a snapshot; every third round in timed slices as a binding does (0 ms
+ * or 1 ms, so that some run out while the other flusher holds the lock).
+ */
+static struct pmem_metrics_snapshot *take(int round)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	if (round % 3 != 1)
+		return pmem_metrics_snapshot_take();
+	while (pmem_metrics_snapshot_take_into(&s, round % 2) != 0) {
+		if (errno != ETIMEDOUT || s != NULL)
+			return NULL;
+		atomic_fetch_add_explicit(&timeouts, 1, memory_order_relaxed);
+		sched_yield();
+	}
+	return s;
+}
+
 /* One flush: check it, and (unless aborting) add it to the totals. */
 static void flush_once(int round)
 {
-	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+	struct pmem_metrics_snapshot *s = take(round);
 	const uint64_t *diffs, *agg;
 	uint64_t sum[NF] = {0};
 	size_t n;
@@ -108,22 +162,22 @@ static void flush_once(int round)
 		atomic_fetch_add_explicit(&aborts, 1, memory_order_relaxed);
 		return;
 	}
-	for (size_t i = 0; i < n; i++) {
-		const char *id = pmem_metrics_snapshot_id(s, i);
-		int d;
-
-		if (strncmp(id, "spare", 5) == 0) {
-			for (size_t f = 0; f < NF; f++)
-				if (diffs[i * NF + f] != 0)
-					atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
-			continue;
-		}
-		if (sscanf(id, "bump%d", &d) != 1 || d < 0 || d >= NDEV) {
-			atomic_fetch_add_explicit(&bad_ids, 1, memory_order_relaxed);
-			continue;
-		}
-		for (size_t f = 0; f < NF; f++)
-			reported[d][f] += diffs[i * NF + f];
+	account(s, false);
+	if (round % 7 == 3) {
+		/*
+		 * Published, then the report turns out undelivered: withdrawn
+		 * with the flush lock already free, while the other flusher
+		 * takes and commits.  Its counts must come again, once.
+		 */
+		pmem_metrics_snapshot_publish(&s);
+		CHECK(!pmem_metrics_snapshot_is_open(s));
+		sched_yield();
+		pmem_metrics_snapshot_withdraw(&s);
+		account(s, true);
+		pmem_metrics_snapshot_dispose(&s);
+		CHECK(s == NULL);
+		atomic_fetch_add_explicit(&withdrawals, 1, memory_order_relaxed);
+		return;
 	}
 	pmem_metrics_snapshot_commit(s);
 	atomic_fetch_add_explicit(&flushes, 1, memory_order_relaxed);
@@ -201,7 +255,10 @@ static void test_exact_totals_under_concurrency(void)
 	CHECK(pmem_metrics_device_count() == NDEV + NSPARE);
 	CHECK(atomic_load(&bad_aggregates) == 0);
 	CHECK(atomic_load(&bad_ids) == 0);
-	printf("# %d flushes committed, %d aborted\n", atomic_load(&flushes), atomic_load(&aborts));
+	printf("# %d flushes committed, %d aborted, %d withdrawn; %d timed waits ran out\n",
+	       atomic_load(&flushes), atomic_load(&aborts), atomic_load(&withdrawals),
+	       atomic_load(&timeouts));
+	CHECK(atomic_load(&withdrawals) > 0);
 }
 
 /*
