@@ -29,7 +29,8 @@ from .errors import (
     PmemMetricsError,
     WriterStateError,
 )
-from .flush import METRICS, Flush, MetricsWriter, flush_metrics, flush_metrics_json
+from .flush import Flush, flush_metrics, flush_metrics_json
+from .writer import METRICS, MetricsWriter
 
 __version__ = _version("pmem_metrics")
 

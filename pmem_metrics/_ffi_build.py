@@ -45,6 +45,13 @@ ffi.cdef(
     const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
     void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
     void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
+
+    int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms);
+    int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot);
+    void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot);
+    void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
+    int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s);
+    void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
     """
 )
 ffi.set_source(

@@ -1,30 +1,55 @@
-"""Snapshots of the C registry: a flush (take, then commit or abort) and a peek.
+"""Snapshots of the C registry, taken so that no exception can strand one.
 
-Everything one C snapshot holds is copied out in a few calls: all ids as one
-string, all diffs (or counts) as one list.  Rendering is the caller's.
+A ``KeyboardInterrupt`` (or any exception a signal handler raises) can
+arrive between any two bytecodes, including the instant a C call returns and
+before Python has stored its result.  So the C calls used here never hand a
+snapshot back as a return value: each writes it into a *slot*, memory Python
+allocated before the call, and the cleanup path reads the slot.  A slot frees
+whatever it still holds when it is garbage collected.
+
+A flush is, in C terms::
+
+    slot = new_slot()
+    take(slot)        waits for another flush in short slices, so Ctrl-C is
+                      taken between them; the snapshot is in slot[0]
+    ...render and deliver...
+    publish(slot)     commit: move each counter's baseline up by what it reported
+    withdraw(slot)    on an exception at any point before the caller has the
+                      report: abort an open flush, or undo a published one
+
+``withdraw`` and ``publish`` are single C calls on the slot, so the cleanup
+code needs no subscript, attribute or global lookup before it reaches C.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import errno
+import time
 from typing import Any
 
 from ._binding import NFIELDS, ffi, lib
 from .errors import error_from_errno
 
+WAIT_SLICE_MS = 50
+"""Longest time one C call waits for another flush: the Ctrl-C latency of a waiting flush."""
+
+publish = lib.pmem_metrics_snapshot_publish
+withdraw = lib.pmem_metrics_snapshot_withdraw
+dispose = lib.pmem_metrics_snapshot_dispose
+is_open = lib.pmem_metrics_snapshot_is_open
+
 
 class Snapshot:
-    """The ids and numbers of one C snapshot, in id order."""
+    """The ids and numbers of one C snapshot, in id order, copied out in a few calls."""
 
-    __slots__ = ("aggregate", "counts", "diffs", "ids_utf8")
+    __slots__ = ("aggregate", "counts", "diffs", "ids_text")
 
     def __init__(self, s: Any, counts: bool = False) -> None:
         n: int = lib.pmem_metrics_snapshot_len(s)
         size = ffi.new("size_t *")
-        ids = lib.pmem_metrics_snapshot_ids(s, size)
+        raw = lib.pmem_metrics_snapshot_ids(s, size)
         # Every id followed by NUL; ids never contain NUL (C rejects it).
-        self.ids_utf8: str = ffi.unpack(ids, size[0]).decode("utf-8") if n else ""
+        self.ids_text: str = ffi.unpack(raw, size[0]).decode("utf-8")
         self.diffs: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
         self.aggregate: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
         self.counts: list[int] = (
@@ -32,40 +57,37 @@ class Snapshot:
         )
 
     @staticmethod
-    def split(ids_utf8: str) -> list[str]:
-        """The ids of *ids_utf8* (each followed by NUL) as a list."""
-        return ids_utf8.split("\0")[:-1]
+    def split(ids_text: str) -> list[str]:
+        """The ids in *ids_text* (every id followed by NUL), in order."""
+        return ids_text.split("\0")[:-1]
 
-    def rows(self, values: list[int], ids_utf8: str | None = None) -> Iterator[tuple[Any, ...]]:
-        """(id, value of each field) per device, in id order, from *values* (diffs or counts)."""
-        names = self.split(self.ids_utf8 if ids_utf8 is None else ids_utf8)
-        return zip(names, *(values[f::NFIELDS] for f in range(NFIELDS)))
+    def columns(self, values: list[int]) -> list[list[int]]:
+        """*values* (diffs or counts) split into one list per field, each in id order."""
+        return [values[f::NFIELDS] for f in range(NFIELDS)]
 
 
-@contextmanager
-def flushing() -> Iterator[Snapshot]:
-    """Take a flush snapshot; commit it if the body succeeds, abort it (losing nothing) if not."""
-    s = ffi.NULL
-    try:
-        # Inside the try, so that an exception raised by a signal handler as the
-        # call returns still aborts (what is left is the instant between the
-        # C call's return and this assignment).
-        s = lib.pmem_metrics_snapshot_take()
-        if s == ffi.NULL:
-            raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
-        yield Snapshot(s)
-    except BaseException:
-        lib.pmem_metrics_snapshot_abort(s)  # a no-op on NULL
-        raise
-    lib.pmem_metrics_snapshot_commit(s)
+def new_slot() -> Any:
+    """A ``struct pmem_metrics_snapshot *[1]`` that disposes of its snapshot when collected."""
+    return ffi.gc(ffi.new("struct pmem_metrics_snapshot *[1]"), dispose)
+
+
+def take(slot: Any, deadline: float | None = None) -> Snapshot:
+    """Open a flush into *slot*, waiting for other flushes in interruptible slices.
+
+    *deadline* (``time.monotonic()``) bounds the wait: past it, ``TimeoutError``.
+    """
+    while lib.pmem_metrics_snapshot_take_into(slot, WAIT_SLICE_MS) != 0:
+        err = ffi.errno
+        if err != errno.ETIMEDOUT:
+            raise error_from_errno(err, "cannot take a metrics snapshot")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, "another metrics flush is still in progress")
+    return Snapshot(slot[0])
 
 
 def peek() -> Snapshot:
     """Every device's cumulative counts (and diffs), without flushing or waiting for a flush."""
-    s = lib.pmem_metrics_snapshot_peek()
-    if s == ffi.NULL:
+    slot = new_slot()
+    if lib.pmem_metrics_snapshot_peek_into(slot) != 0:
         raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
-    try:
-        return Snapshot(s, counts=True)
-    finally:
-        lib.pmem_metrics_snapshot_abort(s)  # only frees a peek
+    return Snapshot(slot[0], counts=True)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from . import capi
 from ._binding import FIELDS
 from .device import PmemMetricsPerDevice
-from .flush import METRICS
+from .writer import METRICS
 
 
 def _count(text: str) -> int:

@@ -36,7 +36,7 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
         "pmem_metrics.prometheus needs prometheus_client: pip install '.[prometheus]'"
     ) from e
 
-from ._binding import FIELD_DOCS, FIELDS, NFIELDS
+from ._binding import FIELD_DOCS, FIELDS
 from ._snapshot import Snapshot, peek
 
 __all__ = ["PmemCollector", "register"]
@@ -52,10 +52,9 @@ class PmemCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         """One family per field, one sample per device, from one read of all counters."""
         snap = peek()
-        ids = Snapshot.split(snap.ids_utf8)
-        for f, name in enumerate(FIELDS):
+        ids = Snapshot.split(snap.ids_text)
+        for name, counts in zip(FIELDS, snap.columns(snap.counts)):
             family = self._family(name)
-            counts = snap.counts[f::NFIELDS]
             for drive_id, value in zip(ids, counts):
                 family.add_metric([drive_id], value)
             yield family

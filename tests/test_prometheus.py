@@ -114,11 +114,15 @@ def test_demo_serves_prometheus(tmp_path: Path) -> None:
 
 def test_a_scrape_does_not_wait_for_a_flush(uid: str) -> None:
     """A scrape while this very thread holds a flush open: it takes no flush lock."""
-    from pmem_metrics._snapshot import flushing
+    from pmem_metrics._snapshot import new_slot, take, withdraw
 
     registry = CollectorRegistry()
     register(registry)
     PmemMetricsPerDevice.alloc(uid + "held").activate_fails.add(2)
-    with flushing():  # a second flush here would be refused (EDEADLK); a scrape is not
+    slot = new_slot()
+    take(slot)  # a second flush here would be refused (EDEADLK); a scrape is not
+    try:
         samples = scrape_text(generate_latest(registry).decode())["pmem_activate_fails"]
+    finally:
+        withdraw(slot)
     assert samples["samples"]["pmem_activate_fails_total", uid + "held"] == 2
