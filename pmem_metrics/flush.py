@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ._binding import FIELDS
 from ._snapshot import Snapshot, new_slot, publish, take, withdraw
@@ -82,12 +82,13 @@ def flush_metrics_json() -> str:
 _T = TypeVar("_T")
 
 
-def _flush(render: Callable[[Snapshot], _T]) -> _T:
+def _flush(render: Callable[[Snapshot], _T], _withdraw: Callable[[Any], None] = withdraw) -> _T:
     """Take, render, publish; withdraw on any exception, up to the return itself.
 
     The publish and the return are covered by the same handler, whose first
-    action is one C call, so no point where an interrupt can be raised stands
-    between an exception and the withdrawal.
+    action is one C call on locals (*_withdraw* is bound here so that not
+    even a global lookup, where CPython 3.9 would check for signals, stands
+    between an exception and the withdrawal).
     """
     slot = new_slot()
     try:
@@ -95,7 +96,7 @@ def _flush(render: Callable[[Snapshot], _T]) -> _T:
         publish(slot)
         return out
     except:  # bare: nothing to evaluate on the way to the C call
-        withdraw(slot)
+        _withdraw(slot)
         raise
 
 
