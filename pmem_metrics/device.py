@@ -20,6 +20,24 @@ _inc: Callable[[Any], None] = lib.pmem_metrics_inc
 _add: Callable[[Any, int], None] = lib.pmem_metrics_add
 _index = operator.index
 
+# The longest repr of a drive id that an error message quotes whole.  A
+# longer one is quoted as its first characters (a repr of at most half this)
+# and its length: a megabyte-long id must not make a megabyte-long message.
+_ID_QUOTED_MAX = 80
+
+
+def _shown(drive_id: str) -> str:
+    """*drive_id* as an error message quotes it: its repr, shortened if long."""
+    whole = repr(drive_id[:_ID_QUOTED_MAX])  # if that cut the id, its repr is too long
+    if len(whole) <= _ID_QUOTED_MAX:
+        return whole
+    n = _ID_QUOTED_MAX // 2
+    head = repr(drive_id[:n])
+    while len(head) > _ID_QUOTED_MAX // 2 + 2 and n > 1:  # escapes: \x00 is 4 characters
+        n //= 2
+        head = repr(drive_id[:n])
+    return f"{head}... ({len(drive_id)} characters)"
+
 
 class Counter:
     """One shared incremental counter of a pmem device.
@@ -106,7 +124,8 @@ class PmemMetricsPerDevice:
         ``ValueError``) if it is empty, longer than ``ID_MAX_CHARS`` characters,
         holds NUL or other control characters, or lone surrogates, and
         :class:`OutOfMemoryError` (a ``MemoryError``) if the C library is out
-        of memory.  A refused call changes nothing.
+        of memory.  A refused call changes nothing.  The error quotes a long
+        id shortened: its first characters and its length.
         """
         if not isinstance(drive_id, str):
             raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
@@ -114,15 +133,16 @@ class PmemMetricsPerDevice:
             raw = drive_id.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidDriveIdError(
-                f"invalid drive id {drive_id!r}: must be valid Unicode (no lone surrogates)"
+                f"invalid drive id {_shown(drive_id)}: must be valid Unicode (no lone surrogates)"
             ) from None
         m = lib.pmem_metrics_alloc_len(raw, len(raw))
         if m == ffi.NULL:
             err = ffi.errno
-            message = f"cannot allocate metrics for drive id {drive_id!r}"
+            shown = _shown(drive_id)
+            message = f"cannot allocate metrics for drive id {shown}"
             if err == errno.EINVAL:
                 why = lib.pmem_metrics_id_strerror(lib.pmem_metrics_id_check(raw, len(raw)))
-                message = f"invalid drive id {drive_id!r}: {ffi.string(why).decode()}"
+                message = f"invalid drive id {shown}: {ffi.string(why).decode()}"
             raise error_from_errno(err, message)
         self = object.__new__(cls)
         self._m = m

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from decimal import Decimal
 from fractions import Fraction
@@ -14,6 +15,7 @@ from pmem_metrics import (
     ID_MAX_CHARS,
     Counter,
     InvalidDriveIdError,
+    OutOfMemoryError,
     PmemMetricsError,
     PmemMetricsPerDevice,
     device_count,
@@ -249,8 +251,45 @@ def test_invalid_drive_id_is_a_value_error_naming_the_rule(bad: str, rule: str) 
     with pytest.raises(InvalidDriveIdError, match=rule) as info:
         PmemMetricsPerDevice.alloc(bad)
     assert isinstance(info.value, ValueError) and isinstance(info.value, PmemMetricsError)
+    assert repr(bad) in str(info.value)  # a short id is quoted whole
     assert device_count() == n
     assert flush_metrics().keys() == before.keys()
+
+
+@pytest.mark.parametrize(
+    ("bad", "rule"),
+    [
+        ("x" * 10**6, "at most 64 characters"),
+        ("\x00" * 10**6, "control characters"),
+        ("drv\ud800" + "x" * 10**6, "Unicode"),
+    ],
+    ids=["long", "long-control", "long-surrogate"],
+)
+def test_a_long_invalid_id_is_quoted_shortened(bad: str, rule: str) -> None:
+    """Its first characters and its length, not a message as long as the id."""
+    with pytest.raises(InvalidDriveIdError, match=rule) as info:
+        PmemMetricsPerDevice.alloc(bad)
+    message = str(info.value)
+    assert len(message) < 200
+    assert f"({len(bad)} characters)" in message
+    assert repr(bad[:5])[:-1] in message  # its first characters
+
+
+def test_out_of_memory_quotes_a_long_id_shortened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C library is made to fail with ENOMEM (a real long id is refused first)."""
+    import pmem_metrics.device
+
+    class OutOfMemory:
+        def pmem_metrics_alloc_len(self, raw: bytes, n: int) -> Any:
+            ffi.errno = errno.ENOMEM
+            return ffi.NULL
+
+    monkeypatch.setattr(pmem_metrics.device, "lib", OutOfMemory())
+    with pytest.raises(OutOfMemoryError) as info:
+        PmemMetricsPerDevice.alloc("z" * 10**6)
+    message = str(info.value)
+    assert message.startswith("cannot allocate metrics for drive id 'zzz")
+    assert len(message) < 200 and "(1000000 characters)" in message
 
 
 def test_ids_at_the_limit_are_accepted(uid: str) -> None:
