@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import threading
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
 
 import pytest
 
@@ -11,6 +15,7 @@ from pmem_metrics import (
     ID_MAX_CHARS,
     Counter,
     InvalidDriveIdError,
+    OutOfMemoryError,
     PmemMetricsError,
     PmemMetricsPerDevice,
     device_count,
@@ -139,6 +144,85 @@ def test_add_of_a_non_int_is_a_type_error(uid: str, bad: object) -> None:
     assert c.count() == 0
 
 
+class IndexOnly:
+    """An integer by ``__index__`` alone, as numpy's integers are."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+class IntOnly:
+    """Convertible by ``int()`` but not an integer: ``__int__`` alone."""
+
+    def __int__(self) -> int:
+        return 4
+
+    def __repr__(self) -> str:
+        return "IntOnly()"
+
+
+@pytest.mark.parametrize(
+    "bad", [Fraction(7, 2), Fraction(4, 1), Decimal("-0.5"), Decimal(3), 2.0, IntOnly()], ids=repr
+)
+def test_add_of_a_non_integer_number_is_a_type_error_adding_nothing(uid: str, bad: object) -> None:
+    """operator.index semantics: nothing is truncated, not even a whole Fraction or Decimal."""
+    c = PmemMetricsPerDevice.alloc(uid + "add").activate_fails
+    c.add(3)
+    with pytest.raises(TypeError):
+        c.add(bad)  # type: ignore[arg-type]
+    assert (c.count(), c.fetch_diff()) == (3, 3)
+
+
+def test_add_takes_bools_and_objects_with_index(uid: str) -> None:
+    c = PmemMetricsPerDevice.alloc(uid + "add").activate_fails
+    c.add(True)
+    c.add(False)
+    c.add(IndexOnly(5))
+    assert c.count() == 6
+    c.add(IndexOnly(2**64 - 6))  # wraps to 0
+    assert c.count() == 0
+    with pytest.raises(OverflowError):
+        c.add(IndexOnly(-1))
+    with pytest.raises(OverflowError):
+        c.add(IndexOnly(2**64))
+    assert c.count() == 0
+
+
+def test_add_takes_numpy_integers(uid: str) -> None:
+    np = pytest.importorskip("numpy")
+    c = PmemMetricsPerDevice.alloc(uid + "add").activate_fails
+    c.add(np.uint64(2**64 - 1))
+    c.add(np.int8(3))
+    assert c.count() == 2
+    for bad in (np.float32(1.5), np.float64(1.0)):  # not integers, though they have __int__
+        with pytest.raises(TypeError):
+            c.add(bad)
+    with pytest.raises(OverflowError):
+        c.add(np.int64(-1))
+    assert c.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("Counter.inc", lambda c: c.inc(1)),
+        ("Counter.inc", lambda c: c.inc(n=1)),
+        ("Counter.add", lambda c: c.add()),
+        ("Counter.add", lambda c: c.add(1, 2)),
+        ("Counter.add", lambda c: c.add(n=1)),
+    ],
+)
+def test_a_wrong_call_names_the_method(uid: str, name: str, call: Any) -> None:
+    """Not the C function behind it ("pmem_metrics_inc() takes exactly one argument")."""
+    c = PmemMetricsPerDevice.alloc(uid + "call").activate_fails
+    with pytest.raises(TypeError, match=rf"^{name}\(\)"):
+        call(c)
+    assert c.count() == 0
+
+
 @pytest.mark.parametrize("bad", [None, 0, b"drv0", ["drv0"]])
 def test_non_str_drive_id_is_a_type_error(bad: object) -> None:
     n = device_count()
@@ -167,8 +251,45 @@ def test_invalid_drive_id_is_a_value_error_naming_the_rule(bad: str, rule: str) 
     with pytest.raises(InvalidDriveIdError, match=rule) as info:
         PmemMetricsPerDevice.alloc(bad)
     assert isinstance(info.value, ValueError) and isinstance(info.value, PmemMetricsError)
+    assert repr(bad) in str(info.value)  # a short id is quoted whole
     assert device_count() == n
     assert flush_metrics().keys() == before.keys()
+
+
+@pytest.mark.parametrize(
+    ("bad", "rule"),
+    [
+        ("x" * 10**6, "at most 64 characters"),
+        ("\x00" * 10**6, "control characters"),
+        ("drv\ud800" + "x" * 10**6, "Unicode"),
+    ],
+    ids=["long", "long-control", "long-surrogate"],
+)
+def test_a_long_invalid_id_is_quoted_shortened(bad: str, rule: str) -> None:
+    """Its first characters and its length, not a message as long as the id."""
+    with pytest.raises(InvalidDriveIdError, match=rule) as info:
+        PmemMetricsPerDevice.alloc(bad)
+    message = str(info.value)
+    assert len(message) < 200
+    assert f"({len(bad)} characters)" in message
+    assert repr(bad[:5])[:-1] in message  # its first characters
+
+
+def test_out_of_memory_quotes_a_long_id_shortened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C library is made to fail with ENOMEM (a real long id is refused first)."""
+    import pmem_metrics.device
+
+    class OutOfMemory:
+        def pmem_metrics_alloc_len(self, raw: bytes, n: int) -> Any:
+            ffi.errno = errno.ENOMEM
+            return ffi.NULL
+
+    monkeypatch.setattr(pmem_metrics.device, "lib", OutOfMemory())
+    with pytest.raises(OutOfMemoryError) as info:
+        PmemMetricsPerDevice.alloc("z" * 10**6)
+    message = str(info.value)
+    assert message.startswith("cannot allocate metrics for drive id 'zzz")
+    assert len(message) < 200 and "(1000000 characters)" in message
 
 
 def test_ids_at_the_limit_are_accepted(uid: str) -> None:
