@@ -36,6 +36,16 @@ class Bomb:
     def __init__(self, k):
         self.k, self.n, self.where = k, 0, None
 
+    def at(self, code, offset):
+        if self.where is None:
+            op = dis.opname[code.co_code[offset]]
+            if op not in ("RETURN_VALUE", "RETURN_CONST"):
+                if self.n == self.k:
+                    self.where = f"{code.co_name}:{offset}:{op}"
+                    raise KeyboardInterrupt
+                self.n += 1
+
+    # Up to 3.11: sys.settrace with opcode events.
     def trace(self, frame, event, arg):
         if "pmem_metrics" not in frame.f_code.co_filename:
             return None
@@ -44,24 +54,36 @@ class Bomb:
         return self.opcode
 
     def opcode(self, frame, event, arg):
-        if event == "opcode" and self.where is None:
-            op = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-            if op not in ("RETURN_VALUE", "RETURN_CONST"):
-                if self.n == self.k:
-                    self.where = f"{frame.f_code.co_name}:{frame.f_lineno}:{op}"
-                    raise KeyboardInterrupt
-                self.n += 1
+        if event == "opcode":
+            self.at(frame.f_code, frame.f_lasti)
         return self.opcode
+
+    # 3.12 on: sys.monitoring's instruction events (settrace's opcode events
+    # are not emitted for every frame there).
+    def instruction(self, code, offset):
+        if "pmem_metrics" not in code.co_filename:
+            return sys.monitoring.DISABLE
+        self.at(code, offset)
 
 def run(fn, k):
     bomb = Bomb(k)
-    sys.settrace(bomb.trace)
+    if sys.version_info >= (3, 12):
+        M = sys.monitoring
+        M.use_tool_id(M.DEBUGGER_ID, "bomb")
+        M.register_callback(M.DEBUGGER_ID, M.events.INSTRUCTION, bomb.instruction)
+        M.set_events(M.DEBUGGER_ID, M.events.INSTRUCTION)
+    else:
+        sys.settrace(bomb.trace)
     try:
         return fn(), bomb
     except KeyboardInterrupt:
         return None, bomb
     finally:
-        sys.settrace(None)
+        if sys.version_info >= (3, 12):
+            M.set_events(M.DEBUGGER_ID, 0)
+            M.free_tool_id(M.DEBUGGER_ID)
+        else:
+            sys.settrace(None)
 """
 
 SWEEP = (
