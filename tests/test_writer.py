@@ -477,3 +477,91 @@ def test_no_sigpipe_death_when_the_streams_own_text_hits_a_gone_reader(run_pytho
         """
     )
     assert out == "EPIPE, alive, diff 1 set()\n"
+
+
+def test_destinations_that_cannot_take_lines_are_refused_at_init(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text("")
+    closed = open(path, "w")
+    closed.close()
+    read_only_fd = os.open(path, os.O_RDONLY)
+
+    class BogusDescriptor(io.StringIO):
+        def fileno(self) -> int:
+            return 987_654
+
+    class ReadOnlyDescriptor(io.StringIO):  # says nothing of writable(); its fd is read-only
+        def writable(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            return read_only_fd
+
+    try:
+        with open(path) as for_reading:
+            cases = [
+                (closed, "is closed"),
+                (for_reading, "not open for writing"),
+                (BogusDescriptor(), "file descriptor 987654 is not open"),
+                (ReadOnlyDescriptor(), "not open for writing"),
+            ]
+            for dest, message in cases:
+                w = MetricsWriter()
+                with pytest.raises(MetricsDestinationError, match=message):
+                    w.init(dest)
+                assert not w.initialized
+    finally:
+        os.close(read_only_fd)
+
+
+def test_bad_timeouts_and_intervals_name_the_limit() -> None:
+    w = MetricsWriter()
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            w.init(io.StringIO(), timeout=bad)
+    with pytest.raises(TypeError):
+        w.init(io.StringIO(), timeout="1")  # type: ignore[arg-type]
+    assert not w.initialized
+    w.init(io.StringIO())
+    with pytest.raises(ValueError, match=r"at most threading\.TIMEOUT_MAX \(\d"):
+        w.start_periodic(1e12)
+    assert not w.periodic
+
+
+def test_a_non_blocking_descriptor_gets_whole_lines(run_python) -> None:
+    """A line far bigger than the pipe buffer, to a pipe in non-blocking mode."""
+    out = run_python(
+        PIPE_HELPERS
+        + """
+        r, wfd = os.pipe()
+        os.set_blocking(wfd, False)
+        for i in range(3000):
+            PmemMetricsPerDevice.alloc(f"drive-{i:04d}")
+        m = PmemMetricsPerDevice.alloc("drive-0000")
+        w = MetricsWriter()
+        w.init(os.fdopen(wfd, "w"))
+        m.cfg_fails.add(3)
+        print(drain_and_parse(r, w.write))
+        """
+    )
+    assert out.splitlines() == ["[3]"]
+
+
+def test_a_destination_that_never_drains_times_out_and_keeps_the_counts(run_python) -> None:
+    out = run_python(
+        PIPE_HELPERS
+        + """
+        m, _, reader = big_line_fifo()
+        w = MetricsWriter()
+        w.init("fifo", timeout=0.3)
+        m.cfg_fails.add(5)
+        try:
+            w.write()
+        except TimeoutError as e:
+            print("timed out:", e.filename, m.cfg_fails.fetch_diff())
+        m.cfg_fails.add(1)
+        # The reader comes back: the cut line is closed off, the next one is whole.
+        print(drain_and_parse(reader, w.write))
+        """
+    )
+    assert out.splitlines() == ["timed out: fifo 5", "['fragment', 6]"]
