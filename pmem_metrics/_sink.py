@@ -23,13 +23,21 @@ Destination = Union[str, "os.PathLike[str]", IO[Any]]
 
 _SIGPIPE = {signal.SIGPIPE}
 
+CUT = "\x18\n"
+"""What closes off a fragment of a cut line: ASCII CAN ("cancel"), then a newline.
+
+The CAN makes the fragment's line invalid JSON even when all that was cut
+was the final newline, so a reader that skips lines that do not parse never
+counts a cut line."""
+
 
 class Progress:
     """How far one line got: what :meth:`FdSink.take_back` needs to undo it."""
 
-    __slots__ = ("sent", "start", "unsure", "whole")
+    __slots__ = ("sent", "start", "unsure", "was_torn", "whole")
 
     def __init__(self) -> None:
+        self.was_torn = False  # the sink's torn flag before this line
         self.start: int | None = None  # where the line began (a regular file), once writing starts
         self.sent = 0  # bytes known to be out
         self.unsure = False  # a write may have put out bytes not counted in `sent`
@@ -42,8 +50,8 @@ class FdSink:
     If a line fails part way, for whatever reason (an OSError, a timeout, or
     an exception from a signal handler), a regular file is cut back to where
     the line began.  Where that is impossible (a pipe), the next line starts
-    with a newline, so the fragment stays a line of its own and never spoils
-    the next one.  Anything but a regular file is written in chunks of at
+    with :data:`CUT`, so the fragment stays a line of its own that does not
+    parse, and never spoils the next one.  Anything but a regular file is written in chunks of at
     most ``PIPE_BUF`` bytes, each once the descriptor is writable, so a line
     waits for a destination that does not drain only until its deadline
     (non-blocking descriptors included).  For a file object that has a
@@ -88,7 +96,8 @@ class FdSink:
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Write *line* whole, by *deadline* (``time.monotonic()``) where it can block."""
-        data = memoryview((("\n" if self.torn else "") + line).encode("utf-8"))
+        data = memoryview(((CUT if self.torn else "") + line).encode("utf-8"))
+        progress.was_torn = self.torn
         # A reader that went away must give EPIPE, not kill the process, whatever
         # SIGPIPE's disposition (Python ignores it; an application may not).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
@@ -101,6 +110,9 @@ class FdSink:
                 )
             else:
                 progress.start = 0
+            # In flight: if this line is cut and not taken back (even by a
+            # second interrupt), the next line closes the fragment off.
+            self.torn = True
             while progress.sent < len(data):
                 if self.regular:
                     self._write_some(data[progress.sent :], progress)
@@ -108,8 +120,8 @@ class FdSink:
                     self._wait_writable(deadline)
                     end = progress.sent + select.PIPE_BUF
                     self._write_some(data[progress.sent : end], progress)
-            progress.whole = True
             self.torn = False
+            progress.whole = True
         except OSError as e:
             if e.errno == errno.EPIPE and signal.SIGPIPE not in mask:
                 signal.sigtimedwait(_SIGPIPE, 0)  # take the pending one back
@@ -152,11 +164,13 @@ class FdSink:
                     os.ftruncate(self.fd, progress.start)
                 if not self.append:
                     os.lseek(self.fd, progress.start, os.SEEK_SET)
+                self.torn = progress.was_torn  # as it was before this line
                 return
             except OSError:
                 pass
-        if not progress.whole and (progress.sent or progress.unsure):
-            self.torn = True  # a pipe: how much the reader got is unknowable
+        # A pipe: how much the reader got is unknowable; if none of this line
+        # went out, a fragment of an earlier one may still need closing off.
+        self.torn = progress.was_torn or progress.sent > 0 or progress.unsure
 
 
 class FileSink:
@@ -178,6 +192,7 @@ class FileSink:
         flush = getattr(self.f, "flush", None)
         if flush is not None:
             flush()
+        progress.whole = True
 
     def take_back(self, progress: Progress) -> None:
         """Nothing can be taken back from a file object."""

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from ._sink import Destination, FdSink, FileSink, Progress, sink_for
-from ._snapshot import dispose, is_open, new_slot, publish, take
+from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
 from .flush import as_json, line_head
 
@@ -127,10 +127,15 @@ class MetricsWriter:
             sink.write(line, until if deadline is None else min(deadline, until), progress)
             publish(slot)
         except:  # bare: nothing to evaluate before the cleanup starts
-            # Published means delivered: the line stands.  Otherwise take the
-            # line back while the flush is still held, then abort the flush.
+            # A line that went out whole stands: publish it, if that was not
+            # done yet (one C call, so a second interrupt cannot split it).
+            # Any other is taken back while the flush is still held, then the
+            # flush is aborted; should a second interrupt cut the take-back
+            # short, the sink still closes the fragment off (see FdSink).
             try:
-                if is_open(slot[0]):
+                if progress.whole:
+                    publish(slot)
+                else:  # not whole: never published, so the flush is open (or never was)
                     sink.take_back(progress)
             finally:
                 dispose(slot)

@@ -438,33 +438,44 @@ def bumper():
             m.event_fails.add(i)
 
 armed = False
+raised = 0
 
 def on_sigint(signum, frame):
-    if armed:
+    # Armed: one interrupt per call, and more while the library cleans up
+    # (a second Ctrl-C); never a second one in this loop's own code.
+    global raised
+    if armed and (raised == 0 or "pmem_metrics" in frame.f_code.co_filename):
+        raised += 1
         raise KeyboardInterrupt
 
 signal.signal(signal.SIGINT, on_sigint)
 t = threading.Thread(target=bumper)
 t.start()
 ops = [("dict", flush_metrics), ("json", flush_metrics_json), ("write", METRICS.write)]
-reported = interrupts = escaped = calls = 0
+reported = interrupts = escaped = doubles = calls = 0
 print("ready", flush=True)
 end = time.monotonic() + DURATION
 while time.monotonic() < end:
     kind, op = ops[calls % 3]
     calls += 1
-    armed = True
+    raised = 0
     try:
+        armed = True  # inside the try: 3.9 checks for signals right after this store
         out = op()
         armed = False
-    except KeyboardInterrupt as e:
+    except:  # bare, and disarmed first: 3.9 checks at the lookup of a name
         armed = False
+        e = sys.exc_info()[1]
+        assert isinstance(e, KeyboardInterrupt), e
         interrupts += 1
+        # A second interrupt inside the cleanup of the first (README, Signals).
+        doubles += isinstance(e.__context__, KeyboardInterrupt)
         # Where the signal was taken (the frame under the handler's own).
         where = traceback.extract_tb(e.__traceback__)[-2]
         returning = where.name in ("_flush", "flush_metrics", "flush_metrics_json")
         if where.filename == "<string>" or (returning and where.line.startswith("return")):
             escaped += 1  # after the flush returned: the 3.9/3.10 window
+        e = None  # drop its frames: a slot they hold is disposed of with them
         continue
     if kind == "dict":
         reported += sum(out["pmem"].values())
@@ -474,11 +485,18 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 stop.set()
 t.join()
 reported += sum(flush_metrics()["pmem"].values())
+written = fragments = 0
 with open("lines.json") as f:
-    written = sum(sum(json.loads(line)["pmem"].values()) for line in f)  # every line whole
+    for line in f:
+        try:
+            written += sum(json.loads(line)["pmem"].values())
+        except ValueError:
+            assert line.endswith("\\x18\\n"), line[-40:]  # closed off, never parsed
+            fragments += 1
 counted = sum(getattr(m, f).count() for m in devices for f in FIELDS)
+lost = counted - reported - written
 print(json.dumps({"calls": calls, "interrupts": interrupts, "escaped": escaped,
-                  "lost": counted - reported - written}))
+                  "doubles": doubles, "fragments": fragments, "lost": lost}))
 """
 
 
@@ -503,6 +521,9 @@ def test_a_sigint_storm_over_every_flush_loses_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["interrupts"] > 100, result  # the storm really hit flushes
+    # A second interrupt within the microseconds of a take-back may leave the
+    # cut line in the file, closed off as a line that does not parse.
+    assert result["fragments"] <= result["doubles"], result
     if sys.version_info >= (3, 11):
         # No instant between the commit and the caller having the result.
         assert result == {**result, "escaped": 0, "lost": 0}
