@@ -14,39 +14,33 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Callable, TypeVar
 
 from . import capi
 from ._binding import FIELDS
 from .device import PmemMetricsPerDevice
 from .flush import METRICS
 
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+_T = TypeVar("_T", int, float)
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number, 0 to 65535, got {text}")
-    return value
+def _checked(kind: type[_T], ok: Callable[[_T], bool], what: str) -> Callable[[str], _T]:
+    """An argparse ``type``: *text* as *kind*, refused unless ``ok(value)`` ("must be *what*")."""
+
+    def parse(text: str) -> _T:
+        value = kind(text)
+        if not ok(value):  # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" names the type
+    return parse
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _interval(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+_count = _checked(int, lambda v: v >= 0, ">= 0")
+_port = _checked(int, lambda v: 0 <= v <= 65535, "a port number, 0 to 65535")
+_seconds = _checked(float, lambda v: v >= 0, ">= 0")
+_interval = _checked(float, lambda v: v > 0, "> 0")
 
 
 def _device_thread(
