@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import assert_aggregate_is_sum
@@ -22,6 +23,29 @@ def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    """The demo in the background, its stdout going to a file (returned with it)."""
+    out = tmp_path / "stdout.json"
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pmem_metrics", "demo", *args],
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return proc, out
+
+
+def wait_for_a_line(proc: subprocess.Popen[str], out: Path, timeout: float = 60) -> None:
+    """Wait until the demo has written its first whole line."""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in out.read_bytes():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "no metrics line"
+        time.sleep(0.01)
 
 
 def check_lines(text: str, devices: int, stderr: str) -> list[dict]:
@@ -111,3 +135,25 @@ def test_demo_rejects_bad_arguments(tmp_path: Path) -> None:
         proc = run_demo(tmp_path, *args)
         assert proc.returncode == 2
         assert "error" in proc.stderr
+
+
+def test_demo_with_20000_devices_on_a_few_threads(tmp_path: Path) -> None:
+    proc, out = start_demo(tmp_path, "--devices", "20000", "--duration", "1", "--interval", "0.2")
+    try:
+        wait_for_a_line(proc, out)
+        if os.path.isdir(f"/proc/{proc.pid}/task"):
+            # The main thread and a small pool, not one per device.
+            assert len(os.listdir(f"/proc/{proc.pid}/task")) <= 8
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(check_lines(out.read_text(), 20000, err)) == 5
+
+
+def test_demo_summary_states_the_measured_duration(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, "--devices", "2", "--duration", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    measured = float(re.search(r"increments in (\d+\.\d\d) s", proc.stderr).group(1))
+    assert measured >= 0.2
