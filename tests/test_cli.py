@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +158,35 @@ def test_demo_summary_states_the_measured_duration(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     measured = float(re.search(r"increments in (\d+\.\d\d) s", proc.stderr).group(1))
     assert measured >= 0.2
+
+
+def test_demo_ctrl_c_writes_a_final_line_and_exits_130(tmp_path: Path) -> None:
+    proc, out = start_demo(tmp_path, "--devices", "3", "--duration", "60", "--interval", "0.1")
+    try:
+        wait_for_a_line(proc, out)
+        sent_ms = time.time_ns() // 1_000_000
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in err
+    objs = check_lines(out.read_text(), 3, err)  # the final line holds the last increments
+    assert len(objs) == int(re.search(r"(\d+) metrics lines", err).group(1))
+    assert objs[-1]["utc_timestamp_ms"] >= sent_ms
+
+
+def test_demo_second_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    proc, out = start_demo(tmp_path, "--devices", "3", "--duration", "60", "--interval", "0.1")
+    try:
+        wait_for_a_line(proc, out)
+        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
