@@ -181,6 +181,11 @@ def demo(
     prometheus: tuple[int, str] | None = None,
 ) -> int:
     """Run the simulation; return the process exit status (130 after a Ctrl-C)."""
+    if metrics_path is None and sys.stdout is None:
+        raise SystemExit(
+            "python -m pmem_metrics: stdout is closed; "
+            "give --metrics-path to write the metrics elsewhere"
+        )
     METRICS.init(metrics_path if metrics_path is not None else sys.stdout)
     if prometheus is not None:
         _serve_prometheus(*prometheus)
@@ -228,6 +233,21 @@ def demo(
         return 130 if ctrl_c.caught else 0
 
 
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that the flush at exit cannot fail again.
+
+    What the Python docs advise after a ``BrokenPipeError`` on stdout: the
+    interpreter's own flush would otherwise print "Exception ignored ...".
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # closed, or not a file: nothing to flush into a pipe
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pmem_metrics``."""
     parser = argparse.ArgumentParser(
@@ -260,11 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cflags or args.libs:
         if args.command:
             parser.error("--cflags/--libs take no command")
-        print(" ".join((capi.cflags() if args.cflags else []) + (capi.libs() if args.libs else [])))
-        return 0
-    if args.command is None:
+    elif args.command is None:
         parser.error("a command (demo) or --cflags/--libs is required")
     try:
+        if args.cflags or args.libs:
+            if sys.stdout is None:
+                raise SystemExit("python -m pmem_metrics: stdout is closed")
+            flags = (capi.cflags() if args.cflags else []) + (capi.libs() if args.libs else [])
+            print(" ".join(flags), flush=True)  # a broken pipe fails here, not at exit
+            return 0
         prometheus = None
         if args.prometheus_port is not None:
             prometheus = (args.prometheus_port, args.prometheus_addr)
@@ -278,5 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
     except OSError as e:
+        if isinstance(e, BrokenPipeError):
+            _discard_stdout()
         print(f"python -m pmem_metrics: {e}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import assert_aggregate_is_sum
 
 from pmem_metrics import FIELDS
@@ -190,3 +191,37 @@ def test_demo_second_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> Non
         proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_demo_with_stdout_closed_fails_in_one_line(tmp_path: Path) -> None:
+    demo = [sys.executable, "-m", "pmem_metrics", "demo", "--duration", "0.2"]
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *demo],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "stdout" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["demo", "--duration", "0.2"], ["--cflags", "--libs"]])
+def test_stdout_pipe_without_reader_fails_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pmem_metrics", *args],
+            cwd=tmp_path,
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr  # no "Exception ignored ..."
+    assert "Broken pipe" in proc.stderr
