@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import assert_aggregate_is_sum
 
 from pmem_metrics import FIELDS
@@ -22,6 +25,29 @@ def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    """The demo in the background, its stdout going to a file (returned with it)."""
+    out = tmp_path / "stdout.json"
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pmem_metrics", "demo", *args],
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return proc, out
+
+
+def wait_for_a_line(proc: subprocess.Popen[str], out: Path, timeout: float = 60) -> None:
+    """Wait until the demo has written its first whole line."""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in out.read_bytes():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "no metrics line"
+        time.sleep(0.01)
 
 
 def check_lines(text: str, devices: int, stderr: str) -> list[dict]:
@@ -111,3 +137,91 @@ def test_demo_rejects_bad_arguments(tmp_path: Path) -> None:
         proc = run_demo(tmp_path, *args)
         assert proc.returncode == 2
         assert "error" in proc.stderr
+
+
+def test_demo_with_20000_devices_on_a_few_threads(tmp_path: Path) -> None:
+    proc, out = start_demo(tmp_path, "--devices", "20000", "--duration", "1", "--interval", "0.2")
+    try:
+        wait_for_a_line(proc, out)
+        if os.path.isdir(f"/proc/{proc.pid}/task"):
+            # The main thread and a small pool, not one per device.
+            assert len(os.listdir(f"/proc/{proc.pid}/task")) <= 8
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0, err
+    assert len(check_lines(out.read_text(), 20000, err)) == 5
+
+
+def test_demo_summary_states_the_measured_duration(tmp_path: Path) -> None:
+    proc = run_demo(tmp_path, "--devices", "2", "--duration", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    measured = float(re.search(r"increments in (\d+\.\d\d) s", proc.stderr).group(1))
+    assert measured >= 0.2
+
+
+def test_demo_ctrl_c_writes_a_final_line_and_exits_130(tmp_path: Path) -> None:
+    proc, out = start_demo(tmp_path, "--devices", "3", "--duration", "60", "--interval", "0.1")
+    try:
+        wait_for_a_line(proc, out)
+        sent_ms = time.time_ns() // 1_000_000
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in err
+    objs = check_lines(out.read_text(), 3, err)  # the final line holds the last increments
+    assert len(objs) == int(re.search(r"(\d+) metrics lines", err).group(1))
+    assert objs[-1]["utc_timestamp_ms"] >= sent_ms
+
+
+def test_demo_second_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    proc, out = start_demo(tmp_path, "--devices", "3", "--duration", "60", "--interval", "0.1")
+    try:
+        wait_for_a_line(proc, out)
+        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+
+
+def test_demo_with_stdout_closed_fails_in_one_line(tmp_path: Path) -> None:
+    demo = [sys.executable, "-m", "pmem_metrics", "demo", "--duration", "0.2"]
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$@" >&-', "sh", *demo],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "stdout" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["demo", "--duration", "0.2"], ["--cflags", "--libs"]])
+def test_stdout_pipe_without_reader_fails_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pmem_metrics", *args],
+            cwd=tmp_path,
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 1
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr  # no "Exception ignored ..."
+    assert "Broken pipe" in proc.stderr
