@@ -87,7 +87,7 @@
 
 #ifdef __cplusplus
 #error "pmem_metrics.h is C11 only: its counters are C11 _Atomic, which C++ does not share; compile the callers of this header as C"
-#endif
+#else /* the rest of this header: C only, so that C++ sees the #error alone */
 
 #if defined(__GNUC_GNU_INLINE__) && !defined(__GNUC_STDC_INLINE__)
 #error "pmem_metrics.h needs C99/C11 inline semantics (not -fgnu89-inline)"
@@ -352,4 +352,5 @@ void pmem_metrics_fault_fail_alloc(unsigned n);
 void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));
 #endif
 
+#endif /* __cplusplus */
 #endif /* PMEM_METRICS_H */

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -114,3 +115,16 @@ def test_standalone_c_program_against_the_installed_package(tmp_path: Path) -> N
     assert rows["drv0"]["activate_fails"] == 1
     assert re.fullmatch(r"[\w=() \n]+", out.stdout)
     assert os.access(exe, os.X_OK)
+
+
+def test_a_cpp_translation_unit_stops_with_a_clear_error(tmp_path: Path) -> None:
+    """C++'s atomics are not C11's _Atomic: the header refuses C++ with a reason, not a mess."""
+    cxx = next(c for c in ("c++", "g++", "clang++", "clang") if shutil.which(c))
+    (tmp_path / "app.cc").write_text("#include <pmem_metrics.h>\nint main() { return 0; }\n")
+    proc = subprocess.run(
+        [cxx, "-x", "c++", "-fsyntax-only", f"-I{pmem_metrics.get_include()}", "app.cc"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and "C11 only" in errors[0], proc.stderr  # the #error, nothing else
