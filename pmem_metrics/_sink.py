@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import io
 import os
 import select
@@ -76,7 +77,10 @@ class FdSink:
         self.stream = stream
         self.regular = stat.S_ISREG(mode)
         self.append = bool(flags & os.O_APPEND)
-        self.torn = False  # a fragment went out: the next line starts with a newline
+        self.torn = False  # a fragment went out: the next line starts with CUT
+        self._cut_at = -1  # where the last line began (a regular file)
+        # Cuts a regular file back to an offset: a C callable, no Python frame.
+        self.cut = functools.partial(os.ftruncate, fd) if self.regular else None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> FdSink:
@@ -96,8 +100,6 @@ class FdSink:
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Write *line* whole, by *deadline* (``time.monotonic()``) where it can block."""
-        data = memoryview(((CUT if self.torn else "") + line).encode("utf-8"))
-        progress.was_torn = self.torn
         # A reader that went away must give EPIPE, not kill the process, whatever
         # SIGPIPE's disposition (Python ignores it; an application may not).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
@@ -105,13 +107,17 @@ class FdSink:
             if self.stream is not None:
                 self.stream.flush()
             if self.regular:
-                progress.start = (
-                    os.fstat(self.fd).st_size if self.append else os.lseek(self.fd, 0, os.SEEK_CUR)
-                )
+                size = os.fstat(self.fd).st_size
+                if self.torn and size == self._cut_at:
+                    self.torn = False  # the file ends where the cut line began: it is gone
+                progress.start = size if self.append else self._position(size)
             else:
                 progress.start = 0
+            data = memoryview(((CUT if self.torn else "") + line).encode("utf-8"))
+            progress.was_torn = self.torn
             # In flight: if this line is cut and not taken back (even by a
             # second interrupt), the next line closes the fragment off.
+            self._cut_at = progress.start
             self.torn = True
             while progress.sent < len(data):
                 if self.regular:
@@ -131,6 +137,11 @@ class FdSink:
         finally:
             if signal.SIGPIPE not in mask:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _position(self, size: int) -> int:
+        """Where the line begins: the file position, or the end if a take-back left it past it."""
+        at = os.lseek(self.fd, 0, os.SEEK_CUR)
+        return at if at <= size else os.lseek(self.fd, size, os.SEEK_SET)
 
     def _write_some(self, chunk: memoryview, progress: Progress) -> None:
         progress.unsure = True
@@ -181,6 +192,8 @@ class FileSink:
     write: nothing is lost, but an object that kept the line buffered through
     a failed ``flush()`` will later emit it too.  No deadline applies.
     """
+
+    cut = None  # nothing can be cut back
 
     def __init__(self, f: IO[Any]) -> None:
         self.f = f

@@ -128,14 +128,17 @@ class MetricsWriter:
             publish(slot)
         except:  # bare: nothing to evaluate before the cleanup starts
             # A line that went out whole stands: publish it, if that was not
-            # done yet (one C call, so a second interrupt cannot split it).
-            # Any other is taken back while the flush is still held, then the
-            # flush is aborted; should a second interrupt cut the take-back
-            # short, the sink still closes the fragment off (see FdSink).
+            # done yet.  Any other is taken back while the flush is still
+            # held, then the flush is aborted: a regular file is cut back
+            # first, by one C call (sink.cut, no Python frame), so a second
+            # interrupt cannot leave the line behind while its counts come
+            # again; the rest of the take-back only tidies up after it.
             try:
                 if progress.whole:
                     publish(slot)
                 else:  # not whole: never published, so the flush is open (or never was)
+                    if sink.cut is not None and progress.start is not None:
+                        sink.cut(progress.start)
                     sink.take_back(progress)
             finally:
                 dispose(slot)
