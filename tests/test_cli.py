@@ -161,34 +161,33 @@ def test_demo_summary_states_the_measured_duration(tmp_path: Path) -> None:
     assert measured >= 0.2
 
 
-def test_demo_ctrl_c_writes_a_final_line_and_exits_130(tmp_path: Path) -> None:
+def interrupt_demo(tmp_path: Path, times: int) -> tuple[subprocess.Popen[str], str, str, int]:
+    """Start a long demo, send it *times* SIGINTs after its first line; (proc, lines, err, ms)."""
     proc, out = start_demo(tmp_path, "--devices", "3", "--duration", "60", "--interval", "0.1")
     try:
         wait_for_a_line(proc, out)
         sent_ms = time.time_ns() // 1_000_000
-        os.kill(proc.pid, signal.SIGINT)
+        for _ in range(times):
+            os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.communicate()
+    return proc, out.read_text(), err, sent_ms
+
+
+def test_demo_ctrl_c_writes_a_final_line_and_exits_130(tmp_path: Path) -> None:
+    proc, text, err, sent_ms = interrupt_demo(tmp_path, 1)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted" in err
-    objs = check_lines(out.read_text(), 3, err)  # the final line holds the last increments
+    objs = check_lines(text, 3, err)  # the final line holds the last increments
     assert len(objs) == int(re.search(r"(\d+) metrics lines", err).group(1))
     assert objs[-1]["utc_timestamp_ms"] >= sent_ms
 
 
 def test_demo_second_ctrl_c_exits_130_without_a_traceback(tmp_path: Path) -> None:
-    proc, out = start_demo(tmp_path, "--devices", "3", "--duration", "60", "--interval", "0.1")
-    try:
-        wait_for_a_line(proc, out)
-        os.kill(proc.pid, signal.SIGINT)
-        os.kill(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.communicate()
+    proc, _, err, _ = interrupt_demo(tmp_path, 2)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
 
