@@ -91,6 +91,8 @@ struct pmem_metrics_snapshot {
 /* The open flush of this thread, if any (one at a time: a second would deadlock). */
 static _Thread_local struct pmem_metrics_snapshot *held;
 
+static int fork_safety(void); /* see fork() below */
+
 /* ---- Memory ----------------------------------------------------------------- */
 
 #ifdef PMEM_METRICS_FAULT_INJECTION
@@ -102,6 +104,25 @@ void pmem_metrics_fault_fail_alloc(unsigned n)
 }
 
 static void (*_Atomic pause_hook)(const char *where);
+
+/*
+ * PMEM_METRICS_FAULT_ATFORK=n in the environment: the first n registrations
+ * of the fork handlers fail (read at load time, when the first one runs).
+ */
+static bool fault_fail_atfork(void)
+{
+	static int left = -1;
+	const char *env;
+
+	if (left < 0) {
+		env = getenv("PMEM_METRICS_FAULT_ATFORK");
+		left = env ? atoi(env) : 0;
+	}
+	if (left == 0)
+		return false;
+	left--;
+	return true;
+}
 
 void pmem_metrics_fault_pause_hook(void (*hook)(const char *where))
 {
@@ -295,6 +316,10 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 		errno = EINVAL;
 		return NULL;
 	}
+	if (fork_safety() != 0) {
+		errno = ENOMEM;
+		return NULL;
+	}
 
 	pthread_rwlock_rdlock(&registry.lock);
 	at = find(drive_id, len, &found);
@@ -407,10 +432,49 @@ static void fork_child(void)
 		flush_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }
 
-/* Runs once, when the library is loaded: covered from before the first call. */
+/*
+ * The handlers are registered when the library is loaded, so fork() is
+ * covered from before the first call.  pthread_atfork() can fail (ENOMEM):
+ * then every call that allocates or takes a snapshot retries it, and fails
+ * itself while it cannot, rather than run without fork safety.
+ */
+static pthread_mutex_t fork_setup_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int fork_setup_error; /* 0 once the handlers are registered */
+
+static int atfork(void)
+{
+#ifdef PMEM_METRICS_FAULT_INJECTION
+	if (fault_fail_atfork())
+		return ENOMEM;
+#endif
+	return pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 __attribute__((constructor)) static void fork_register(void)
 {
-	pthread_atfork(fork_prepare, fork_parent, fork_child);
+	atomic_store_explicit(&fork_setup_error, atfork(), memory_order_relaxed);
+}
+
+/* 0 if fork() is covered, else the error number (and a retry was made). */
+static int fork_safety(void)
+{
+	int err;
+
+	/*
+	 * Acquire pairs with the release store below: whoever sees 0 also
+	 * sees the registration it stands for.  Relaxed would do on glibc,
+	 * whose pthread_atfork() takes a lock, but costs nothing here.
+	 */
+	if (atomic_load_explicit(&fork_setup_error, memory_order_acquire) == 0)
+		return 0;
+	pthread_mutex_lock(&fork_setup_lock); /* one retry at a time: never registered twice */
+	err = atomic_load_explicit(&fork_setup_error, memory_order_relaxed);
+	if (err != 0) {
+		err = atfork();
+		atomic_store_explicit(&fork_setup_error, err, memory_order_release);
+	}
+	pthread_mutex_unlock(&fork_setup_lock);
+	return err;
 }
 
 /* ---- Flushing ------------------------------------------------------------- */
@@ -556,6 +620,10 @@ int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int tim
 		errno = EDEADLK;
 		return -1;
 	}
+	if (fork_safety() != 0) {
+		errno = ENOMEM;
+		return -1;
+	}
 	err = flush_lock_acquire(timeout_ms);
 	if (err) {
 		errno = err;
@@ -584,6 +652,10 @@ int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot)
 {
 	if (!slot || *slot) {
 		errno = EINVAL;
+		return -1;
+	}
+	if (fork_safety() != 0) {
+		errno = ENOMEM;
 		return -1;
 	}
 	*slot = snapshot_load(SNAPSHOT_PEEK);
@@ -700,13 +772,10 @@ int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s)
 	return s && s->state == SNAPSHOT_OPEN;
 }
 
-void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
+void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
 {
-	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
-
 	if (!s)
 		return;
-	*slot = NULL;
 	if (s->state == SNAPSHOT_OPEN) {
 		if (held != s)
 			return; /* open in another thread: only that thread can release it */
@@ -716,13 +785,25 @@ void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
 	free(s);
 }
 
+void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
+{
+	if (!slot)
+		return;
+	pmem_metrics_snapshot_free(*slot);
+	*slot = NULL;
+}
+
 void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
 {
+	if (!s || s->state == SNAPSHOT_PEEK)
+		return;
 	pmem_metrics_snapshot_publish(&s);
-	pmem_metrics_snapshot_dispose(&s);
+	pmem_metrics_snapshot_free(s);
 }
 
 void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
 {
-	pmem_metrics_snapshot_dispose(&s);
+	if (!s || s->state == SNAPSHOT_PEEK)
+		return;
+	pmem_metrics_snapshot_free(s);
 }

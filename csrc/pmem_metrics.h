@@ -62,8 +62,8 @@
  * - The hot path is inline in this header: in an optimised build a C
  *   caller's increment compiles to one relaxed fetch-add (a `lock add` on
  *   x86-64; for the first field, whose address is the device's, also the
- *   NULL test, which the compiler cannot drop; at -O0 it is a call).  The library also exports every function as a symbol for FFI
- *   users.
+ *   NULL test, which the compiler cannot drop; at -O0 it is a call).  The
+ *   library also exports every function as a symbol for FFI users.
  *
  * Limitations
  * ===========
@@ -74,7 +74,10 @@
  * - Counters wrap modulo 2^64; a diff stays right across one wrap between
  *   flushes.
  * - A snapshot must be committed or aborted by the thread that took it.
- * - fork(): the library registers pthread_atfork handlers.  fork() waits for
+ * - fork(): the library registers pthread_atfork handlers when it is loaded
+ *   (should that fail, every call that allocates or takes a snapshot retries
+ *   it, and fails with errno ENOMEM while it cannot: the registry is never
+ *   used without fork safety).  fork() waits for
  *   any registry operation in progress (never for a flush being written), and
  *   the child starts with every count the parent had at that moment, the
  *   registry unlocked and no flush in progress (unless the forking thread
@@ -112,7 +115,8 @@
 
 #define PMEM_METRICS_COUNT_FIELD_(name, doc) +1
 /* Number of counters in one device. */
-#define PMEM_METRICS_NFIELDS (0 PMEM_METRICS_FIELDS(PMEM_METRICS_COUNT_FIELD_))
+enum { PMEM_METRICS_NFIELDS = 0 PMEM_METRICS_FIELDS(PMEM_METRICS_COUNT_FIELD_) };
+#undef PMEM_METRICS_COUNT_FIELD_
 
 /* Longest accepted drive id, in code points. */
 #define PMEM_METRICS_ID_MAX_CHARS 64
@@ -138,6 +142,7 @@ struct pmem_metrics_counter {
 struct pmem_metrics {
 	PMEM_METRICS_FIELDS(PMEM_METRICS_DECLARE_FIELD_)
 };
+#undef PMEM_METRICS_DECLARE_FIELD_
 
 /*
  * Counter hot path.  Inline here; the library holds the external
@@ -231,9 +236,9 @@ struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void);
 /*
  * A read-only copy for scraping cumulative counts: the same copy as
  * pmem_metrics_snapshot_take() makes, but it takes no flush lock (so it never
- * waits for a flush, and a flush never waits for it) and it is not a flush:
- * pmem_metrics_snapshot_commit() or _abort() only free it, changing nothing.
- * Returns NULL with errno ENOMEM when out of memory.
+ * waits for a flush, and a flush never waits for it) and it is not a flush.
+ * Free it with pmem_metrics_snapshot_free().  Returns NULL with errno ENOMEM
+ * when out of memory.
  */
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void);
 
@@ -265,14 +270,24 @@ const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapsh
 const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
 
 /*
- * The report built from `s` was delivered: move every counter's `old` up to
- * the value the snapshot loaded, release the flush and free `s`.
- * Increments made since the snapshot stay for the next flush.  NULL: no-op.
+ * The report built from the flush `s` was delivered: move every counter's
+ * `old` up by what `s` reported, release the flush and free `s`.  Increments
+ * made since the snapshot stay for the next flush.  NULL, or a peek: no-op.
  */
 void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
 
-/* The report was not delivered: change nothing, release the flush, free `s`. NULL: no-op. */
+/*
+ * The report built from the flush `s` was not delivered: change nothing,
+ * release the flush and free `s`.  NULL, or a peek: no-op.
+ */
 void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
+
+/*
+ * Free a peek, or a flush snapshot already settled by the slot calls below
+ * (published or withdrawn).  An open flush is aborted first (by its own
+ * thread only: one open in another thread is left alone).  NULL: no-op.
+ */
+void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s);
 
 /*
  * Interrupt-safe flushing, for bindings whose code can be interrupted between
@@ -328,10 +343,9 @@ void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
 int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s);
 
 /*
- * Free *slot and set it to NULL.  An open flush is aborted first; a published
- * one stays published (for a report whose delivery, once published, stands:
- * a line in a file).  A flush still open in another thread cannot be
- * released from here: its memory is left alone.  NULL slot or *slot: no-op.
+ * pmem_metrics_snapshot_free(*slot), then *slot = NULL: an open flush is
+ * aborted first; a published one stays published (for a report whose
+ * delivery, once published, stands: a line in a file).  NULL slot: no-op.
  */
 void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
 

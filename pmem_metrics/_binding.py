@@ -6,6 +6,8 @@ names and their docs here and builds everything else from them.
 
 from __future__ import annotations
 
+from _cffi_backend import _CDataBase as CData  # the type of every C value CFFI hands out
+
 try:
     from ._ffi import ffi, lib
 except ImportError as e:  # pragma: no cover - depends on how the package was installed
@@ -30,4 +32,4 @@ FIELD_DOCS: dict[str, str] = {
 ID_MAX_CHARS: int = lib.PMEM_METRICS_ID_MAX_CHARS
 """The longest drive id accepted, in characters (code points)."""
 
-__all__ = ["FIELDS", "FIELD_DOCS", "ID_MAX_CHARS", "NFIELDS", "ffi", "lib"]
+__all__ = ["FIELDS", "FIELD_DOCS", "ID_MAX_CHARS", "NFIELDS", "CData", "ffi", "lib"]

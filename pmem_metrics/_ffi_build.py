@@ -37,20 +37,17 @@ ffi.cdef(
     const char *pmem_metrics_field_doc(size_t i);
 
     struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void);
-    struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void);
     size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s);
     const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len);
     const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *s);
     const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s);
     const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
     void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
-    void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s);
 
     int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms);
     int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
-    int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s);
     void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
     """
 )

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Any
 
-from ._binding import NFIELDS, ffi, lib
+from ._binding import NFIELDS, CData, ffi, lib
 from .errors import error_from_errno
 
 WAIT_SLICE_MS = 50
@@ -36,7 +35,6 @@ WAIT_SLICE_MS = 50
 publish = lib.pmem_metrics_snapshot_publish
 withdraw = lib.pmem_metrics_snapshot_withdraw
 dispose = lib.pmem_metrics_snapshot_dispose
-is_open = lib.pmem_metrics_snapshot_is_open
 
 
 class Snapshot:
@@ -44,17 +42,21 @@ class Snapshot:
 
     __slots__ = ("aggregate", "counts", "diffs", "ids_text")
 
-    def __init__(self, s: Any, counts: bool = False) -> None:
-        n: int = lib.pmem_metrics_snapshot_len(s)
+    def __init__(self, s: CData, counts: bool = False) -> None:
+        n = lib.pmem_metrics_snapshot_len(s)
         size = ffi.new("size_t *")
         raw = lib.pmem_metrics_snapshot_ids(s, size)
         # Every id followed by NUL; ids never contain NUL (C rejects it).
         self.ids_text: str = ffi.unpack(raw, size[0]).decode("utf-8")
-        self.diffs: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
-        self.aggregate: list[int] = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
-        self.counts: list[int] = (
-            ffi.unpack(lib.pmem_metrics_snapshot_counts(s), n * NFIELDS) if counts else []
-        )
+        # A flush reads diffs and their aggregate; a peek (a scrape) the counts only.
+        self.diffs: list[int] = []
+        self.aggregate: list[int] = []
+        self.counts: list[int] = []
+        if counts:
+            self.counts = ffi.unpack(lib.pmem_metrics_snapshot_counts(s), n * NFIELDS)
+        else:
+            self.diffs = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
+            self.aggregate = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
 
     @staticmethod
     def split(ids_text: str) -> list[str]:
@@ -66,12 +68,12 @@ class Snapshot:
         return [values[f::NFIELDS] for f in range(NFIELDS)]
 
 
-def new_slot() -> Any:
+def new_slot() -> CData:
     """A ``struct pmem_metrics_snapshot *[1]`` that disposes of its snapshot when collected."""
     return ffi.gc(ffi.new("struct pmem_metrics_snapshot *[1]"), dispose)
 
 
-def take(slot: Any, deadline: float | None = None) -> Snapshot:
+def take(slot: CData, deadline: float | None = None) -> Snapshot:
     """Open a flush into *slot*, waiting for other flushes in interruptible slices.
 
     *deadline* (``time.monotonic()``) bounds the wait: past it, ``TimeoutError``.

@@ -12,12 +12,12 @@ import operator
 import sys
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex
 
-from ._binding import FIELDS, ffi, lib
+from ._binding import FIELDS, CData, ffi, lib
 from .errors import InvalidDriveIdError, error_from_errno
 
 # The C functions of Counter's hot path, and the conversion add() applies.
-_inc: Callable[[Any], None] = lib.pmem_metrics_inc
-_add: Callable[[Any, int], None] = lib.pmem_metrics_add
+_inc: Callable[[CData], None] = lib.pmem_metrics_inc
+_add: Callable[[CData, int], None] = lib.pmem_metrics_add
 _index = operator.index
 
 # The longest repr of a drive id that an error message quotes whole.  A
@@ -53,9 +53,9 @@ class Counter:
 
     __slots__ = ("_c",)
 
-    _c: Any  # the C uint64_t * of this counter
+    _c: CData  # the C struct pmem_metrics_counter * of this counter
 
-    def __init__(self, c: Any) -> None:
+    def __init__(self, c: CData) -> None:
         self._c = c
 
     # The hot path.  Python methods, not the C functions bound to the counter
@@ -78,13 +78,11 @@ class Counter:
 
     def count(self) -> int:
         """Everything ever added (modulo 2**64); flushes do not reset it."""
-        value: int = lib.pmem_metrics_count(self._c)
-        return value
+        return lib.pmem_metrics_count(self._c)
 
     def fetch_diff(self) -> int:
         """What the next flush would report for this counter; changes nothing."""
-        value: int = lib.pmem_metrics_fetch_diff(self._c)
-        return value
+        return lib.pmem_metrics_fetch_diff(self._c)
 
     def __repr__(self) -> str:
         return f"<Counter count={self.count()} diff={self.fetch_diff()}>"
@@ -110,7 +108,7 @@ class PmemMetricsPerDevice:
     __slots__ = ("_m", "drive_id", *FIELDS)
 
     drive_id: str
-    _m: Any  # the C struct pmem_metrics *
+    _m: CData  # the C struct pmem_metrics *
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use PmemMetricsPerDevice.alloc(drive_id)")
@@ -154,8 +152,7 @@ class PmemMetricsPerDevice:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PmemMetricsPerDevice):
             return NotImplemented
-        same: bool = self._m == other._m  # the same C device
-        return same
+        return bool(self._m == other._m)  # the same C device
 
     def __hash__(self) -> int:
         return hash(int(ffi.cast("uintptr_t", self._m)))
@@ -176,5 +173,4 @@ class PmemMetricsPerDevice:
 
 def device_count() -> int:
     """Number of pmem devices allocated so far in this process."""
-    n: int = lib.pmem_metrics_device_count()
-    return n
+    return lib.pmem_metrics_device_count()

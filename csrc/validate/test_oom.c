@@ -2,11 +2,18 @@
  * test_oom.c - out of memory, injected (built with -DPMEM_METRICS_FAULT_INJECTION).
  *
  * Every allocation site fails in turn; each failure must return NULL with
- * errno ENOMEM and leave the registry and every count as they were.
+ * errno ENOMEM and leave the registry and every count as they were.  And the
+ * fork handlers failing to register (PMEM_METRICS_FAULT_ATFORK, read when
+ * the library loads, so this test runs itself again with it set).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
+
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "pmem_metrics.h"
@@ -66,10 +73,44 @@ static void test_a_snapshot_without_memory(void)
 	CHECK(pmem_metrics_fetch_diff(&m->event_fails) == 0);
 }
 
-int main(void)
+/* Run in a process started with PMEM_METRICS_FAULT_ATFORK=2. */
+static int without_fork_handlers(void)
 {
+	struct pmem_metrics_snapshot *s = NULL;
+	int ok = 1;
+
+	/* Registration failed at load, and the first retry fails too. */
+	errno = 0;
+	ok &= pmem_metrics_alloc("atfork-dev") == NULL && errno == ENOMEM;
+	ok &= pmem_metrics_device_count() == 0;
+	/* The next retry registers them: everything works from here on. */
+	ok &= pmem_metrics_alloc("atfork-dev") != NULL;
+	ok &= pmem_metrics_snapshot_take_into(&s, 0) == 0;
+	pmem_metrics_snapshot_commit(s);
+	return ok ? 0 : 1;
+}
+
+static void test_fork_handlers_that_fail_to_register_are_retried_not_skipped(void)
+{
+	pid_t pid = fork();
+	int status = -1;
+
+	if (pid == 0) {
+		setenv("PMEM_METRICS_FAULT_ATFORK", "2", 1);
+		execl("/proc/self/exe", "test_oom", "atfork", (char *)NULL);
+		_exit(127);
+	}
+	CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "atfork") == 0)
+		return without_fork_handlers();
 	RUN(test_a_new_device_without_memory);
 	RUN(test_a_registry_that_cannot_grow);
 	RUN(test_a_snapshot_without_memory);
+	RUN(test_fork_handlers_that_fail_to_register_are_retried_not_skipped);
 	return check_summary();
 }

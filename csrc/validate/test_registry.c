@@ -257,7 +257,10 @@ static void test_a_peek_reads_counts_and_changes_nothing(void)
 	counts = pmem_metrics_snapshot_counts(peek);
 	CHECK(counts[at * NF + 3] == 15);                           /* cumulative */
 	CHECK(pmem_metrics_snapshot_diffs(peek)[at * NF + 3] == 4); /* since the last flush */
-	pmem_metrics_snapshot_commit(peek); /* only frees */
+	pmem_metrics_snapshot_commit(peek); /* a peek is no flush: nothing happens */
+	pmem_metrics_snapshot_abort(peek);
+	CHECK(pmem_metrics_snapshot_len(peek) > at); /* still there */
+	pmem_metrics_snapshot_free(peek);
 	CHECK(pmem_metrics_fetch_diff(&m->queue_event_count) == 4);
 	pmem_metrics_snapshot_abort(flush);
 	CHECK(pmem_metrics_fetch_diff(&m->queue_event_count) == 4);
