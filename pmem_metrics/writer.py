@@ -15,8 +15,8 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import NamedTuple
 
+from ._periodic import Periodic, _next_beat  # noqa: F401 (_next_beat: tests import it here)
 from ._sink import Destination, FdSink, FileSink, Progress, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
@@ -52,7 +52,7 @@ class MetricsWriter:
         self._head = line_head(None, None)
         self._timeout = DEFAULT_TIMEOUT
         self._lock = threading.Lock()  # guards init and the periodic thread's start/stop
-        self._periodic: _Periodic | None = None
+        self._periodic: Periodic | None = None
         self._exit_hook = False  # _stop_at_exit is registered with atexit
         _WRITERS.add(self)
 
@@ -175,18 +175,11 @@ class MetricsWriter:
                 raise WriterStateError("init() the metrics writer before start_periodic()")
             if self.periodic:
                 raise WriterStateError("periodic writing is already running")
-            stop = threading.Event()
-            thread = threading.Thread(
-                target=self._run_periodic,
-                args=(interval, stop),
-                name="pmem_metrics periodic writer",
-                daemon=True,
-            )
-            self._periodic = _Periodic(thread, stop, os.getpid(), at_exit)
+            self._periodic = running = Periodic.new(self.write, interval, at_exit)
             if at_exit and not self._exit_hook:
                 atexit.register(self._stop_at_exit)  # once; it checks _periodic.at_exit
                 self._exit_hook = True
-            thread.start()
+            running.thread.start()
 
     def stop_periodic(self) -> None:
         """Stop the periodic thread and write a final line; nothing happens if none runs.
@@ -208,15 +201,6 @@ class MetricsWriter:
             running.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         self._write(deadline)
 
-    def _run_periodic(self, interval: float, stop: threading.Event) -> None:
-        due = time.monotonic() + interval
-        while not stop.wait(max(0.0, due - time.monotonic())):
-            try:
-                self.write()
-            except Exception:
-                _log.exception("pmem_metrics: writing a metrics line failed; its counts are kept")
-            due = _next_beat(due, interval, time.monotonic())
-
     def _stop_at_exit(self) -> None:
         running = self._periodic
         if running is None or not running.at_exit or running.pid != os.getpid():
@@ -234,19 +218,6 @@ class MetricsWriter:
         # The parent's lock may have been held by a thread that does not
         # exist here; nothing else of the writer waits on the parent.
         self._lock = threading.Lock()
-
-
-class _Periodic(NamedTuple):
-    thread: threading.Thread
-    stop: threading.Event
-    pid: int  # the process that started it: a forked child inherits the state, not the thread
-    at_exit: bool
-
-
-def _next_beat(due: float, interval: float, now: float) -> float:
-    """The beat after *due*; when that is already past, the next one from *now* (no burst)."""
-    due += interval
-    return due if due > now else now + interval
 
 
 _WRITERS: weakref.WeakSet[MetricsWriter] = weakref.WeakSet()

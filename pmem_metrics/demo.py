@@ -1,0 +1,208 @@
+"""The demo: ``python -m pmem_metrics demo``.
+
+It simulates pmem devices whose counters a few worker threads bump at random
+(at most four threads, each with its share of the devices), and writes a
+metrics line every ``--interval`` seconds and a final one at the end, to
+stdout or to ``--metrics-path`` (a file or named pipe), like
+``firecracker --metrics-path``.  It ends by itself after ``--duration``
+seconds, or at a Ctrl-C: then it still writes the final line and its summary,
+and exits with status 130.  The summary on stderr gives the wall time the
+run actually took.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from itertools import accumulate
+from types import FrameType
+
+from ._binding import FIELDS
+from .device import PmemMetricsPerDevice
+from .writer import METRICS
+
+_MAX_WORKERS = 4
+"""The demo's worker threads, whatever the number of devices: each bumps a share of them."""
+
+_MAX_WAIT = 60.0  # seconds one select() may wait (a deadline may be inf: --duration inf)
+
+
+def _worker(
+    devices: Sequence[PmemMetricsPerDevice],
+    rng: random.Random,
+    stop: threading.Event,
+    done: list[int],
+) -> None:
+    """Bump random counters of *devices*, one device after another, until *stop*.
+
+    What it added goes into *done* when it ends, so the total is exact.
+    """
+    counters = [[getattr(m, name) for name in FIELDS] for m in devices]
+    # Queue events are common, failures rare.
+    weights = list(accumulate(20 if name == "queue_event_count" else 1 for name in FIELDS))
+    added = 0
+    try:
+        while not stop.is_set():
+            for device in counters:
+                for counter in rng.choices(device, cum_weights=weights, k=16):
+                    counter.inc()
+                added += 16
+                if stop.is_set():
+                    break
+            stop.wait(rng.uniform(0.0, 0.002))
+    finally:
+        done.append(added)
+
+
+def _abort(signum: int, frame: FrameType | None) -> None:
+    """SIGINT handler: ignore any further SIGINT, and raise ``KeyboardInterrupt`` (for main)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+class _CtrlC:
+    """While entered, the first SIGINT only sets :attr:`caught` and wakes :meth:`sleep_until`.
+
+    So a Ctrl-C never cuts a metrics line or the workers' bookkeeping short:
+    the demo stops at its next step and ends as usual.  A second Ctrl-C
+    raises ``KeyboardInterrupt`` (to abort a final write that hangs), and
+    from then on, or once a Ctrl-C'd demo is done, SIGINT is ignored: the
+    process is on its way out with status 130, and a further one would only
+    interrupt its exit with a traceback.  The signal wakeup fd (written by
+    the C-level handler) wakes the sleep even when the signal lands just
+    before ``select()`` blocks.  Outside the main thread, or where SIGINT is
+    not Python's default (ignored, say), nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.caught = False
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+
+    def __enter__(self) -> _CtrlC:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._pipe = (r, w)
+            self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.caught = True
+        signal.signal(signal.SIGINT, _abort)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pipe is not None:
+            signal.signal(
+                signal.SIGINT, signal.SIG_IGN if self.caught else signal.default_int_handler
+            )
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+    def sleep_until(self, deadline: float) -> bool:
+        """Sleep until ``time.monotonic()`` reaches *deadline*; ``True`` at once on a Ctrl-C."""
+        while not self.caught:
+            left = min(deadline - time.monotonic(), _MAX_WAIT)
+            if left <= 0:
+                return False
+            if self._pipe is None:
+                time.sleep(left)
+            elif select.select([self._pipe[0]], [], [], left)[0]:
+                try:  # a signal came: empty the pipe, then look at self.caught
+                    while os.read(self._pipe[0], 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        return True
+
+
+def _serve_prometheus(port: int, addr: str) -> None:
+    """Serve the counters for Prometheus on addr:port while the demo runs."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from .prometheus import register
+    except ImportError:
+        raise SystemExit(
+            "python -m pmem_metrics: --prometheus-port needs prometheus_client: "
+            "pip install '.[prometheus]' (from a checkout)"
+        ) from None
+    registry = CollectorRegistry()
+    register(registry)
+    server, _ = start_http_server(port, addr=addr, registry=registry)
+    bound = server.server_address[1]
+    print(f"demo: Prometheus metrics at http://{addr}:{bound}/metrics", file=sys.stderr, flush=True)
+
+
+def demo(
+    devices: int,
+    duration: float,
+    interval: float,
+    metrics_path: str | None,
+    seed: int,
+    prometheus: tuple[int, str] | None = None,
+) -> int:
+    """Run the simulation; return the process exit status (130 after a Ctrl-C)."""
+    if metrics_path is None and sys.stdout is None:
+        raise SystemExit(
+            "python -m pmem_metrics: stdout is closed; "
+            "give --metrics-path to write the metrics elsewhere"
+        )
+    METRICS.init(metrics_path if metrics_path is not None else sys.stdout)
+    if prometheus is not None:
+        _serve_prometheus(*prometheus)
+    with _CtrlC() as ctrl_c:
+        handles = [PmemMetricsPerDevice.alloc(f"drv{i}") for i in range(devices)]
+        workers = min(devices, _MAX_WORKERS)
+        stop = threading.Event()
+        done: list[int] = []
+        threads: list[threading.Thread] = []
+        lines = 0
+        start = time.monotonic()
+        try:
+            for w in range(workers if not ctrl_c.caught else 0):
+                t = threading.Thread(
+                    target=_worker,
+                    args=(handles[w::workers], random.Random(seed + w), stop, done),
+                    name=f"pmem-demo-{w}",
+                    daemon=True,
+                )
+                t.start()
+                threads.append(t)
+            # A line at every multiple of the interval before the end, even when
+            # late, so the demo's line count is exact (MetricsWriter.start_periodic
+            # instead skips late beats).
+            while (lines + 1) * interval < duration:
+                if ctrl_c.sleep_until(start + (lines + 1) * interval):
+                    break
+                METRICS.write()
+                lines += 1
+            ctrl_c.sleep_until(start + duration)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        elapsed = time.monotonic() - start
+        METRICS.write()
+        lines += 1
+        where = metrics_path if metrics_path is not None else "stdout"
+        requested = f"{'interrupted; ' if ctrl_c.caught else ''}{duration:g} s requested"
+        print(
+            f"demo: {devices} devices on {len(threads)} worker threads, {sum(done)} increments "
+            f"in {elapsed:.2f} s ({requested}), {lines} metrics lines written to {where}",
+            file=sys.stderr,
+        )
+        return 130 if ctrl_c.caught else 0
