@@ -47,6 +47,16 @@
  *   counts (a Prometheus scrape) without the flush lock: it never waits for
  *   a flush, a flush never waits for it, and it resets nothing.
  *
+ * Compatibility
+ * -------------
+ * The four fields below are those of Firecracker v1.14 and v1.15's pmem
+ * metrics, in their order.  v1.16 added two rate-limiter counters; to match
+ * it, add one X() line for each to PMEM_METRICS_FIELDS, with Firecracker's
+ * name and doc, after queue_event_count (nothing else changes, in C or in
+ * Python).  The optional `id`/`properties` head of a metrics line (written
+ * by the Python writer) exists only on Firecracker's main branch after
+ * v1.16.1.
+ *
  * Design
  * ======
  * - The field list is the X-macro PMEM_METRICS_FIELDS: adding a counter is

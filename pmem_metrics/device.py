@@ -61,11 +61,10 @@ class Counter:
     # The hot path.  Python methods, not the C functions bound to the counter
     # (as they were): a wrong call then names Counter.inc/Counter.add, not the
     # C function, and add() can convert its argument first.  CPython 3.11+
-    # specialises the method load and inlines the call, so inc() costs a few
-    # nanoseconds more than the bound C function did.  The callees are module
-    # globals (one specialised load each), and returning the C call's result
-    # (None) saves two instructions over discarding it and returning None
-    # (about 2 ns a call on 3.11).
+    # specialises the method load and inlines the call.  The callees are
+    # module globals (one specialised load each), and returning the C call's
+    # result (None) saves two instructions over discarding it and returning
+    # None.  The measured costs of each choice: bench/README.md.
     def inc(self) -> None:
         """Add 1."""
         return _inc(self._c)
@@ -166,8 +165,8 @@ class PmemMetricsPerDevice:
         # naming them in Python (so a new field needs no Python change; the
         # price: a misspelt field passes the type checker, and fails at run
         # time).  Only for type checkers: a class with __getattr__ loses
-        # CPython's specialised attribute loads, and the increment went from
-        # 1.36x to 1.77x the bare CFFI call when it had one.
+        # CPython's specialised attribute loads, which slows every increment
+        # (measured in bench/README.md).
         def __getattr__(self, name: str) -> Counter: ...
 
 
