@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from pmem_metrics import PmemMetricsPerDevice, flush_metrics
+
+from .helpers import REPO
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")

@@ -16,7 +16,6 @@ import io
 import itertools
 import json
 
-from conftest import assert_aggregate_is_sum
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -30,6 +29,8 @@ from pmem_metrics import (
     flush_metrics,
     flush_metrics_json,
 )
+
+from .helpers import assert_aggregate_is_sum
 
 U64 = 2**64
 _runs = itertools.count()

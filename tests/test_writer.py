@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FifoReader, assert_aggregate_is_sum
 
 from pmem_metrics import (
     FIELDS,
@@ -23,6 +22,9 @@ from pmem_metrics import (
     PmemMetricsPerDevice,
     flush_metrics,
 )
+
+from .helpers import assert_aggregate_is_sum
+from .pipes import FifoReader
 
 
 def parse_line(line: str) -> dict:
