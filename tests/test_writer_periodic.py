@@ -1,4 +1,6 @@
-"""Periodic writing (start_periodic / stop_periodic) and the optional id and properties."""
+"""MetricsWriter: periodic writing (start_periodic / stop_periodic) and the optional id and
+properties; its other tests are in test_writer.py.
+"""
 
 from __future__ import annotations
 
