@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Mapping
 
-from ._periodic import Periodic, _next_beat  # noqa: F401 (_next_beat: tests import it here)
+from ._periodic import Periodic
 from ._sink import Destination, FdSink, FileSink, Progress, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import cffi
 import pytest
-from conftest import REPO, c_flags
 
 import pmem_metrics
 from pmem_metrics import FIELDS, PmemMetricsPerDevice, device_count, flush_metrics
 from pmem_metrics._binding import ffi as binding_ffi
 from pmem_metrics.cli import main
+
+from .helpers import REPO, c_flags
 
 
 def address(m: PmemMetricsPerDevice) -> int:

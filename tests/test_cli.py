@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_aggregate_is_sum
 
 from pmem_metrics import FIELDS
+
+from .helpers import assert_aggregate_is_sum
 
 
 def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

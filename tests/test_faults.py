@@ -1,7 +1,7 @@
-"""Faults: fork() under load, out of memory (injected), SIGPIPE.
+"""Faults: fork() under load, out of memory (injected).
 
-The destination failures of MetricsWriter (full device, broken pipe, partial
-writes, raising file objects) are in test_writer.py.
+The destination failures of MetricsWriter (full device, broken pipe and
+SIGPIPE, partial writes, raising file objects) are in test_writer.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from pmem_metrics import PmemMetricsPerDevice, flush_metrics
+
+from .helpers import REPO
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
@@ -132,26 +133,3 @@ def test_out_of_memory_raises_memory_error_and_changes_nothing(tmp_path: Path) -
              "pmem": {"activate_fails": 2, "cfg_fails": 0, "event_fails": 0,
                       "queue_event_count": 0}}),
     ]  # fmt: skip
-
-
-def test_a_reader_leaving_is_epipe_even_where_sigpipe_would_kill(run_python, tmp_path) -> None:
-    out = run_python(
-        """
-        import os, signal
-        from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a C application might have it
-        os.mkfifo("fifo")
-        reader = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
-        w = MetricsWriter()
-        w.init("fifo")
-        m = PmemMetricsPerDevice.alloc("drv0")
-        os.close(reader)
-        m.cfg_fails.inc()
-        try:
-            w.write()
-        except BrokenPipeError:
-            print("EPIPE, still alive, diff", m.cfg_fails.fetch_diff())
-        print("pending", signal.sigpending())
-        """
-    )
-    assert out.splitlines() == ["EPIPE, still alive, diff 1", "pending set()"]

@@ -10,9 +10,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import REPO
-
 from pmem_metrics import FIELD_DOCS, FIELDS
+
+from .helpers import REPO
 
 FIFTH = '\tX(flush_fails, "Number of times a test-only fifth counter was bumped.") \\\n'
 

@@ -6,9 +6,9 @@ import json
 import random
 import threading
 
-from conftest import assert_aggregate_is_sum, run_threads
-
 from pmem_metrics import FIELDS, PmemMetricsPerDevice, flush_metrics, flush_metrics_json
+
+from .helpers import assert_aggregate_is_sum, run_threads
 
 ZERO = dict.fromkeys(FIELDS, 0)
 

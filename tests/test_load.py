@@ -18,9 +18,10 @@ import threading
 from dataclasses import dataclass
 
 import pytest
-from conftest import assert_aggregate_is_sum, run_threads
 
 from pmem_metrics import FIELDS, PmemMetricsPerDevice, flush_metrics, flush_metrics_json
+
+from .helpers import assert_aggregate_is_sum, run_threads
 
 
 @dataclass(frozen=True)

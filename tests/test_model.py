@@ -1,9 +1,18 @@
 """Random sequences of calls agree with a small pure-Python model of the semantics.
 
-The model is ``../shared/firecracker-format.md`` written out: per counter a
-current and an old value modulo 2**64; ``count`` is current, ``fetch_diff``
-current - old, a flush reports the diffs and sets old to current.  Rejected
-calls (bad ids, bad add values) must raise and change nothing.
+The model is the Firecracker metrics semantics of README.md's "Semantics"
+section written out:
+- per counter a current and an old value modulo 2**64; ``count`` is current,
+  ``fetch_diff`` current - old, a flush reports the diffs and sets old to
+  current;
+- a flushed object has ``"pmem_<drive id>"`` per device in code-point order of
+  the id, then ``"pmem"``, the field-wise sum of those devices modulo 2**64;
+  its JSON is compact with non-ASCII kept as is, and a writer's line is that
+  object with ``"utc_timestamp_ms"`` first;
+- a drive id is a str of 1 to ID_MAX_CHARS characters, none a control
+  character or a lone surrogate (``PmemMetricsPerDevice.alloc``'s docstring);
+  ``add(n)`` takes an integer with 0 <= n < 2**64.
+Rejected calls (bad ids, bad add values) must raise and change nothing.
 
 The registry is per process and other tests' devices live in it too, so every
 run of the machine uses ids with a prefix of its own and compares only those;
@@ -16,7 +25,6 @@ import io
 import itertools
 import json
 
-from conftest import assert_aggregate_is_sum
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -30,6 +38,8 @@ from pmem_metrics import (
     flush_metrics,
     flush_metrics_json,
 )
+
+from .helpers import assert_aggregate_is_sum
 
 U64 = 2**64
 _runs = itertools.count()

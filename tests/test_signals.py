@@ -22,7 +22,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import REPO
+from .helpers import REPO
 
 # The tracer: raise at the k-th bytecode executed in pmem_metrics' own code.
 # RETURN_VALUE/RETURN_CONST are skipped: from 3.11 on no interrupt can be

@@ -1,4 +1,7 @@
-"""The metrics line writer (MetricsWriter / METRICS)."""
+"""The metrics line writer (MetricsWriter / METRICS).
+
+Periodic writing and the optional id and properties are in test_writer_periodic.py.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FifoReader, assert_aggregate_is_sum
 
 from pmem_metrics import (
     FIELDS,
@@ -23,6 +25,9 @@ from pmem_metrics import (
     PmemMetricsPerDevice,
     flush_metrics,
 )
+
+from .helpers import assert_aggregate_is_sum
+from .pipes import FifoReader
 
 
 def parse_line(line: str) -> dict:
@@ -452,6 +457,29 @@ def test_an_exception_from_a_signal_handler_mid_line_leaves_no_torn_line(run_pyt
         """
     )
     assert out == "interrupted\n['fragment', 5]\n"
+
+
+def test_a_reader_leaving_is_epipe_even_where_sigpipe_would_kill(run_python, tmp_path) -> None:
+    out = run_python(
+        """
+        import os, signal
+        from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a C application might have it
+        os.mkfifo("fifo")
+        reader = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
+        w = MetricsWriter()
+        w.init("fifo")
+        m = PmemMetricsPerDevice.alloc("drv0")
+        os.close(reader)
+        m.cfg_fails.inc()
+        try:
+            w.write()
+        except BrokenPipeError:
+            print("EPIPE, still alive, diff", m.cfg_fails.fetch_diff())
+        print("pending", signal.sigpending())
+        """
+    )
+    assert out.splitlines() == ["EPIPE, still alive, diff 1", "pending set()"]
 
 
 def test_no_sigpipe_death_when_the_streams_own_text_hits_a_gone_reader(run_python) -> None:

@@ -22,6 +22,7 @@
 #include <wchar.h>
 
 #include "pmem_metrics.h"
+#include "validate/check.h" /* check_aggregate_is_sum() */
 
 static bool reference_valid(const uint8_t *p, size_t n)
 {
@@ -49,22 +50,13 @@ static bool reference_valid(const uint8_t *p, size_t n)
 static void check_snapshot(void)
 {
 	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
-	const uint64_t *d, *agg;
-	uint64_t sum[PMEM_METRICS_NFIELDS] = {0};
-	size_t n;
 
 	if (!s)
 		abort();
-	n = pmem_metrics_snapshot_len(s);
-	d = pmem_metrics_snapshot_diffs(s);
-	agg = pmem_metrics_snapshot_aggregate(s);
-	for (size_t i = 0; i < n; i++) {
-		if (i > 0 && strcmp(pmem_metrics_snapshot_id(s, i - 1), pmem_metrics_snapshot_id(s, i)) >= 0)
+	for (size_t i = 1; i < pmem_metrics_snapshot_len(s); i++)
+		if (strcmp(pmem_metrics_snapshot_id(s, i - 1), pmem_metrics_snapshot_id(s, i)) >= 0)
 			abort(); /* not strictly sorted: out of order or a duplicate */
-		for (size_t f = 0; f < PMEM_METRICS_NFIELDS; f++)
-			sum[f] += d[i * PMEM_METRICS_NFIELDS + f];
-	}
-	if (memcmp(sum, agg, sizeof(sum)) != 0)
+	if (!check_aggregate_is_sum(s))
 		abort();
 	pmem_metrics_snapshot_commit(s);
 }

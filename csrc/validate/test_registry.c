@@ -14,13 +14,25 @@
 
 #define NF PMEM_METRICS_NFIELDS
 
-/* The diffs row of `id` in `s`, or NULL. */
-static const uint64_t *row_of(const struct pmem_metrics_snapshot *s, const char *id)
+/*
+ * Field `f` of device `id`'s row in `rows` (the diffs or the counts of `s`).
+ * A device missing from `s` (or a NULL snapshot) fails the test and reads 0.
+ */
+static uint64_t value_of(const struct pmem_metrics_snapshot *s, const uint64_t *rows,
+			 const char *id, size_t f)
 {
 	for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++)
 		if (strcmp(pmem_metrics_snapshot_id(s, i), id) == 0)
-			return &pmem_metrics_snapshot_diffs(s)[i * NF];
-	return NULL;
+			return rows[i * NF + f];
+	fprintf(stderr, "no device \"%s\" in the snapshot\n", id);
+	CHECK(!"the device is in the snapshot");
+	return 0;
+}
+
+/* The diff of field `f` of device `id` in `s` (see value_of()). */
+static uint64_t diff_of(const struct pmem_metrics_snapshot *s, const char *id, size_t f)
+{
+	return value_of(s, pmem_metrics_snapshot_diffs(s), id, f);
 }
 
 static void test_fields_from_the_x_macro(void)
@@ -59,7 +71,7 @@ static void test_counter_semantics_and_wrap(void)
 	CHECK(pmem_metrics_count(c) == 5);
 	CHECK(pmem_metrics_fetch_diff(c) == 5);
 	s = pmem_metrics_snapshot_take();
-	CHECK(row_of(s, "reg-counter")[1] == 5);
+	CHECK(diff_of(s, "reg-counter", 1) == 5);
 	pmem_metrics_snapshot_commit(s);
 	CHECK(pmem_metrics_count(c) == 5);
 	CHECK(pmem_metrics_fetch_diff(c) == 0);
@@ -68,7 +80,7 @@ static void test_counter_semantics_and_wrap(void)
 	CHECK(pmem_metrics_count(c) == 4);
 	CHECK(pmem_metrics_fetch_diff(c) == UINT64_MAX);
 	s = pmem_metrics_snapshot_take();
-	CHECK(row_of(s, "reg-counter")[1] == UINT64_MAX);
+	CHECK(diff_of(s, "reg-counter", 1) == UINT64_MAX);
 	pmem_metrics_snapshot_commit(s);
 	CHECK(pmem_metrics_fetch_diff(c) == 0);
 }
@@ -180,8 +192,6 @@ static void test_snapshot_order_aggregate_and_ids(void)
 	/* Allocated out of order; expected in byte (= code point) order. */
 	static const char *const ids[] = {"snap-b", "snap-\xef\xbf\xbf", "snap-a", "snap-\xf0\x90\x80\x80", "snap-B"};
 	struct pmem_metrics_snapshot *s;
-	const uint64_t *agg, *diffs;
-	uint64_t sum[NF] = {0};
 	const char *all;
 	size_t len, n, at = 0;
 
@@ -203,15 +213,9 @@ static void test_snapshot_order_aggregate_and_ids(void)
 	}
 	CHECK(at == len);
 
-	diffs = pmem_metrics_snapshot_diffs(s);
-	agg = pmem_metrics_snapshot_aggregate(s);
-	for (size_t i = 0; i < n; i++)
-		for (size_t f = 0; f < NF; f++)
-			sum[f] += diffs[i * NF + f];
-	for (size_t f = 0; f < NF; f++)
-		CHECK(agg[f] == sum[f]);
-	CHECK(row_of(s, "snap-a")[3] == 3);
-	CHECK(row_of(s, "snap-\xf0\x90\x80\x80")[3] == 4);
+	CHECK(check_aggregate_is_sum(s));
+	CHECK(diff_of(s, "snap-a", 3) == 3);
+	CHECK(diff_of(s, "snap-\xf0\x90\x80\x80", 3) == 4);
 	pmem_metrics_snapshot_commit(s);
 }
 
@@ -222,7 +226,7 @@ static void test_abort_keeps_counts_and_a_second_take_is_edeadlk(void)
 
 	pmem_metrics_add(c, 7);
 	s = pmem_metrics_snapshot_take();
-	CHECK(row_of(s, "reg-abort")[0] == 7);
+	CHECK(diff_of(s, "reg-abort", 0) == 7);
 	pmem_metrics_inc(c); /* lands during the flush: for the next one */
 	errno = 0;
 	CHECK(pmem_metrics_snapshot_take() == NULL && errno == EDEADLK);
@@ -230,7 +234,7 @@ static void test_abort_keeps_counts_and_a_second_take_is_edeadlk(void)
 	CHECK(pmem_metrics_fetch_diff(c) == 8);
 
 	s = pmem_metrics_snapshot_take();
-	CHECK(row_of(s, "reg-abort")[0] == 8);
+	CHECK(diff_of(s, "reg-abort", 0) == 8);
 	pmem_metrics_inc(c);
 	pmem_metrics_snapshot_commit(s);
 	CHECK(pmem_metrics_fetch_diff(c) == 1);
@@ -240,8 +244,6 @@ static void test_a_peek_reads_counts_and_changes_nothing(void)
 {
 	struct pmem_metrics *m = pmem_metrics_alloc("reg-peek");
 	struct pmem_metrics_snapshot *flush, *peek;
-	const uint64_t *counts;
-	size_t at = 0;
 
 	pmem_metrics_add(&m->queue_event_count, 11);
 	flush = pmem_metrics_snapshot_take();
@@ -251,15 +253,11 @@ static void test_a_peek_reads_counts_and_changes_nothing(void)
 	flush = pmem_metrics_snapshot_take(); /* a flush in progress does not block a peek */
 	peek = pmem_metrics_snapshot_peek();
 	CHECK(peek != NULL);
-	while (at < pmem_metrics_snapshot_len(peek) &&
-	       strcmp(pmem_metrics_snapshot_id(peek, at), "reg-peek") != 0)
-		at++;
-	counts = pmem_metrics_snapshot_counts(peek);
-	CHECK(counts[at * NF + 3] == 15);                           /* cumulative */
-	CHECK(pmem_metrics_snapshot_diffs(peek)[at * NF + 3] == 4); /* since the last flush */
+	CHECK(value_of(peek, pmem_metrics_snapshot_counts(peek), "reg-peek", 3) == 15); /* cumulative */
+	CHECK(diff_of(peek, "reg-peek", 3) == 4);                 /* since the last flush */
 	pmem_metrics_snapshot_commit(peek); /* a peek is no flush: nothing happens */
 	pmem_metrics_snapshot_abort(peek);
-	CHECK(pmem_metrics_snapshot_len(peek) > at); /* still there */
+	CHECK(diff_of(peek, "reg-peek", 3) == 4); /* still there */
 	pmem_metrics_snapshot_free(peek);
 	CHECK(pmem_metrics_fetch_diff(&m->queue_event_count) == 4);
 	pmem_metrics_snapshot_abort(flush);
@@ -302,7 +300,7 @@ static void test_a_published_report_can_be_withdrawn_once(void)
 
 	pmem_metrics_add(c, 5);
 	CHECK(pmem_metrics_snapshot_take_into(&a, -1) == 0);
-	CHECK(row_of(a, "reg-withdraw")[2] == 5);
+	CHECK(diff_of(a, "reg-withdraw", 2) == 5);
 	pmem_metrics_snapshot_publish(&a);
 	CHECK(a != NULL && !pmem_metrics_snapshot_is_open(a)); /* kept, settled for the lock */
 	CHECK(pmem_metrics_fetch_diff(c) == 0);
@@ -310,7 +308,7 @@ static void test_a_published_report_can_be_withdrawn_once(void)
 	/* Another flush runs between the publish and the withdrawal. */
 	pmem_metrics_add(c, 2);
 	CHECK(pmem_metrics_snapshot_take_into(&b, 0) == 0);
-	CHECK(row_of(b, "reg-withdraw")[2] == 2);
+	CHECK(diff_of(b, "reg-withdraw", 2) == 2);
 	pmem_metrics_snapshot_publish(&b);
 
 	pmem_metrics_snapshot_withdraw(&a); /* a's 5 come back, b's 2 stay reported */
@@ -328,7 +326,7 @@ static void test_a_published_report_can_be_withdrawn_once(void)
 	CHECK(!pmem_metrics_snapshot_is_open(a) && pmem_metrics_fetch_diff(c) == 5);
 	pmem_metrics_snapshot_dispose(&a);
 	a = pmem_metrics_snapshot_take();
-	CHECK(row_of(a, "reg-withdraw")[2] == 5);
+	CHECK(diff_of(a, "reg-withdraw", 2) == 5);
 	pmem_metrics_snapshot_commit(a);
 	CHECK(pmem_metrics_fetch_diff(c) == 0);
 }

@@ -1,4 +1,6 @@
-"""Periodic writing (start_periodic / stop_periodic) and the optional id and properties."""
+"""MetricsWriter: periodic writing (start_periodic / stop_periodic) and the optional id and
+properties; its other tests are in test_writer.py.
+"""
 
 from __future__ import annotations
 
@@ -139,7 +141,7 @@ def test_bad_id_or_properties_are_refused_and_change_nothing(kwargs: dict) -> No
 
 
 def test_late_beats_are_skipped_not_burst() -> None:
-    from pmem_metrics.writer import _next_beat
+    from pmem_metrics._periodic import _next_beat
 
     assert _next_beat(10.0, 1.0, now=10.2) == 11.0  # on time: the next beat
     assert _next_beat(10.0, 1.0, now=13.5) == 14.5  # three beats late: one, an interval on

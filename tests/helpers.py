@@ -1,0 +1,101 @@
+"""Helpers the test modules import (fixtures live in conftest.py).
+
+Import them relatively (``from .helpers import REPO``): tests/ is a package,
+imported in pytest's ``append`` mode (see pyproject.toml), so the installed
+``pmem_metrics`` comes before the checkout's source folder.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from pmem_metrics import FIELDS
+
+REPO = Path(__file__).resolve().parent.parent
+"""The checkout (tests use its csrc/ to build C code)."""
+
+NATIVE_C = r"""
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <pmem_metrics.h>
+
+struct job { struct pmem_metrics *m; int n; };
+
+static void *run(void *arg)
+{
+    struct job *j = arg;
+    for (int i = 0; i < j->n; i++) {
+        pmem_metrics_inc(&j->m->activate_fails);
+        pmem_metrics_add(&j->m->queue_event_count, 2);
+    }
+    return NULL;
+}
+
+/* Bump `id` from `threads` native threads; 0, or -errno. */
+int bump(const char *id, int threads, int per_thread)
+{
+    pthread_t t[64];
+    struct job j = { pmem_metrics_alloc(id), per_thread };
+    if (!j.m)
+        return -errno;
+    if (threads > 64)
+        return -EINVAL;
+    for (int i = 0; i < threads; i++)
+        pthread_create(&t[i], NULL, run, &j);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    return 0;
+}
+
+uintptr_t alloc_from_c(const char *id) { return (uintptr_t)pmem_metrics_alloc(id); }
+size_t devices_seen_from_c(void) { return pmem_metrics_device_count(); }
+"""
+"""C code linking libpmemmetrics.so, built and loaded by the ``native`` fixture."""
+
+
+def c_flags() -> list[str]:
+    """What ``python -m pmem_metrics --cflags --libs`` prints, for the installed package."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "--cflags", "--libs"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),  # not the checkout, whose source folder would shadow it
+    ).stdout
+    return shlex.split(out)
+
+
+def run_threads(
+    workers: list[threading.Thread], loopers: list[threading.Thread], stop: threading.Event
+) -> None:
+    """Run *workers* to completion while *loopers* run until *stop* is set.
+
+    The GIL is handed over every 10 µs instead of every 5 ms, so Python
+    threads interleave far more often than they usually would.
+    """
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for t in loopers + workers:
+            t.start()
+        for t in workers:
+            t.join()
+        stop.set()
+        for t in loopers:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+
+
+def assert_aggregate_is_sum(obj: dict) -> None:
+    """The check Firecracker's integration tests make on every flushed object."""
+    devices = [v for k, v in obj.items() if k.startswith("pmem_")]
+    assert list(obj)[-1] == "pmem"
+    for f in FIELDS:
+        assert obj["pmem"][f] == sum(d[f] for d in devices) % 2**64, (f, obj)

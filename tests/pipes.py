@@ -1,0 +1,51 @@
+"""Reading a named pipe the way a metrics consumer does."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from pathlib import Path
+
+
+class FifoReader:
+    """Reads a named pipe in a background thread, as a metrics consumer would.
+
+    A line can be larger than the pipe's buffer, so the reader must drain it
+    while the writer writes.  Open it before the writer, so the writer finds
+    a reader.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.data = bytearray()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            chunk = os.read(self.fd, 1 << 16) if ready else b""
+            if chunk:
+                with self._lock:
+                    self.data += chunk
+            elif ready:
+                time.sleep(0.005)  # no writer (EOF) right now
+
+    def lines(self, n: int, timeout: float = 30) -> list[str]:
+        """The first *n* complete lines, waiting for them up to *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.data.count(b"\n") >= n:
+                    return self.data.decode().splitlines(keepends=True)[:n]
+            time.sleep(0.005)
+        raise AssertionError(f"fewer than {n} lines within {timeout} s: {bytes(self.data)[:200]!r}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self.fd)
