@@ -1,8 +1,9 @@
 """CFFI build script (out-of-line API mode) for the ``pmem_metrics._ffi`` extension.
 
-The extension links against ``libpmemmetrics.so``, which ``setup.py`` builds from
-``csrc/`` and installs at ``pmem_metrics/lib/``; an rpath of ``$ORIGIN/lib`` finds
-it there.  So one process has one registry, whichever language allocates.
+The extension links against libpmemmetrics (``-lpmemmetrics``, so it needs the
+soname, ``libpmemmetrics.so.0``), which ``setup.py`` builds with ``make -C csrc``
+and installs at ``pmem_metrics/lib/``; an rpath of ``$ORIGIN/lib`` finds it
+there.  So one process has one registry, whichever language allocates.
 
 Constants are declared ``...``: the header is the only place their values live.
 """

@@ -71,13 +71,13 @@ def test_fork_while_other_threads_allocate_flush_and_bump(native, uid: str) -> N
 
 
 def test_out_of_memory_raises_memory_error_and_changes_nothing(tmp_path: Path) -> None:
-    """Against a fault-injection build of libpmemmetrics.so, put first on the library path."""
-    lib = tmp_path / "libpmemmetrics.so"
+    """Against the Makefile's fault-injection build, put first on the library path."""
     subprocess.run(
-        ["cc", "-std=c11", "-O1", "-shared", "-fPIC", "-pthread", "-DPMEM_METRICS_FAULT_INJECTION",
-         "-Wl,-soname,libpmemmetrics.so", str(REPO / "csrc" / "pmem_metrics.c"), "-o", str(lib)],
+        ["make", "-s", "-C", str(REPO / "csrc"), f"B={tmp_path}",
+         f"{tmp_path}/fault/libpmemmetrics.so"],
         check=True,
     )  # fmt: skip
+    lib = (tmp_path / "fault" / "libpmemmetrics.so").resolve()  # the file the loader maps
     code = f"""
         import io, cffi
         from pmem_metrics import (MetricsWriter, OutOfMemoryError, PmemMetricsPerDevice,
@@ -118,7 +118,7 @@ def test_out_of_memory_raises_memory_error_and_changes_nothing(tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=tmp_path,
-        env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path)},
+        env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path / "fault")},
         capture_output=True,
         text=True,
         timeout=60,

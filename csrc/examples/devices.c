@@ -7,9 +7,11 @@
  *
  *   cc devices.c $(python -m pmem_metrics --cflags --libs) -pthread -o devices
  *
- * or against `make -C csrc install PREFIX=dir`:
+ * or against `make -C csrc install PREFIX=dir` (PKG_CONFIG_PATH exported on its
+ * own: in front of cc it would reach cc, not the pkg-config inside $(...)):
  *
- *   PKG_CONFIG_PATH=dir/lib/pkgconfig cc devices.c $(pkg-config --cflags --libs pmem-metrics) -pthread
+ *   export PKG_CONFIG_PATH=dir/lib/pkgconfig
+ *   cc devices.c $(pkg-config --cflags --libs pmem-metrics) -pthread -o devices
  */
 #include <errno.h>
 #include <inttypes.h>
