@@ -787,9 +787,11 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
 
 void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
 {
-	if (!slot)
-		return;
-	pmem_metrics_snapshot_free(*slot);
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s || (s->state == SNAPSHOT_OPEN && held != s))
+		return; /* nothing, or open in another thread: the slot keeps it */
+	pmem_metrics_snapshot_free(s);
 	*slot = NULL;
 }
 

@@ -355,7 +355,8 @@ int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s);
 /*
  * pmem_metrics_snapshot_free(*slot), then *slot = NULL: an open flush is
  * aborted first; a published one stays published (for a report whose
- * delivery, once published, stands: a line in a file).  NULL slot: no-op.
+ * delivery, once published, stands: a line in a file).  A flush open in
+ * another thread stays in *slot.  NULL slot: no-op.
  */
 void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
 

@@ -1,8 +1,10 @@
 """Delivery of metrics lines: whole lines to a descriptor, or to a file object.
 
-A line goes out whole or is taken back.  The writer calls :meth:`FdSink.write`
-with a fresh :class:`Progress`, and, if anything fails before the flush is
-published, :meth:`FdSink.take_back` with the same one, still holding the flush.
+A line goes out whole or is cut back.  The writer calls ``write()`` with a
+fresh :class:`Progress`; if anything fails before the flush is published, a
+line that went out whole is published all the same, and any other is cut
+back (``sink.cut``), both while the flush is still held.  The next line
+closes off whatever fragment could not be cut back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import stat
 import time
 from typing import IO, Any, Union
 
+from ._binding import ffi, lib
 from .errors import MetricsDestinationError
 
 Destination = Union[str, "os.PathLike[str]", IO[Any]]
@@ -33,16 +36,21 @@ counts a cut line."""
 
 
 class Progress:
-    """How far one line got: what :meth:`FdSink.take_back` needs to undo it."""
+    """How far one line got, in memory the C calls update before they return.
 
-    __slots__ = ("sent", "start", "unsure", "was_torn", "whole")
+    ``sent[0] == length`` means the line went out whole: it stands, whatever
+    was raised after.  ``start[0]`` is where it began in a regular file (-1
+    until a byte of it is out), where a line that did not go out whole is
+    cut back to.
+    """
+
+    __slots__ = ("length", "sent", "start", "was_torn")
 
     def __init__(self) -> None:
-        self.was_torn = False  # the sink's torn flag before this line
-        self.start: int | None = None  # where the line began (a regular file), once writing starts
-        self.sent = 0  # bytes known to be out
-        self.unsure = False  # a write may have put out bytes not counted in `sent`
-        self.whole = False  # the line is out, every byte of it
+        self.sent = ffi.new("size_t[1]")  # bytes out
+        self.start = ffi.new("int64_t[1]", [-1])
+        self.length = -1  # bytes in the line, once encoded
+        self.was_torn = False  # it starts with CUT, closing off an earlier fragment
 
 
 class FdSink:
@@ -52,12 +60,13 @@ class FdSink:
     an exception from a signal handler), a regular file is cut back to where
     the line began.  Where that is impossible (a pipe), the next line starts
     with :data:`CUT`, so the fragment stays a line of its own that does not
-    parse, and never spoils the next one.  Anything but a regular file is written in chunks of at
-    most ``PIPE_BUF`` bytes, each once the descriptor is writable, so a line
-    waits for a destination that does not drain only until its deadline
-    (non-blocking descriptors included).  For a file object that has a
-    descriptor, its own buffer is flushed first, so earlier text written
-    through it keeps its place.
+    parse, and never spoils the next one.  Anything but a regular file is
+    written in chunks of at most ``PIPE_BUF`` bytes, each once the descriptor
+    is writable, so a line waits for a destination that does not drain only
+    until its deadline (non-blocking descriptors and sockets included; a
+    terminal that stops reading can still hold a write).  For a file object
+    that has a descriptor, its own buffer is flushed first, so earlier text
+    written through it keeps its place.
     """
 
     def __init__(self, fd: int, name: str, stream: IO[Any] | None = None) -> None:
@@ -76,11 +85,11 @@ class FdSink:
         self.name = name  # for error messages
         self.stream = stream
         self.regular = stat.S_ISREG(mode)
-        self.append = bool(flags & os.O_APPEND)
-        self.torn = False  # a fragment went out: the next line starts with CUT
-        self._cut_at = -1  # where the last line began (a regular file)
-        # Cuts a regular file back to an offset: a C callable, no Python frame.
-        self.cut = functools.partial(os.ftruncate, fd) if self.regular else None
+        self.socket = stat.S_ISSOCK(mode)
+        self._last: Progress | None = None  # the line before this one, as far as it got
+        # Cuts a regular file back: a C callable, so the writer's cleanup
+        # reaches the system call with no Python frame on the way.
+        self.cut = functools.partial(lib.pmem_line_cut, fd) if self.regular else None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> FdSink:
@@ -100,61 +109,56 @@ class FdSink:
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Write *line* whole, by *deadline* (``time.monotonic()``) where it can block."""
-        # A reader that went away must give EPIPE, not kill the process, whatever
-        # SIGPIPE's disposition (Python ignores it; an application may not).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
+        torn = self._torn_after(self._last)
+        data = ((CUT if torn else "") + line).encode("utf-8")
+        progress.was_torn = torn
+        progress.length = len(data)
+        self._last = progress  # from here on, the next line settles after this one
+        if self.stream is not None:
+            self._flush_stream()
+        buf = ffi.from_buffer(data)
+        chunk = len(data) if self.regular else select.PIPE_BUF
+        while progress.sent[0] < len(data):
+            if not self.regular:
+                self._wait_writable(deadline)
+            at = progress.sent[0]
+            n = min(chunk, len(data) - at)
+            if (
+                lib.pmem_line_write(
+                    self.fd, buf + at, n, self.socket, progress.sent, progress.start
+                )
+                < 0
+            ):
+                err = ffi.errno
+                # EINTR: a signal; its handler has run (or raised) as the call returned.
+                if err not in (errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise OSError(err, os.strerror(err), self.name)
+
+    def _torn_after(self, last: Progress | None) -> bool:
+        """Whether a fragment of the line *last* (or of one before it) still needs closing off."""
+        if last is None or last.sent[0] == last.length:
+            return False  # none, or it went out whole
+        if last.sent[0] == 0:
+            return last.was_torn  # none of it went out: as things stood before it
+        start = last.start[0]
+        if self.regular and start >= 0 and os.fstat(self.fd).st_size == start:
+            return last.was_torn  # it was cut back: as things stood before it
+        return True
+
+    def _flush_stream(self) -> None:
+        # The stream's own write can meet a reader that left: EPIPE, not a SIGPIPE death.
+        assert self.stream is not None
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         try:
-            if self.stream is not None:
-                self.stream.flush()
-            if self.regular:
-                size = os.fstat(self.fd).st_size
-                if self.torn and size == self._cut_at:
-                    self.torn = False  # the file ends where the cut line began: it is gone
-                progress.start = size if self.append else self._position(size)
-            else:
-                progress.start = 0
-            data = memoryview(((CUT if self.torn else "") + line).encode("utf-8"))
-            progress.was_torn = self.torn
-            # In flight: if this line is cut and not taken back (even by a
-            # second interrupt), the next line closes the fragment off.
-            self._cut_at = progress.start
-            self.torn = True
-            while progress.sent < len(data):
-                if self.regular:
-                    self._write_some(data[progress.sent :], progress)
-                else:
-                    self._wait_writable(deadline)
-                    end = progress.sent + select.PIPE_BUF
-                    self._write_some(data[progress.sent : end], progress)
-            self.torn = False
-            progress.whole = True
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE)
+            self.stream.flush()
         except OSError as e:
             if e.errno == errno.EPIPE and signal.SIGPIPE not in mask:
                 signal.sigtimedwait(_SIGPIPE, 0)  # take the pending one back
-            if e.filename is None:
-                e.filename = self.name  # "[Errno 28] No space left on device: '/dev/full'"
             raise
         finally:
             if signal.SIGPIPE not in mask:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-    def _position(self, size: int) -> int:
-        """Where the line begins: the file position, or the end if a take-back left it past it."""
-        at = os.lseek(self.fd, 0, os.SEEK_CUR)
-        return at if at <= size else os.lseek(self.fd, size, os.SEEK_SET)
-
-    def _write_some(self, chunk: memoryview, progress: Progress) -> None:
-        progress.unsure = True
-        try:
-            n = os.write(self.fd, chunk)
-        except BlockingIOError:
-            progress.unsure = False  # it wrote nothing: wait and try again
-            return
-        except OSError:
-            progress.unsure = False  # os.write raised: it wrote nothing
-            raise
-        progress.sent += n
-        progress.unsure = False
 
     def _wait_writable(self, deadline: float) -> None:
         poller = select.poll()
@@ -164,24 +168,6 @@ class FdSink:
                 raise TimeoutError(
                     errno.ETIMEDOUT, "metrics destination did not take the line in time", self.name
                 )
-
-    def take_back(self, progress: Progress) -> None:
-        """Remove whatever part of a failed line got out (the caller holds the flush)."""
-        if progress.start is None:
-            return  # nothing was written
-        if self.regular:
-            try:
-                if os.fstat(self.fd).st_size > progress.start:
-                    os.ftruncate(self.fd, progress.start)
-                if not self.append:
-                    os.lseek(self.fd, progress.start, os.SEEK_SET)
-                self.torn = progress.was_torn  # as it was before this line
-                return
-            except OSError:
-                pass
-        # A pipe: how much the reader got is unknowable; if none of this line
-        # went out, a fragment of an earlier one may still need closing off.
-        self.torn = progress.was_torn or progress.sent > 0 or progress.unsure
 
 
 class FileSink:
@@ -201,14 +187,12 @@ class FileSink:
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Hand *line* to the object and flush it."""
+        progress.length = 1
         self.f.write(line.encode("utf-8") if self.binary else line)
         flush = getattr(self.f, "flush", None)
         if flush is not None:
             flush()
-        progress.whole = True
-
-    def take_back(self, progress: Progress) -> None:
-        """Nothing can be taken back from a file object."""
+        progress.sent[0] = 1  # delivered (an interrupt just before this repeats the line)
 
 
 def sink_for(destination: Destination) -> FdSink | FileSink:

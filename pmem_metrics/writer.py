@@ -51,7 +51,10 @@ class MetricsWriter:
         self._sink: FdSink | FileSink | None = None
         self._head = line_head(None, None)
         self._timeout = DEFAULT_TIMEOUT
-        self._lock = threading.Lock()  # guards init and the periodic thread's start/stop
+        # Guards init and the periodic thread's start/stop.  Reentrant: a
+        # signal handler may stop periodic writing while the same thread is
+        # in the middle of starting it.
+        self._lock = threading.RLock()
         self._periodic: Periodic | None = None
         self._exit_hook = False  # _stop_at_exit is registered with atexit
         _WRITERS.add(self)
@@ -128,18 +131,16 @@ class MetricsWriter:
             publish(slot)
         except:  # bare: nothing to evaluate before the cleanup starts
             # A line that went out whole stands: publish it, if that was not
-            # done yet.  Any other is taken back while the flush is still
-            # held, then the flush is aborted: a regular file is cut back
-            # first, by one C call (sink.cut, no Python frame), so a second
-            # interrupt cannot leave the line behind while its counts come
-            # again; the rest of the take-back only tidies up after it.
+            # done yet.  Any other is cut back from a regular file while the
+            # flush is still held, then the flush is aborted.  Each is one C
+            # call reached with no Python frame on the way, on counts that C
+            # recorded before returning, so a second interrupt cannot leave a
+            # delivered line unpublished or a cut one in the file.
             try:
-                if progress.whole:
+                if progress.sent[0] == progress.length:
                     publish(slot)
-                else:  # not whole: never published, so the flush is open (or never was)
-                    if sink.cut is not None and progress.start is not None:
-                        sink.cut(progress.start)
-                    sink.take_back(progress)
+                elif sink.cut is not None:
+                    sink.cut(progress.start[0])
             finally:
                 dispose(slot)
             raise
@@ -217,7 +218,7 @@ class MetricsWriter:
     def _after_fork_in_child(self) -> None:
         # The parent's lock may have been held by a thread that does not
         # exist here; nothing else of the writer waits on the parent.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 _WRITERS: weakref.WeakSet[MetricsWriter] = weakref.WeakSet()

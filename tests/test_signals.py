@@ -22,6 +22,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from .helpers import REPO
 
 # The tracer: raise at the k-th bytecode executed in pmem_metrics' own code.
@@ -351,7 +353,10 @@ def test_ctrl_c_in_an_app_with_a_periodic_writer_exits_with_a_final_line(tmp_pat
     lines = [json.loads(line) for line in (tmp_path / "lines.json").read_text().splitlines()]
     written = sum(line["pmem"]["queue_event_count"] for line in lines)
     assert report["count"] > 0
-    assert written + report["flushed"] == report["count"]  # the final line took the rest
+    if sys.version_info >= (3, 11):
+        assert written + report["flushed"] == report["count"]  # the final line took the rest
+    else:  # the signal may land on a flush's way back (README, Signals): lost, never twice
+        assert written + report["flushed"] <= report["count"]
 
 
 def test_the_final_line_at_exit_gives_up_on_a_destination_that_never_drains(
@@ -428,7 +433,7 @@ import json, signal, sys, threading, time, traceback
 from pmem_metrics import FIELDS, METRICS, PmemMetricsPerDevice, flush_metrics, flush_metrics_json
 
 devices = [PmemMetricsPerDevice.alloc(f"drv{i}") for i in range(8)]
-METRICS.init("lines.json")
+DEST_SETUP
 stop = threading.Event()
 
 def bumper():
@@ -486,13 +491,12 @@ stop.set()
 t.join()
 reported += sum(flush_metrics()["pmem"].values())
 written = fragments = 0
-with open("lines.json") as f:
-    for line in f:
-        try:
-            written += sum(json.loads(line)["pmem"].values())
-        except ValueError:
-            assert line.endswith("\\x18\\n"), line[-40:]  # closed off, never parsed
-            fragments += 1
+for line in DEST_LINES:
+    try:
+        written += sum(json.loads(line)["pmem"].values())
+    except ValueError:
+        assert line.endswith("\\x18\\n"), line[-40:]  # closed off, never parsed
+        fragments += 1
 counted = sum(getattr(m, f).count() for m in devices for f in FIELDS)
 lost = counted - reported - written
 print(json.dumps({"calls": calls, "interrupts": interrupts, "escaped": escaped,
@@ -500,10 +504,36 @@ print(json.dumps({"calls": calls, "interrupts": interrupts, "escaped": escaped,
 """
 
 
-def test_a_sigint_storm_over_every_flush_loses_nothing(tmp_path: Path) -> None:
+# Where the storm's lines go: a regular file, or a named pipe drained by a thread.
+DESTINATIONS = {
+    "file": ('METRICS.init("lines.json")', 'open("lines.json").read().splitlines(keepends=True)'),
+    "pipe": (
+        """
+import os, select
+os.mkfifo("fifo")
+rfd = os.open("fifo", os.O_RDONLY | os.O_NONBLOCK)
+received, drained = bytearray(), threading.Event()
+
+def drain():
+    while not drained.is_set() or select.select([rfd], [], [], 0)[0]:
+        if select.select([rfd], [], [], 0.05)[0]:
+            received.extend(os.read(rfd, 1 << 16))
+
+threading.Thread(target=drain, daemon=True).start()
+METRICS.init("fifo")
+""",
+        "(drained.set(), time.sleep(0.2), received.decode().splitlines(keepends=True))[-1]",
+    ),
+}
+
+
+@pytest.mark.parametrize("dest", sorted(DESTINATIONS))
+def test_a_sigint_storm_over_every_flush_loses_nothing(tmp_path: Path, dest: str) -> None:
     """Real SIGINTs at random instants for 2 s over flush_metrics, _json and METRICS.write."""
+    setup, lines = DESTINATIONS[dest]
+    code = STORM.replace("DURATION", "2.0").replace("DEST_SETUP", setup)
     proc = subprocess.Popen(
-        [sys.executable, "-c", STORM.replace("DURATION", "2.0")],
+        [sys.executable, "-c", code.replace("DEST_LINES", lines)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -521,10 +551,11 @@ def test_a_sigint_storm_over_every_flush_loses_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["interrupts"] > 100, result  # the storm really hit flushes
-    # A second interrupt within the microseconds of a take-back may leave the
-    # cut line in the file, closed off as a line that does not parse.
-    assert result["fragments"] <= result["doubles"], result
     if sys.version_info >= (3, 11):
+        # A regular file is cut back by the cleanup's first C call, even when
+        # a second interrupt follows; a pipe cannot take bytes back, and its
+        # fragments are closed off as lines that do not parse.
+        assert dest == "pipe" or result["fragments"] == 0, result
         # No instant between the commit and the caller having the result.
         assert result == {**result, "escaped": 0, "lost": 0}
     else:
