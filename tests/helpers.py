@@ -71,6 +71,17 @@ def c_flags() -> list[str]:
     return shlex.split(out)
 
 
+def fault_library(build: Path) -> Path:
+    """The Makefile's fault-injection build of libpmemmetrics, made under *build*: its directory.
+
+    Put first on ``LD_LIBRARY_PATH``, the package's extension loads it instead
+    of the shipped library.
+    """
+    target = build / "fault" / "libpmemmetrics.so"
+    subprocess.run(["make", "-s", "-C", str(REPO / "csrc"), f"B={build}", str(target)], check=True)
+    return target.parent
+
+
 def run_threads(
     workers: list[threading.Thread], loopers: list[threading.Thread], stop: threading.Event
 ) -> None:

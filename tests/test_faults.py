@@ -18,7 +18,7 @@ import pytest
 
 from pmem_metrics import PmemMetricsPerDevice, flush_metrics
 
-from .helpers import REPO
+from .helpers import fault_library
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
@@ -72,12 +72,7 @@ def test_fork_while_other_threads_allocate_flush_and_bump(native, uid: str) -> N
 
 def test_out_of_memory_raises_memory_error_and_changes_nothing(tmp_path: Path) -> None:
     """Against the Makefile's fault-injection build, put first on the library path."""
-    subprocess.run(
-        ["make", "-s", "-C", str(REPO / "csrc"), f"B={tmp_path}",
-         f"{tmp_path}/fault/libpmemmetrics.so"],
-        check=True,
-    )  # fmt: skip
-    lib = (tmp_path / "fault" / "libpmemmetrics.so").resolve()  # the file the loader maps
+    lib = (fault_library(tmp_path) / "libpmemmetrics.so").resolve()  # the file the loader maps
     code = f"""
         import io, cffi
         from pmem_metrics import (MetricsWriter, OutOfMemoryError, PmemMetricsPerDevice,
@@ -118,7 +113,7 @@ def test_out_of_memory_raises_memory_error_and_changes_nothing(tmp_path: Path) -
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=tmp_path,
-        env={**os.environ, "LD_LIBRARY_PATH": str(tmp_path / "fault")},
+        env={**os.environ, "LD_LIBRARY_PATH": str(lib.parent)},
         capture_output=True,
         text=True,
         timeout=60,

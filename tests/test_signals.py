@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO
+from .helpers import fault_library
 
 # The tracer: raise at the k-th bytecode executed in pmem_metrics' own code.
 # RETURN_VALUE/RETURN_CONST are skipped: from 3.11 on no interrupt can be
@@ -250,18 +250,14 @@ for name, (fn, value) in calls.items():
 
 def test_sigint_inside_each_c_step_strands_nothing(tmp_path: Path) -> None:
     """SIGINT sent from inside take, copy, commit (and withdraw) of every kind of flush."""
-    subprocess.run(
-        ["make", "-s", "-C", str(REPO / "csrc"), f"B={tmp_path}",
-         f"{tmp_path}/fault/libpmemmetrics.so"],
-        check=True,
-    )  # fmt: skip
+    fault = fault_library(tmp_path)
     (tmp_path / "hook.c").write_text(HOOK_C)
     subprocess.run(
         ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "hook.c",
-         f"-L{tmp_path}/fault", "-lpmemmetrics", "-o", "libhook.so"],
+         f"-L{fault}", "-lpmemmetrics", "-o", "libhook.so"],
         cwd=tmp_path, check=True,
     )  # fmt: skip
-    env = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path / "fault")}
+    env = {**os.environ, "LD_LIBRARY_PATH": str(fault)}
     out = run_code(PAUSE, tmp_path, env).splitlines()
     assert len(out) == 11
     for line in out:
