@@ -515,10 +515,12 @@ def drain():
         if select.select([rfd], [], [], 0.05)[0]:
             received.extend(os.read(rfd, 1 << 16))
 
-threading.Thread(target=drain, daemon=True).start()
+drainer = threading.Thread(target=drain, daemon=True)
+drainer.start()
 METRICS.init("fifo")
 """,
-        "(drained.set(), time.sleep(0.2), received.decode().splitlines(keepends=True))[-1]",
+        # every line is in the pipe by now: drain it to the end
+        "(drained.set(), drainer.join(), received.decode().splitlines(keepends=True))[-1]",
     ),
 }
 
