@@ -9,11 +9,17 @@
 #include "pmem_metrics.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* The external definitions of the header's inline hot path (C11 6.7.4). */
 extern inline void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n);
@@ -34,7 +40,13 @@ _Static_assert(sizeof(struct pmem_metrics) == 64 * NFIELDS, "a device is its cou
 /* One device: the public counters first, then the id they are known by. */
 struct device {
 	struct pmem_metrics m;
-	size_t id_len; /* bytes, without the NUL */
+	/*
+	 * In a shared segment, 1 once the counters and id are set: the store is
+	 * a release, paired with the acquire load of a recovery that rebuilds
+	 * the index from the published slots (private devices are born so).
+	 */
+	_Atomic uint32_t published;
+	uint32_t id_len; /* bytes, without the NUL */
 	char id[];
 };
 
@@ -60,12 +72,38 @@ static const char *const field_doc[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_DOC_)};
  * The process-wide registry: devices sorted by id bytes.  Entries only ever
  * get inserted; a device, once published here, never moves or goes away.
  */
+/*
+ * A shared segment, as this process mapped it: the layout is copied out of
+ * the header once it was checked, and only these copies are used to find
+ * things, so a writer that scribbles on the header cannot send us outside
+ * the mapping.
+ */
+struct shm {
+	struct segment *hdr;
+	size_t size;
+	uint64_t capacity, slot_size;
+	uint32_t *index; /* capacity entries: slot numbers in id order */
+	char *slots;
+};
+
 static struct {
-	pthread_rwlock_t lock;
+	pthread_rwlock_t lock; /* the private registry's; attach() takes it too */
 	struct device **v;
 	size_t n, cap;
 	size_t id_bytes; /* sum of (id_len + 1) over v: the size of a snapshot's id list */
+	/*
+	 * Set once, by pmem_metrics_attach(), before any device exists: from
+	 * then on every registry call works on the segment.  Release store,
+	 * acquire loads (is_shared()): whoever sees it set sees `shm` filled.
+	 */
+	atomic_bool shared;
+	struct shm shm;
 } registry = {.lock = REGISTRY_LOCK_INITIALIZER};
+
+static bool is_shared(void)
+{
+	return atomic_load_explicit(&registry.shared, memory_order_acquire);
+}
 
 /* Held by an open flush: from its take until its publish, commit, withdrawal or abort. */
 static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -91,7 +129,8 @@ struct pmem_metrics_snapshot {
 /* The open flush of this thread, if any (one at a time: a second would deadlock). */
 static _Thread_local struct pmem_metrics_snapshot *held;
 
-static int fork_safety(void); /* see fork() below */
+static int fork_safety(void);    /* see fork() below */
+static int registry_ready(void); /* see attach() below */
 
 /* ---- Memory ----------------------------------------------------------------- */
 
@@ -250,6 +289,275 @@ const char *pmem_metrics_id_strerror(int error)
 	}
 }
 
+/* ---- Shared segment ------------------------------------------------------- */
+
+static int id_cmp(const char *id, size_t len, const struct device *d); /* see the registry */
+
+/*
+ * A segment is one regular file, mapped MAP_SHARED by every attached process:
+ *
+ *   struct segment        header: what the file is, two robust process-shared
+ *                         mutexes, and the counts the registry mutex guards
+ *   uint32_t index[cap]   slot numbers of the devices, in id order
+ *   slots[cap]            struct device each, with room for the longest id
+ *
+ * A device takes the next free slot and never moves.  The index is derived
+ * data: a process that finds the registry mutex's holder dead (EOWNERDEAD)
+ * rebuilds it from the published slots, so a half-done insert is either
+ * invisible (not yet published) or complete.
+ */
+#define SEG_MAGIC "PMEMSEG"
+enum {
+	SEG_VERSION = 1,
+	ID_MAX_BYTES = 4 * PMEM_METRICS_ID_MAX_CHARS, /* UTF-8: at most 4 bytes a code point */
+	SEG_MAX_CAPACITY = 1 << 24
+};
+
+struct segment {
+	char magic[8];
+	uint32_t version;
+	uint32_t nfields;
+	uint64_t fields_hash; /* of the field names: a library with other fields refuses the file */
+	uint64_t mutex_size;  /* sizeof(pthread_mutex_t) of the process that made it */
+	uint64_t capacity, slot_size, index_off, slots_off, size;
+	pthread_mutex_t registry_lock; /* robust, process-shared */
+	pthread_mutex_t flush_lock;    /* robust, process-shared */
+	uint64_t n, used, id_bytes;    /* guarded by registry_lock */
+};
+
+static uint64_t round64(uint64_t x)
+{
+	return (x + 63) / 64 * 64;
+}
+
+/* The layout of a segment of `capacity` slots (the fields after `capacity`). */
+static void seg_layout(uint64_t capacity, struct segment *h)
+{
+	h->capacity = capacity;
+	h->slot_size = round64(sizeof(struct device) + ID_MAX_BYTES + 1);
+	h->index_off = round64(sizeof(struct segment));
+	h->slots_off = round64(h->index_off + capacity * sizeof(uint32_t));
+	h->size = h->slots_off + capacity * h->slot_size;
+}
+
+/* FNV-1a of every field name, each with its NUL. */
+static uint64_t fields_hash(void)
+{
+	uint64_t h = 1469598103934665603u;
+
+	for (size_t f = 0; f < NFIELDS; f++)
+		for (const char *c = field_name[f];; c++) {
+			h = (h ^ (unsigned char)*c) * 1099511628211u;
+			if (!*c)
+				break;
+		}
+	return h;
+}
+
+static struct device *shm_slot(const struct shm *m, uint64_t i)
+{
+	return (struct device *)(m->slots + i * m->slot_size);
+}
+
+/* Create the segment at `path` whole, under a temporary name, then link it in. */
+static int shm_create(const char *path, uint64_t capacity, unsigned mode)
+{
+	static atomic_uint serial;
+	char tmp[PATH_MAX];
+	struct segment *h;
+	struct segment layout;
+	pthread_mutexattr_t attr;
+	int fd, err = 0;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.%ld.%u.tmp", path, (long)getpid(),
+			     atomic_fetch_add_explicit(&serial, 1, memory_order_relaxed)) >= sizeof(tmp))
+		return ENAMETOOLONG;
+	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+	if (fd < 0)
+		return errno;
+	seg_layout(capacity, &layout);
+	/* The whole file's space up front: a later page fault can never SIGBUS. */
+	if (fchmod(fd, (mode_t)mode) != 0 || (err = posix_fallocate(fd, 0, (off_t)layout.size)) != 0) {
+		err = err ? err : errno;
+		goto out;
+	}
+	h = mmap(NULL, layout.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (h == MAP_FAILED) {
+		err = errno;
+		goto out;
+	}
+	*h = layout; /* the file is zeros: n = used = id_bytes = 0 */
+	h->version = SEG_VERSION;
+	h->nfields = NFIELDS;
+	h->fields_hash = fields_hash();
+	h->mutex_size = sizeof(pthread_mutex_t);
+	pthread_mutexattr_init(&attr);
+	pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+	pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+	pthread_mutex_init(&h->registry_lock, &attr);
+	pthread_mutex_init(&h->flush_lock, &attr);
+	pthread_mutexattr_destroy(&attr);
+	memcpy(h->magic, SEG_MAGIC, sizeof(h->magic)); /* last: nothing reads it before the link anyway */
+	munmap(h, layout.size);
+	/* Atomic publication: PATH is a complete segment or absent.  EEXIST: another process won. */
+	if (link(tmp, path) != 0)
+		err = errno;
+out:
+	unlink(tmp);
+	close(fd);
+	return err;
+}
+
+/* Check the segment open at `fd` and map it into `m`.  0, or the error number. */
+static int shm_check_and_map(int fd, struct shm *m)
+{
+	struct segment h, want;
+	struct stat st;
+	void *p;
+
+	if (fstat(fd, &st) != 0)
+		return errno;
+	if (!S_ISREG(st.st_mode))
+		return EINVAL; /* not a regular file */
+	if ((uint64_t)st.st_size < sizeof(h) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h))
+		return EBADMSG; /* truncated */
+	if (memcmp(h.magic, SEG_MAGIC, sizeof(h.magic)) != 0)
+		return EINVAL; /* not a pmem_metrics segment */
+	if (h.version != SEG_VERSION || h.mutex_size != sizeof(pthread_mutex_t) ||
+	    h.nfields != NFIELDS || h.fields_hash != fields_hash())
+		return EPROTO; /* another version, ABI or field list */
+	if (h.capacity == 0 || h.capacity > SEG_MAX_CAPACITY)
+		return EBADMSG;
+	seg_layout(h.capacity, &want);
+	if (h.slot_size != want.slot_size || h.index_off != want.index_off ||
+	    h.slots_off != want.slots_off || h.size != want.size || (uint64_t)st.st_size != h.size)
+		return EBADMSG; /* corrupt, truncated or grown */
+	p = mmap(NULL, want.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return errno;
+	m->hdr = p;
+	m->size = want.size;
+	m->capacity = want.capacity;
+	m->slot_size = want.slot_size;
+	m->index = (uint32_t *)((char *)p + want.index_off);
+	m->slots = (char *)p + want.slots_off;
+	return 0;
+}
+
+/* Open the segment at `path`, creating it if absent.  0, or the error number. */
+static int shm_open_path(const char *path, uint64_t capacity, unsigned mode, struct shm *m)
+{
+	for (int tries = 0; tries < 8; tries++) {
+		int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		int err;
+
+		if (fd >= 0) {
+			err = shm_check_and_map(fd, m);
+			close(fd);
+			return err;
+		}
+		if (errno != ENOENT)
+			return errno;
+		err = shm_create(path, capacity, mode);
+		if (err != 0 && err != EEXIST)
+			return err;
+	}
+	return EAGAIN; /* created and removed again, over and over */
+}
+
+static int slot_cmp(const void *a, const void *b, void *arg)
+{
+	const struct shm *m = arg;
+	const struct device *x = shm_slot(m, *(const uint32_t *)a);
+	const struct device *y = shm_slot(m, *(const uint32_t *)b);
+
+	return id_cmp(x->id, x->id_len, y);
+}
+
+/*
+ * Rebuild the index and the counts from the published slots, after a
+ * process died holding the registry mutex (the caller holds it now), or
+ * found them impossible.  Slots are handed out in order, so the published
+ * ones come first.  0, or EBADMSG if a slot is not what this library wrote.
+ */
+static int shm_rebuild(struct shm *m)
+{
+	uint64_t count = 0, bytes = 0;
+
+	for (; count < m->capacity; count++) {
+		struct device *d = shm_slot(m, count);
+
+		if (!atomic_load_explicit(&d->published, memory_order_acquire))
+			break;
+		if (d->id_len == 0 || d->id_len > ID_MAX_BYTES ||
+		    pmem_metrics_id_check(d->id, d->id_len) != PMEM_METRICS_ID_OK)
+			return EBADMSG;
+		m->index[count] = (uint32_t)count;
+		bytes += d->id_len + 1;
+	}
+	qsort_r(m->index, count, sizeof(*m->index), slot_cmp, m);
+	for (uint64_t i = 1; i < count; i++)
+		if (slot_cmp(&m->index[i - 1], &m->index[i], m) == 0)
+			return EBADMSG; /* one id twice */
+	m->hdr->n = count;
+	m->hdr->used = count;
+	m->hdr->id_bytes = bytes;
+	return 0;
+}
+
+/* Whether the counts the registry mutex guards are possible (caller holds it). */
+static bool shm_counts_sane(const struct shm *m)
+{
+	const struct segment *h = m->hdr;
+
+	return h->used <= m->capacity && h->n == h->used &&
+	       h->id_bytes <= h->n * (ID_MAX_BYTES + 1) && h->id_bytes >= 2 * h->n;
+}
+
+/*
+ * Lock a robust mutex of the segment.  A holder that died leaves EOWNERDEAD:
+ * for the registry mutex the index is rebuilt first; the flush mutex guards
+ * no data of its own (every counter is consistent by itself).
+ */
+static int shm_lock(struct shm *m, pthread_mutex_t *mutex, int timeout_ms)
+{
+	struct timespec until;
+	int err;
+
+	if (timeout_ms < 0) {
+		err = pthread_mutex_lock(mutex);
+	} else if (timeout_ms == 0) {
+		err = pthread_mutex_trylock(mutex);
+		err = err == EBUSY ? ETIMEDOUT : err;
+	} else {
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += timeout_ms / 1000;
+		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (until.tv_nsec >= 1000000000L) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		err = pthread_mutex_timedlock(mutex, &until);
+	}
+	if (err == EOWNERDEAD) {
+		err = 0;
+		if (mutex == &m->hdr->registry_lock)
+			err = shm_rebuild(m);
+		pthread_mutex_consistent(mutex);
+		if (err) {
+			pthread_mutex_unlock(mutex);
+			return err;
+		}
+		return 0;
+	}
+	if (err == 0 && mutex == &m->hdr->registry_lock && !shm_counts_sane(m)) {
+		err = shm_rebuild(m);
+		if (err)
+			pthread_mutex_unlock(mutex);
+	}
+	return err;
+}
+
 /* ---- Registry ------------------------------------------------------------- */
 
 /* Compare an id of `len` bytes with a device's id, as unsigned bytes. */
@@ -262,26 +570,112 @@ static int id_cmp(const char *id, size_t len, const struct device *d)
 	return (len > d->id_len) - (len < d->id_len);
 }
 
-/* Index of `id` in the registry, or of where it would go; caller holds the lock. */
-static size_t find(const char *id, size_t len, bool *found)
+/* Number of devices; caller holds the lock. */
+static size_t reg_n(void)
 {
-	size_t lo = 0, hi = registry.n;
+	return is_shared() ? (size_t)registry.shm.hdr->n : registry.n;
+}
 
+/*
+ * Device `i` in id order; caller holds the lock.  In a segment, NULL when
+ * the index names a slot that is not a device (a corrupt or hostile file).
+ */
+static struct device *reg_at(size_t i)
+{
+	const struct shm *m = &registry.shm;
+	struct device *d;
+	uint32_t slot;
+
+	if (!is_shared())
+		return registry.v[i];
+	slot = m->index[i];
+	if (slot >= m->hdr->used)
+		return NULL;
+	d = shm_slot(m, slot);
+	return d->id_len != 0 && d->id_len <= ID_MAX_BYTES ? d : NULL;
+}
+
+/*
+ * Where `id` is in the registry, or would go (*at); caller holds the lock.
+ * 0, or EBADMSG for a corrupt segment.
+ */
+static int find(const char *id, size_t len, size_t *at, bool *found)
+{
+	size_t lo = 0, hi = reg_n();
+
+	*found = false;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		int r = id_cmp(id, len, registry.v[mid]);
+		struct device *d = reg_at(mid);
+		int r;
 
+		if (!d)
+			return EBADMSG;
+		r = id_cmp(id, len, d);
 		if (r == 0) {
 			*found = true;
-			return mid;
+			lo = mid;
+			break;
 		}
 		if (r < 0)
 			hi = mid;
 		else
 			lo = mid + 1;
 	}
-	*found = false;
-	return lo;
+	*at = lo;
+	return 0;
+}
+
+/* Lock the registry for reading or writing: 0, or the error number. */
+static int reg_lock(bool write)
+{
+	if (is_shared())
+		return shm_lock(&registry.shm, &registry.shm.hdr->registry_lock, -1);
+	if (write)
+		pthread_rwlock_wrlock(&registry.lock);
+	else
+		pthread_rwlock_rdlock(&registry.lock);
+	return 0;
+}
+
+static void reg_unlock(void)
+{
+	if (is_shared())
+		pthread_mutex_unlock(&registry.shm.hdr->registry_lock);
+	else
+		pthread_rwlock_unlock(&registry.lock);
+}
+
+/* Insert `id` into the segment's registry (locked) at `at`: the device, or NULL + errno. */
+static struct device *shm_insert(const char *id, size_t len, size_t at)
+{
+	struct shm *m = &registry.shm;
+	struct segment *h = m->hdr;
+	struct device *d;
+
+	if (h->used >= m->capacity) {
+		errno = ENOSPC;
+		return NULL;
+	}
+	d = shm_slot(m, h->used);
+	for (size_t f = 0; f < NFIELDS; f++) {
+		struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
+
+		atomic_store_explicit(&c->current, 0, memory_order_relaxed);
+		atomic_store_explicit(&c->old, 0, memory_order_relaxed);
+	}
+	d->id_len = (uint32_t)len;
+	memcpy(d->id, id, len);
+	d->id[len] = '\0';
+	/* Release pairs with the acquire load in shm_rebuild(). */
+	atomic_store_explicit(&d->published, 1, memory_order_release);
+	pause_point("insert"); /* published, not yet in the index: a crash here is recovered */
+	memmove(&m->index[at + 1], &m->index[at], (h->n - at) * sizeof(*m->index));
+	m->index[at] = (uint32_t)h->used;
+	h->used++;
+	h->n++;
+	h->id_bytes += len + 1;
+	return d;
 }
 
 static struct device *device_new(const char *id, size_t len)
@@ -300,10 +694,34 @@ static struct device *device_new(const char *id, size_t len)
 		atomic_init(&c->current, 0);
 		atomic_init(&c->old, 0);
 	}
-	d->id_len = len;
+	atomic_init(&d->published, 1);
+	d->id_len = (uint32_t)len;
 	memcpy(d->id, id, len);
 	d->id[len] = '\0';
 	return d;
+}
+
+/* In a segment: look `id` up and insert it if absent, all under the registry mutex. */
+static struct pmem_metrics *shm_alloc(const char *id, size_t len)
+{
+	struct device *d = NULL;
+	bool found;
+	size_t at;
+	int err = reg_lock(true);
+
+	if (err == 0) {
+		err = find(id, len, &at, &found);
+		if (err == 0)
+			d = found ? reg_at(at) : shm_insert(id, len, at);
+		if (!d && err == 0)
+			err = found ? EBADMSG : errno;
+		reg_unlock();
+	}
+	if (!d) {
+		errno = err;
+		return NULL;
+	}
+	return &d->m;
 }
 
 struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
@@ -311,18 +729,21 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 	struct device *d, *fresh;
 	bool found;
 	size_t at;
+	int err;
 
 	if (pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
 		errno = EINVAL;
 		return NULL;
 	}
-	if (fork_safety() != 0) {
-		errno = ENOMEM;
+	if ((err = registry_ready()) != 0) {
+		errno = err;
 		return NULL;
 	}
+	if (is_shared())
+		return shm_alloc(drive_id, len);
 
 	pthread_rwlock_rdlock(&registry.lock);
-	at = find(drive_id, len, &found);
+	find(drive_id, len, &at, &found);
 	d = found ? registry.v[at] : NULL;
 	pthread_rwlock_unlock(&registry.lock);
 	if (d)
@@ -336,7 +757,7 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 	}
 
 	pthread_rwlock_wrlock(&registry.lock);
-	at = find(drive_id, len, &found);
+	find(drive_id, len, &at, &found);
 	if (found) {
 		d = registry.v[at];
 	} else if (registry.n == registry.cap) {
@@ -380,9 +801,10 @@ size_t pmem_metrics_device_count(void)
 {
 	size_t n;
 
-	pthread_rwlock_rdlock(&registry.lock);
-	n = registry.n;
-	pthread_rwlock_unlock(&registry.lock);
+	if (registry_ready() != 0 || reg_lock(false) != 0)
+		return 0;
+	n = reg_n();
+	reg_unlock();
 	return n;
 }
 
@@ -428,8 +850,19 @@ static void fork_child(void)
 {
 	/* A lock held by a thread that does not exist here is re-made, not unlocked. */
 	registry.lock = (pthread_rwlock_t)REGISTRY_LOCK_INITIALIZER;
-	if (!held)
+	if (is_shared()) {
+		/*
+		 * The segment's mutexes are shared with other processes: never
+		 * re-made.  A flush the forking thread had open is its parent's
+		 * to finish; here it is settled without moving anything.
+		 */
+		if (held) {
+			held->state = SNAPSHOT_SETTLED;
+			held = NULL;
+		}
+	} else if (!held) {
 		flush_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	}
 }
 
 /*
@@ -529,6 +962,8 @@ static int flush_lock_acquire(int timeout_ms)
 	struct timespec until;
 	int err;
 
+	if (is_shared())
+		return shm_lock(&registry.shm, &registry.shm.hdr->flush_lock, timeout_ms);
 	if (timeout_ms < 0)
 		return pthread_mutex_lock(&flush_lock);
 	if (timeout_ms == 0) {
@@ -557,33 +992,47 @@ static int flush_lock_acquire(int timeout_ms)
 static void flush_release(void)
 {
 	held = NULL;
-	pthread_mutex_unlock(&flush_lock);
+	pthread_mutex_unlock(is_shared() ? &registry.shm.hdr->flush_lock : &flush_lock);
 }
 
 /* Copy the registry into a new snapshot, loading every counter once. */
+/* Copy the registry into a new snapshot; NULL with errno ENOMEM (or EBADMSG, a corrupt segment). */
 static struct pmem_metrics_snapshot *snapshot_load(enum snapshot_state state)
 {
 	struct pmem_metrics_snapshot *s;
 	char *ids;
+	int err = reg_lock(false);
 
-	pthread_rwlock_rdlock(&registry.lock);
-	s = snapshot_new(registry.n, registry.id_bytes);
+	if (err) {
+		errno = err;
+		return NULL;
+	}
+	s = snapshot_new(reg_n(), is_shared() ? registry.shm.hdr->id_bytes : registry.id_bytes);
 	if (!s) {
-		pthread_rwlock_unlock(&registry.lock);
+		reg_unlock();
+		errno = ENOMEM;
 		return NULL;
 	}
 	s->state = state;
 	ids = s->ids;
 	for (size_t i = 0; i < s->n; i++) {
-		struct device *d = registry.v[i];
+		struct device *d = reg_at(i);
 		uint64_t *seen = &s->seen[i * NFIELDS];
 		uint64_t *diff = &s->diffs[i * NFIELDS];
 
-		if (i + PREFETCH_AHEAD < s->n)
+		/* A segment's id list must fit what its header claimed (checked, not trusted). */
+		if (!d || (size_t)(ids - s->ids) + d->id_len + 1 > s->ids_len) {
+			reg_unlock();
+			free(s);
+			errno = EBADMSG;
+			return NULL;
+		}
+		if (i + PREFETCH_AHEAD < s->n && !is_shared())
 			prefetch_device(registry.v[i + PREFETCH_AHEAD]);
 
 		s->devs[i] = d;
-		memcpy(ids, d->id, d->id_len + 1);
+		memcpy(ids, d->id, d->id_len);
+		ids[d->id_len] = '\0';
 		ids += d->id_len + 1;
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
@@ -603,7 +1052,7 @@ static struct pmem_metrics_snapshot *snapshot_load(enum snapshot_state state)
 		if (i == 0 && state == SNAPSHOT_OPEN)
 			pause_point("copy"); /* half copied right here */
 	}
-	pthread_rwlock_unlock(&registry.lock);
+	reg_unlock();
 	return s;
 }
 
@@ -620,8 +1069,8 @@ int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int tim
 		errno = EDEADLK;
 		return -1;
 	}
-	if (fork_safety() != 0) {
-		errno = ENOMEM;
+	if ((err = registry_ready()) != 0) {
+		errno = err;
 		return -1;
 	}
 	err = flush_lock_acquire(timeout_ms);
@@ -632,8 +1081,9 @@ int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int tim
 	pause_point("take");
 	s = snapshot_load(SNAPSHOT_OPEN);
 	if (!s) {
-		pthread_mutex_unlock(&flush_lock);
-		errno = ENOMEM;
+		err = errno;
+		flush_release();
+		errno = err;
 		return -1;
 	}
 	held = s;
@@ -650,20 +1100,18 @@ struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
 
 int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot)
 {
+	int err;
+
 	if (!slot || *slot) {
 		errno = EINVAL;
 		return -1;
 	}
-	if (fork_safety() != 0) {
-		errno = ENOMEM;
+	if ((err = registry_ready()) != 0) {
+		errno = err;
 		return -1;
 	}
-	*slot = snapshot_load(SNAPSHOT_PEEK);
-	if (!*slot) {
-		errno = ENOMEM;
-		return -1;
-	}
-	return 0;
+	*slot = snapshot_load(SNAPSHOT_PEEK); /* errno set on failure */
+	return *slot ? 0 : -1;
 }
 
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void)
@@ -715,9 +1163,13 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 	/*
 	 * The read lock is not needed for the devices (they never move); it
 	 * makes a commit atomic with respect to fork(), whose prepare handler
-	 * takes the write lock, so a child never sees half of one.
+	 * takes the write lock, so a child never sees half of one.  (A
+	 * segment's counters are shared with the child anyway.)
 	 */
-	pthread_rwlock_rdlock(&registry.lock);
+	bool shared = is_shared();
+
+	if (!shared)
+		pthread_rwlock_rdlock(&registry.lock);
 	for (size_t i = 0; i < s->n; i++) {
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&s->devs[i]->m, f);
@@ -738,7 +1190,8 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 		if (i == 0)
 			pause_point(back ? "withdraw" : "commit"); /* half moved right here */
 	}
-	pthread_rwlock_unlock(&registry.lock);
+	if (!shared)
+		pthread_rwlock_unlock(&registry.lock);
 }
 
 void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
@@ -808,4 +1261,75 @@ void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
 	if (!s || s->state == SNAPSHOT_PEEK)
 		return;
 	pmem_metrics_snapshot_free(s);
+}
+
+/* ---- Attaching to a shared segment ------------------------------------------ */
+
+static int attach(const char *path, size_t capacity, unsigned mode)
+{
+	int err = 0;
+
+	if (!path || !*path || capacity > SEG_MAX_CAPACITY || (mode & ~0777u))
+		return EINVAL;
+	if (fork_safety() != 0)
+		return ENOMEM;
+	/*
+	 * The write lock keeps allocations out, and fork() (its prepare handler
+	 * takes it too); the flush lock, a flush: nothing may straddle the switch.
+	 */
+	pthread_rwlock_wrlock(&registry.lock);
+	if (is_shared() || registry.n > 0 || pthread_mutex_trylock(&flush_lock) != 0) {
+		pthread_rwlock_unlock(&registry.lock);
+		return EBUSY;
+	}
+	err = shm_open_path(path, capacity ? capacity : PMEM_METRICS_SHM_DEFAULT_CAPACITY, mode,
+			    &registry.shm);
+	if (err == 0)
+		atomic_store_explicit(&registry.shared, true, memory_order_release); /* pairs with is_shared() */
+	pthread_mutex_unlock(&flush_lock);
+	pthread_rwlock_unlock(&registry.lock);
+	return err;
+}
+
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+static int env_error; /* written once, under env_once */
+
+/* PMEM_METRICS_SHM=PATH: attach at first use; a failure fails every call. */
+static void attach_from_env(void)
+{
+	const char *path = getenv("PMEM_METRICS_SHM");
+
+	if (path && *path)
+		env_error = attach(path, 0, 0600);
+}
+
+static int registry_ready(void)
+{
+	if (fork_safety() != 0)
+		return ENOMEM;
+	pthread_once(&env_once, attach_from_env);
+	return env_error;
+}
+
+int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode)
+{
+	int err = registry_ready(); /* PMEM_METRICS_SHM first: it may have attached already */
+
+	if (err == 0)
+		err = attach(path, capacity, mode);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+int pmem_metrics_attach(const char *path, size_t capacity)
+{
+	return pmem_metrics_attach_mode(path, capacity, 0600);
+}
+
+int pmem_metrics_is_shared(void)
+{
+	return registry_ready() == 0 && is_shared();
 }

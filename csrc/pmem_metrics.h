@@ -229,6 +229,38 @@ struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i
 const char *pmem_metrics_field_name(size_t i);
 const char *pmem_metrics_field_doc(size_t i);
 
+/* ---- Across processes: a shared segment ---------------------------------- */
+
+/* Device slots of a new segment when pmem_metrics_attach() is given 0. */
+#define PMEM_METRICS_SHM_DEFAULT_CAPACITY 4096
+
+/*
+ * Put this process's registry in the shared segment at `path` (a regular
+ * file, normally under /dev/shm), created with room for `capacity` devices
+ * (0: PMEM_METRICS_SHM_DEFAULT_CAPACITY) and mode 0600 if it does not exist;
+ * an existing segment keeps its own capacity.  Every process attached to one
+ * segment shares its devices: the same id is the same counters, bumped with
+ * the same inline atomic add, flushed exactly once across all of them.
+ * Call it before the process allocates a device.  The environment variable
+ * PMEM_METRICS_SHM=PATH does the same at the first registry call, and if
+ * that attach fails, every registry call fails with its errno (never a
+ * silent private registry).  Returns 0, or -1 with errno:
+ *   EBUSY      devices exist, a flush is open, or already attached
+ *   EINVAL     not a regular file, or not a segment (bad magic); bad argument
+ *   EPROTO     a segment of another version, ABI or field list
+ *   EBADMSG    a truncated or corrupt segment
+ *   ELOOP      `path` is a symbolic link (never followed)
+ *   EACCES, ENOSPC, ...  from opening, creating or reserving the file
+ * Once attached, allocation fails with ENOSPC when the segment is full.
+ */
+int pmem_metrics_attach(const char *path, size_t capacity);
+
+/* As pmem_metrics_attach(), creating a new segment with `mode` (0660: a group may attach). */
+int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
+
+/* Whether this process's registry lives in a shared segment. */
+int pmem_metrics_is_shared(void);
+
 /* ---- Flushing ---------------------------------------------------------- */
 
 /* A consistent copy of every device's diffs, taken by one flush. */

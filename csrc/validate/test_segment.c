@@ -1,0 +1,426 @@
+/*
+ * test_segment.c - one registry in a shared segment, across processes
+ * (built with -DPMEM_METRICS_FAULT_INJECTION, for the crash tests' pause hook).
+ *
+ * Attaching changes a process for good, so every scenario runs in processes
+ * forked for it; this one only forks, waits and checks.  Totals that several
+ * processes report go through an anonymous shared mapping.
+ */
+#define _GNU_SOURCE /* MAP_ANONYMOUS, setuid */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "pmem_metrics.h"
+
+#define NF PMEM_METRICS_NFIELDS
+#define NDEV 8
+#define NPROC 3
+#define NTHREAD 2
+#define ITERS 40000
+
+static char dir[64];
+
+/* The path of segment `name` (two may be in use at once). */
+static const char *seg_path(const char *name)
+{
+	static char path[2][128];
+	static int next;
+	char *p = path[next++ % 2];
+
+	snprintf(p, sizeof(path[0]), "%s/%s", dir, name);
+	return p;
+}
+
+/* Run fn() in a child process: its exit status (0: it returned true). */
+static int in_child(bool (*fn)(const void *), const void *arg)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid == 0)
+		_exit(fn(arg) ? 0 : 1);
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* ---- Many processes, many threads, two flushers: exact totals ---------------- */
+
+struct shared_totals {
+	_Atomic uint64_t reported[NDEV][NF];
+	atomic_int bad_aggregates, flushes;
+	atomic_int bumpers_left;
+};
+
+static struct shared_totals *totals;
+
+static void dev_id(char *buf, size_t size, int d)
+{
+	snprintf(buf, size, "shared%d", d);
+}
+
+/* Take, check, add to the totals, commit. */
+static bool flush_into_totals(void)
+{
+	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+	const uint64_t *diffs;
+
+	if (!s)
+		return false;
+	if (!check_aggregate_is_sum(s))
+		atomic_fetch_add(&totals->bad_aggregates, 1);
+	diffs = pmem_metrics_snapshot_diffs(s);
+	for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++) {
+		int d;
+
+		if (sscanf(pmem_metrics_snapshot_id(s, i), "shared%d", &d) != 1 || d < 0 || d >= NDEV)
+			continue;
+		for (size_t f = 0; f < NF; f++)
+			atomic_fetch_add(&totals->reported[d][f], diffs[i * NF + f]);
+	}
+	pmem_metrics_snapshot_commit(s);
+	atomic_fetch_add(&totals->flushes, 1);
+	return true;
+}
+
+static void *bump_thread(void *arg)
+{
+	int t = (int)(intptr_t)arg;
+	struct pmem_metrics *dev[NDEV];
+	char id[32];
+
+	for (int d = 0; d < NDEV; d++) {
+		dev_id(id, sizeof(id), d);
+		dev[d] = pmem_metrics_alloc(id);
+		if (!dev[d])
+			return (void *)1;
+	}
+	for (int i = 0; i < ITERS; i++)
+		pmem_metrics_inc(pmem_metrics_field(dev[(i + t) % NDEV], (size_t)(i / NDEV) % NF));
+	return NULL;
+}
+
+static bool bump_and_flush(const void *arg)
+{
+	int p = *(const int *)arg;
+	pthread_t t[NTHREAD];
+	bool ok = pmem_metrics_attach(seg_path("shared"), 64) == 0;
+
+	for (int i = 0; ok && i < NTHREAD; i++)
+		pthread_create(&t[i], NULL, bump_thread, (void *)(intptr_t)(p * NTHREAD + i));
+	for (int i = 0; ok && i < NTHREAD; i++) {
+		void *r;
+
+		pthread_join(t[i], &r);
+		ok = ok && r == NULL;
+	}
+	atomic_fetch_sub(&totals->bumpers_left, 1);
+	/* Two of the processes flush, concurrently, until every bumper is done. */
+	while (ok && p < 2 && atomic_load(&totals->bumpers_left) > 0)
+		ok = flush_into_totals();
+	return ok && pmem_metrics_is_shared();
+}
+
+static bool final_flush(const void *arg)
+{
+	(void)arg;
+	return pmem_metrics_attach(seg_path("shared"), 0) == 0 && flush_into_totals();
+}
+
+static void test_processes_share_counters_and_flush_exactly_once(void)
+{
+	pid_t pid[NPROC];
+	int status, arg[NPROC];
+
+	atomic_store(&totals->bumpers_left, NPROC);
+	for (int p = 0; p < NPROC; p++) {
+		arg[p] = p;
+		pid[p] = fork();
+		if (pid[p] == 0)
+			_exit(bump_and_flush(&arg[p]) ? 0 : 1);
+	}
+	for (int p = 0; p < NPROC; p++)
+		CHECK(waitpid(pid[p], &status, 0) == pid[p] && WIFEXITED(status) &&
+		      WEXITSTATUS(status) == 0);
+	CHECK(in_child(final_flush, NULL) == 0);
+	for (int d = 0; d < NDEV; d++) {
+		for (int f = 0; f < NF; f++) {
+			uint64_t want = 0;
+
+			for (int t = 0; t < NPROC * NTHREAD; t++)
+				for (int i = 0; i < ITERS; i++)
+					want += (i + t) % NDEV == d && (i / NDEV) % NF == f;
+			CHECK(atomic_load(&totals->reported[d][f]) == want);
+		}
+	}
+	CHECK(atomic_load(&totals->bad_aggregates) == 0);
+	printf("# %d flushes across processes\n", atomic_load(&totals->flushes));
+}
+
+/* ---- fork, capacity, attach rules ------------------------------------------------ */
+
+static bool child_counts_in_the_same_counters(const void *arg)
+{
+	struct pmem_metrics *m;
+	pid_t pid;
+	int status;
+
+	(void)arg;
+	if (pmem_metrics_attach(seg_path("fork"), 8) != 0 || !(m = pmem_metrics_alloc("forked")))
+		return false;
+	pid = fork();
+	if (pid == 0) {
+		pmem_metrics_add(&m->cfg_fails, 5);
+		pmem_metrics_inc(&pmem_metrics_alloc("forked")->cfg_fails);
+		_exit(pmem_metrics_is_shared() ? 0 : 1);
+	}
+	return waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+	       pmem_metrics_count(&m->cfg_fails) == 6;
+}
+
+static void test_a_forked_child_stays_attached(void)
+{
+	CHECK(in_child(child_counts_in_the_same_counters, NULL) == 0);
+}
+
+static bool fill_a_small_segment(const void *arg)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+	bool ok;
+
+	(void)arg;
+	ok = pmem_metrics_attach(seg_path("small"), 2) == 0;
+	ok = ok && pmem_metrics_alloc("a") && pmem_metrics_alloc("b");
+	errno = 0;
+	ok = ok && !pmem_metrics_alloc("c") && errno == ENOSPC;
+	ok = ok && pmem_metrics_alloc("a") && pmem_metrics_device_count() == 2; /* the rest works */
+	ok = ok && pmem_metrics_snapshot_take_into(&s, 0) == 0 && pmem_metrics_snapshot_len(s) == 2;
+	pmem_metrics_snapshot_commit(s);
+	errno = 0;
+	ok = ok && pmem_metrics_attach(seg_path("other"), 0) == -1 && errno == EBUSY;
+	return ok;
+}
+
+static bool attach_after_alloc(const void *arg)
+{
+	(void)arg;
+	errno = 0;
+	return pmem_metrics_alloc("private") && pmem_metrics_attach(seg_path("late"), 0) == -1 &&
+	       errno == EBUSY && !pmem_metrics_is_shared();
+}
+
+static void test_capacity_and_when_to_attach(void)
+{
+	CHECK(in_child(fill_a_small_segment, NULL) == 0);
+	CHECK(in_child(attach_after_alloc, NULL) == 0);
+}
+
+/* ---- Files that are not our segment ------------------------------------------------ */
+
+struct refusal {
+	const char *name;
+	int err;
+};
+
+static bool attach_is_refused(const void *arg)
+{
+	const struct refusal *r = arg;
+
+	errno = 0;
+	if (pmem_metrics_attach(seg_path(r->name), 0) != -1 || errno != r->err) {
+		fprintf(stderr, "%s: errno %d, wanted %d\n", r->name, errno, r->err);
+		return false;
+	}
+	return pmem_metrics_alloc("still-private") != NULL && !pmem_metrics_is_shared();
+}
+
+static bool make_segment(const void *arg)
+{
+	return pmem_metrics_attach(seg_path(arg), 4) == 0 && pmem_metrics_alloc("one") &&
+	       pmem_metrics_alloc("two");
+}
+
+/* A copy of a good segment, with `len` bytes at `offset` overwritten. */
+static void spoilt_copy(const char *name, off_t offset, const void *bytes, size_t len)
+{
+	char buf[1 << 16];
+	int in = open(seg_path("good"), O_RDONLY), out;
+	ssize_t n;
+
+	out = open(seg_path(name), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		CHECK(write(out, buf, (size_t)n) == n);
+	if (len)
+		CHECK(pwrite(out, bytes, len, offset) == (ssize_t)len);
+	close(in);
+	close(out);
+}
+
+static bool corrupt_index_is_an_error_not_a_crash(const void *arg)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	(void)arg;
+	if (pmem_metrics_attach(seg_path("badindex"), 0) != 0)
+		return false;
+	errno = 0;
+	return !pmem_metrics_alloc("three") && errno == EBADMSG &&
+	       pmem_metrics_snapshot_take_into(&s, 0) == -1 && errno == EBADMSG && !s;
+}
+
+static bool impossible_counts_are_rebuilt(const void *arg)
+{
+	(void)arg;
+	return pmem_metrics_attach(seg_path("badcount"), 0) == 0 && pmem_metrics_device_count() == 2 &&
+	       pmem_metrics_alloc("three") && pmem_metrics_device_count() == 3;
+}
+
+static void test_files_that_are_not_a_good_segment_are_refused(void)
+{
+	/* The header's layout, as the library writes it (checked by the cases below). */
+	const off_t version = 8, fields_hash = 16, index_off = 48;
+	const off_t counts = 72 + 2 * (off_t)sizeof(pthread_mutex_t); /* n, used, id_bytes */
+	uint64_t index_at = 0, huge = 1000;
+	uint32_t bad_slot = 0xffffffffu, v2 = 2;
+	char junk[8192];
+	int fd;
+
+	CHECK(in_child(make_segment, "good") == 0);
+	CHECK(symlink(seg_path("good"), seg_path("link")) == 0);
+	CHECK(mkdir(seg_path("dir"), 0700) == 0);
+	fd = open(seg_path("empty"), O_WRONLY | O_CREAT, 0600);
+	close(fd);
+	memset(junk, 'x', sizeof(junk));
+	fd = open(seg_path("junk"), O_WRONLY | O_CREAT, 0600);
+	CHECK(write(fd, junk, sizeof(junk)) == (ssize_t)sizeof(junk));
+	close(fd);
+	spoilt_copy("version", version, &v2, sizeof(v2));
+	spoilt_copy("fields", fields_hash, "xxxxxxxx", 8);
+	spoilt_copy("truncated", 0, NULL, 0);
+	CHECK(truncate(seg_path("truncated"), 4096) == 0);
+	fd = open(seg_path("good"), O_RDONLY);
+	CHECK(pread(fd, &index_at, sizeof(index_at), index_off) == (ssize_t)sizeof(index_at));
+	close(fd);
+	spoilt_copy("badindex", (off_t)index_at, &bad_slot, sizeof(bad_slot));
+	spoilt_copy("badcount", counts, &huge, sizeof(huge));
+
+	static const struct refusal refused[] = {
+		{"link", ELOOP},      {"dir", EISDIR},   {"empty", EBADMSG}, {"junk", EINVAL},
+		{"version", EPROTO},  {"fields", EPROTO}, {"truncated", EBADMSG},
+	};
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		CHECK(in_child(attach_is_refused, &refused[i]) == 0);
+	CHECK(in_child(corrupt_index_is_an_error_not_a_crash, NULL) == 0);
+	CHECK(in_child(impossible_counts_are_rebuilt, NULL) == 0);
+}
+
+/* ---- Permissions ------------------------------------------------------------- */
+
+static bool another_user_is_refused(const void *arg)
+{
+	(void)arg;
+	if (setgid(65534) != 0 || setuid(65534) != 0)
+		return false;
+	errno = 0;
+	return pmem_metrics_attach(seg_path("good"), 0) == -1 && errno == EACCES;
+}
+
+static void test_a_segment_is_the_creators_alone(void)
+{
+	struct stat st;
+
+	CHECK(stat(seg_path("good"), &st) == 0 && (st.st_mode & 0777) == 0600);
+	if (geteuid() == 0) /* as root, become someone else; as anyone else, root would pass */
+		CHECK(in_child(another_user_is_refused, NULL) == 0);
+}
+
+/* ---- A process killed at any step ------------------------------------------------ */
+
+static const char *kill_at;
+
+static void kill_me(const char *where)
+{
+	if (kill_at && strcmp(where, kill_at) == 0)
+		kill(getpid(), SIGKILL);
+}
+
+static bool die_inside(const void *arg)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	kill_at = arg;
+	if (pmem_metrics_attach(seg_path("crash"), 16) != 0 || !pmem_metrics_alloc("before"))
+		return false;
+	pmem_metrics_add(&pmem_metrics_alloc("before")->event_fails, 3);
+	pmem_metrics_fault_pause_hook(kill_me);
+	if (strcmp(kill_at, "insert") == 0)
+		pmem_metrics_alloc("dying");
+	else if (pmem_metrics_snapshot_take_into(&s, -1) == 0)
+		pmem_metrics_snapshot_commit(s);
+	return false; /* not reached: killed */
+}
+
+static bool carry_on_after_a_death(const void *arg)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+	struct pmem_metrics *m;
+	uint64_t deaths = *(const uint64_t *)arg;
+	bool ok;
+
+	ok = pmem_metrics_attach(seg_path("crash"), 0) == 0 && (m = pmem_metrics_alloc("after"));
+	/* Neither the registry mutex nor the flush mutex is left wedged. */
+	ok = ok && pmem_metrics_snapshot_take_into(&s, 5000) == 0 && check_aggregate_is_sum(s);
+	pmem_metrics_snapshot_commit(s);
+	/* Nothing counted was lost: "before" holds 3 per death (flushed or still pending). */
+	m = pmem_metrics_alloc("before");
+	ok = ok && m && pmem_metrics_count(&m->event_fails) == 3 * deaths;
+	return ok;
+}
+
+static void test_a_process_killed_at_each_step_wedges_nobody(void)
+{
+	static const char *const steps[] = {"insert", "take", "copy", "commit"};
+
+	for (uint64_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		uint64_t deaths = i + 1;
+
+		CHECK(in_child(die_inside, steps[i]) == 128 + SIGKILL);
+		CHECK(in_child(carry_on_after_a_death, &deaths) == 0);
+	}
+}
+
+int main(void)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(dir, sizeof(dir), "%s/pmem-seg-XXXXXX", tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir))
+		return 2;
+	totals = mmap(NULL, sizeof(*totals), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (totals == MAP_FAILED)
+		return 2;
+	RUN(test_processes_share_counters_and_flush_exactly_once);
+	RUN(test_a_forked_child_stays_attached);
+	RUN(test_capacity_and_when_to_attach);
+	RUN(test_files_that_are_not_a_good_segment_are_refused);
+	RUN(test_a_segment_is_the_creators_alone);
+	RUN(test_a_process_killed_at_each_step_wedges_nobody);
+	if (fork() == 0)
+		execlp("rm", "rm", "-rf", dir, (char *)NULL);
+	wait(NULL);
+	return check_summary();
+}
