@@ -19,14 +19,17 @@ from importlib.metadata import version as _version
 
 from ._binding import FIELD_DOCS, FIELDS, ID_MAX_CHARS
 from .capi import get_include, get_library_dir
-from .device import Counter, PmemMetricsPerDevice, device_count
+from .device import Counter, PmemMetricsPerDevice, attach, device_count, is_shared
 from .errors import (
     AlreadyInitializedError,
     FlushInProgressError,
     InvalidDriveIdError,
+    InvalidSegmentError,
     MetricsDestinationError,
     OutOfMemoryError,
     PmemMetricsError,
+    SegmentError,
+    SegmentFullError,
     WriterStateError,
 )
 from .flush import Flush, flush_metrics, flush_metrics_json
@@ -44,15 +47,20 @@ __all__ = [
     "Flush",
     "FlushInProgressError",
     "InvalidDriveIdError",
+    "InvalidSegmentError",
     "MetricsDestinationError",
     "MetricsWriter",
     "OutOfMemoryError",
     "PmemMetricsError",
     "PmemMetricsPerDevice",
+    "SegmentError",
+    "SegmentFullError",
     "WriterStateError",
+    "attach",
     "device_count",
     "flush_metrics",
     "flush_metrics_json",
     "get_include",
     "get_library_dir",
+    "is_shared",
 ]

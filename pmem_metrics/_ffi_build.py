@@ -51,6 +51,9 @@ ffi.cdef(
     void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
 
+    int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
+    int pmem_metrics_is_shared(void);
+
     long pmem_line_write(int fd, const char *buf, size_t len, int socket, size_t *sent,
                          int64_t *start);
     int pmem_line_cut(int fd, int64_t start);

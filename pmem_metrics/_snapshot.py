@@ -27,6 +27,7 @@ import errno
 import time
 
 from ._binding import NFIELDS, CData, ffi, lib
+from .device import raise_if_the_segment_failed
 from .errors import error_from_errno
 
 WAIT_SLICE_MS = 50
@@ -81,6 +82,7 @@ def take(slot: CData, deadline: float | None = None) -> Snapshot:
     while lib.pmem_metrics_snapshot_take_into(slot, WAIT_SLICE_MS) != 0:
         err = ffi.errno
         if err != errno.ETIMEDOUT:
+            raise_if_the_segment_failed(err)
             raise error_from_errno(err, "cannot take a metrics snapshot")
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(errno.ETIMEDOUT, "another metrics flush is still in progress")
@@ -91,5 +93,6 @@ def peek() -> Snapshot:
     """Every device's cumulative counts (and diffs), without flushing or waiting for a flush."""
     slot = new_slot()
     if lib.pmem_metrics_snapshot_peek_into(slot) != 0:
+        raise_if_the_segment_failed(ffi.errno)
         raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
     return Snapshot(slot[0], counts=True)

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import errno
 import operator
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex
 
 from ._binding import FIELDS, CData, ffi, lib
-from .errors import InvalidDriveIdError, error_from_errno
+from .errors import (
+    SEGMENT_PROBLEMS,
+    InvalidDriveIdError,
+    InvalidSegmentError,
+    SegmentError,
+    error_from_errno,
+)
 
 # The C functions of Counter's hot path, and the conversion add() applies.
 _inc: Callable[[CData], None] = lib.pmem_metrics_inc
@@ -135,6 +142,7 @@ class PmemMetricsPerDevice:
         m = lib.pmem_metrics_alloc_len(raw, len(raw))
         if m == ffi.NULL:
             err = ffi.errno
+            raise_if_the_segment_failed(err)
             shown = _shown(drive_id)
             message = f"cannot allocate metrics for drive id {shown}"
             if err == errno.EINVAL:
@@ -173,3 +181,46 @@ class PmemMetricsPerDevice:
 def device_count() -> int:
     """Number of pmem devices allocated so far in this process."""
     return lib.pmem_metrics_device_count()
+
+
+def _segment_error(err: int, path: str) -> SegmentError:
+    why = SEGMENT_PROBLEMS.get(err, os.strerror(err))
+    cls = (
+        InvalidSegmentError if err in (errno.EINVAL, errno.EPROTO, errno.EBADMSG) else SegmentError
+    )
+    return cls(err, f"cannot attach the metrics segment: {why}", path)
+
+
+def raise_if_the_segment_failed(err: int) -> None:
+    """Raise the segment's error if PMEM_METRICS_SHM named one that could not be attached."""
+    path = os.environ.get("PMEM_METRICS_SHM")
+    if path and err not in (errno.ENOMEM, errno.ENOSPC) and not lib.pmem_metrics_is_shared():
+        raise _segment_error(err, path)
+
+
+def attach(path: str | os.PathLike[str], capacity: int | None = None, mode: int = 0o600) -> None:
+    """Put this process's registry in the shared segment at *path* (created if absent).
+
+    Every process attached to one segment shares its devices: the same id is
+    the same counters, flushed exactly once across all of them, and counts
+    survive a process that dies.  Call it before the first
+    :meth:`PmemMetricsPerDevice.alloc`; the environment variable
+    ``PMEM_METRICS_SHM=PATH`` does the same at the first registry call.  A new
+    segment gets room for *capacity* devices (``None``: 4096) and file mode
+    *mode*.  Raises :class:`SegmentError` (an ``OSError``) naming the path and
+    the problem: :class:`InvalidSegmentError` (also a ``ValueError``) for a
+    file that is not a usable segment, ``errno.EBUSY`` once devices exist or
+    a segment is attached, and the system's errors from opening or creating it.
+    """
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int)):
+        raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+    if capacity is not None and not 0 < capacity <= 1 << 24:
+        raise ValueError(f"capacity must be 1 to {1 << 24} devices, not {capacity}")
+    raw = os.fsencode(path)
+    if lib.pmem_metrics_attach_mode(raw, capacity or 0, mode) != 0:
+        raise _segment_error(ffi.errno, os.fsdecode(raw))
+
+
+def is_shared() -> bool:
+    """Whether this process's registry lives in a shared segment."""
+    return bool(lib.pmem_metrics_is_shared())

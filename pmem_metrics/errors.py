@@ -38,10 +38,34 @@ class MetricsDestinationError(PmemMetricsError, OSError):
     """The metrics destination could not be opened (for example, a named pipe with no reader)."""
 
 
+class SegmentError(PmemMetricsError, OSError):
+    """A shared segment could not be used: its ``errno`` and ``filename`` say why and which."""
+
+
+class InvalidSegmentError(SegmentError, ValueError):
+    """The file is not a segment this library can use: foreign, corrupt or truncated."""
+
+
+class SegmentFullError(SegmentError):
+    """The shared segment has no room for another device (``errno.ENOSPC``)."""
+
+
 _BY_ERRNO: dict[int, type[PmemMetricsError]] = {
     errno.EINVAL: InvalidDriveIdError,
     errno.ENOMEM: OutOfMemoryError,
     errno.EDEADLK: FlushInProgressError,
+    errno.ENOSPC: SegmentFullError,
+    errno.EBADMSG: InvalidSegmentError,
+    errno.EPROTO: InvalidSegmentError,
+}
+
+# What a segment's errno means, for the messages of attach().
+SEGMENT_PROBLEMS = {
+    errno.EINVAL: "not a pmem_metrics segment (or not a regular file)",
+    errno.EPROTO: "a segment of another version or field list",
+    errno.EBADMSG: "a truncated or corrupt segment",
+    errno.ELOOP: "a symbolic link (never followed)",
+    errno.EBUSY: "this process already has devices, an open flush or a segment",
 }
 
 
@@ -52,4 +76,7 @@ def error_from_errno(err: int, message: str) -> PmemMetricsError:
     the rule that was broken ("Invalid argument" would add nothing).
     """
     cls = _BY_ERRNO.get(err, PmemMetricsError)
-    return cls(f"{message} ({os.strerror(err)})" if err and err != errno.EINVAL else message)
+    text = f"{message} ({os.strerror(err)})" if err and err != errno.EINVAL else message
+    if issubclass(cls, OSError):
+        return cls(err, text)
+    return cls(text)

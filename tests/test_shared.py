@@ -1,0 +1,168 @@
+"""A registry in a shared segment: one set of counters across processes.
+
+Attaching changes a process for good, so every case runs in fresh processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .helpers import c_flags
+
+
+def py(code: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_processes_share_counters_and_a_flush_reports_them_once(tmp_path: Path) -> None:
+    seg = str(tmp_path / "seg")
+    bump = (
+        "import pmem_metrics as p; p.attach({seg!r}); "
+        "p.PmemMetricsPerDevice.alloc('drv0').cfg_fails.add({n}); print(p.is_shared())"
+    )
+    assert py(bump.format(seg=seg, n=5), tmp_path) == "True\n"
+    assert py(bump.format(seg=seg, n=7), tmp_path) == "True\n"
+    flush = (
+        "import json, pmem_metrics as p; p.attach({seg!r}); print(json.dumps(p.flush_metrics()))"
+    )
+    first = json.loads(py(flush.format(seg=seg), tmp_path))
+    again = json.loads(py(flush.format(seg=seg), tmp_path))
+    assert first["pmem_drv0"]["cfg_fails"] == 12  # both processes' counts, in one device
+    assert again["pmem_drv0"]["cfg_fails"] == 0  # flushed once, across processes
+
+
+def test_a_c_program_and_python_share_one_segment(tmp_path: Path) -> None:
+    (tmp_path / "bump.c").write_text(
+        """
+        #include <stdio.h>
+        #include <pmem_metrics.h>
+        int main(int argc, char **argv)
+        {
+            struct pmem_metrics *m;
+            if (argc < 2 || pmem_metrics_attach(argv[1], 0) != 0)
+                return 1;
+            if (!(m = pmem_metrics_alloc("drv0")))
+                return 1;
+            for (int i = 0; i < 1000; i++)
+                pmem_metrics_inc(&m->queue_event_count);
+            return 0;
+        }
+        """
+    )
+    subprocess.run(
+        ["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", "bump.c", *c_flags(), "-o", "bump"],
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    seg = str(tmp_path / "seg")
+    subprocess.run([str(tmp_path / "bump"), seg], check=True)
+    out = py(
+        "import pmem_metrics as p; "
+        "m = p.PmemMetricsPerDevice.alloc('drv0'); m.queue_event_count.add(1);"
+        "print(p.flush_metrics()['pmem_drv0']['queue_event_count'], p.is_shared())",
+        tmp_path,
+        env={"PMEM_METRICS_SHM": seg},  # attached at the first registry call
+    )
+    assert out == "1001 True\n"
+
+
+def test_a_full_segment_is_enospc_and_the_rest_works(tmp_path: Path) -> None:
+    out = py(
+        f"""
+import errno, pmem_metrics as p
+p.attach({str(tmp_path / "seg")!r}, capacity=2)
+p.PmemMetricsPerDevice.alloc("a"), p.PmemMetricsPerDevice.alloc("b")
+try:
+    p.PmemMetricsPerDevice.alloc("c")
+except OSError as e:
+    print(type(e).__name__, e.errno == errno.ENOSPC)
+p.PmemMetricsPerDevice.alloc("a").cfg_fails.inc()
+print(p.flush_metrics()["pmem"]["cfg_fails"], p.device_count())
+""",
+        tmp_path,
+    )
+    assert out.splitlines() == ["SegmentFullError True", "1 2"]
+
+
+def test_files_that_are_no_segment_are_refused_naming_path_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "junk").write_bytes(b"x" * 8192)
+    (tmp_path / "short").write_bytes(b"")
+    os.symlink(tmp_path / "junk", tmp_path / "link")
+    out = py(
+        """
+import pmem_metrics as p
+for name in ("junk", "short", "link"):
+    try:
+        p.attach(name)
+    except p.SegmentError as e:
+        print(name, type(e).__name__, isinstance(e, ValueError), e.filename, e.strerror)
+p.PmemMetricsPerDevice.alloc("private")  # still usable, privately
+print(p.is_shared())
+""",
+        tmp_path,
+    )
+    assert out.splitlines() == [
+        "junk InvalidSegmentError True junk cannot attach the metrics segment: "
+        "not a pmem_metrics segment (or not a regular file)",
+        "short InvalidSegmentError True short cannot attach the metrics segment: "
+        "a truncated or corrupt segment",
+        "link SegmentError False link cannot attach the metrics segment: "
+        "a symbolic link (never followed)",
+        "False",
+    ]
+
+
+def test_a_bad_segment_in_the_environment_fails_every_call_never_falls_back(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "junk").write_bytes(b"x" * 8192)
+    out = py(
+        """
+import pmem_metrics as p
+for call in (lambda: p.PmemMetricsPerDevice.alloc("drv0"), p.flush_metrics):
+    try:
+        call()
+    except p.InvalidSegmentError as e:
+        print(e.filename, e.strerror)
+print(p.is_shared(), p.device_count())
+""",
+        tmp_path,
+        env={"PMEM_METRICS_SHM": str(tmp_path / "junk")},
+    )
+    reason = "cannot attach the metrics segment: not a pmem_metrics segment (or not a regular file)"
+    junk = str(tmp_path / "junk")
+    assert out.splitlines() == [f"{junk} {reason}", f"{junk} {reason}", "False 0"]
+
+
+def test_a_forked_child_stays_attached_and_attach_comes_first(tmp_path: Path) -> None:
+    out = py(
+        f"""
+import errno, os, pmem_metrics as p
+p.attach({str(tmp_path / "seg")!r})
+m = p.PmemMetricsPerDevice.alloc("drv0")
+pid = os.fork()
+if pid == 0:
+    m.event_fails.add(4)  # the child's increments land in the same counters
+    os._exit(0)
+os.waitpid(pid, 0)
+print(m.event_fails.count())
+try:
+    p.attach({str(tmp_path / "other")!r})
+except p.SegmentError as e:
+    print(e.errno == errno.EBUSY)
+""",
+        tmp_path,
+    )
+    assert out.splitlines() == ["4", "True"]
