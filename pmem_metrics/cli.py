@@ -75,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics-path", help="file or named pipe to write to (default: stdout)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
+        "--processes",
+        type=_count,
+        default=0,
+        help="bump the devices from N worker processes sharing a temporary segment (default: "
+        "threads of this process)",
+    )
+    p.add_argument(
         "--prometheus-port",
         type=_port,
         help="also serve the counters for Prometheus on this port (0: any free one)",
@@ -99,7 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prometheus_port is not None:
             prometheus = (args.prometheus_port, args.prometheus_addr)
         return demo(
-            args.devices, args.duration, args.interval, args.metrics_path, args.seed, prometheus
+            args.devices,
+            args.duration,
+            args.interval,
+            args.metrics_path,
+            args.seed,
+            prometheus,
+            args.processes,
         )
     except KeyboardInterrupt:
         # A Ctrl-C before the demo's own handling, or a second one.  On the way

@@ -13,51 +13,22 @@ run actually took.
 from __future__ import annotations
 
 import os
-import random
 import select
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from itertools import accumulate
 from types import FrameType
 
-from ._binding import FIELDS
-from .device import PmemMetricsPerDevice
+from ._workers import Processes, Threads
+from .device import PmemMetricsPerDevice, attach
 from .writer import METRICS
 
 _MAX_WORKERS = 4
 """The demo's worker threads, whatever the number of devices: each bumps a share of them."""
 
 _MAX_WAIT = 60.0  # seconds one select() may wait (a deadline may be inf: --duration inf)
-
-
-def _worker(
-    devices: Sequence[PmemMetricsPerDevice],
-    rng: random.Random,
-    stop: threading.Event,
-    done: list[int],
-) -> None:
-    """Bump random counters of *devices*, one device after another, until *stop*.
-
-    What it added goes into *done* when it ends, so the total is exact.
-    """
-    counters = [[getattr(m, name) for name in FIELDS] for m in devices]
-    # Queue events are common, failures rare.
-    weights = list(accumulate(20 if name == "queue_event_count" else 1 for name in FIELDS))
-    added = 0
-    try:
-        while not stop.is_set():
-            for device in counters:
-                for counter in rng.choices(device, cum_weights=weights, k=16):
-                    counter.inc()
-                added += 16
-                if stop.is_set():
-                    break
-            stop.wait(rng.uniform(0.0, 0.002))
-    finally:
-        done.append(added)
 
 
 def _abort(signum: int, frame: FrameType | None) -> None:
@@ -154,34 +125,47 @@ def demo(
     metrics_path: str | None,
     seed: int,
     prometheus: tuple[int, str] | None = None,
+    processes: int = 0,
 ) -> int:
-    """Run the simulation; return the process exit status (130 after a Ctrl-C)."""
+    """Run the simulation; return the process exit status (130 after a Ctrl-C).
+
+    With *processes*, that many worker processes bump the devices in a
+    temporary shared segment while this process writes the lines.
+    """
     if metrics_path is None and sys.stdout is None:
         raise SystemExit(
             "python -m pmem_metrics: stdout is closed; "
             "give --metrics-path to write the metrics elsewhere"
         )
+    with tempfile.TemporaryDirectory(prefix="pmem-demo-") as scratch:
+        if processes:
+            attach(os.path.join(scratch, "segment"), capacity=max(devices, 1))
+        return _run(devices, duration, interval, metrics_path, seed, prometheus, processes)
+
+
+def _run(
+    devices: int,
+    duration: float,
+    interval: float,
+    metrics_path: str | None,
+    seed: int,
+    prometheus: tuple[int, str] | None,
+    processes: int,
+) -> int:
+    handles = [PmemMetricsPerDevice.alloc(f"drv{i}") for i in range(devices)]
     METRICS.init(metrics_path if metrics_path is not None else sys.stdout)
-    if prometheus is not None:
-        _serve_prometheus(*prometheus)
     with _CtrlC() as ctrl_c:
-        handles = [PmemMetricsPerDevice.alloc(f"drv{i}") for i in range(devices)]
-        workers = min(devices, _MAX_WORKERS)
-        stop = threading.Event()
-        done: list[int] = []
-        threads: list[threading.Thread] = []
+        # Processes first: fork before this one starts any thread of its own.
+        pool: Threads | Processes
+        if processes:
+            pool = Processes(handles, processes, seed)
+        else:
+            pool = Threads(handles, min(devices, _MAX_WORKERS), seed)
+        if prometheus is not None:
+            _serve_prometheus(*prometheus)
         lines = 0
         start = time.monotonic()
         try:
-            for w in range(workers if not ctrl_c.caught else 0):
-                t = threading.Thread(
-                    target=_worker,
-                    args=(handles[w::workers], random.Random(seed + w), stop, done),
-                    name=f"pmem-demo-{w}",
-                    daemon=True,
-                )
-                t.start()
-                threads.append(t)
             # A line at every multiple of the interval before the end, even when
             # late, so the demo's line count is exact (MetricsWriter.start_periodic
             # instead skips late beats).
@@ -192,17 +176,16 @@ def demo(
                 lines += 1
             ctrl_c.sleep_until(start + duration)
         finally:
-            stop.set()
-            for t in threads:
-                t.join()
+            added = pool.stop()
         elapsed = time.monotonic() - start
         METRICS.write()
         lines += 1
         where = metrics_path if metrics_path is not None else "stdout"
         requested = f"{'interrupted; ' if ctrl_c.caught else ''}{duration:g} s requested"
         print(
-            f"demo: {devices} devices on {len(threads)} worker threads, {sum(done)} increments "
-            f"in {elapsed:.2f} s ({requested}), {lines} metrics lines written to {where}",
+            f"demo: {devices} devices on {len(pool.started)} worker {pool.kind}, "
+            f"{added} increments in {elapsed:.2f} s ({requested}), "
+            f"{lines} metrics lines written to {where}",
             file=sys.stderr,
         )
         return 130 if ctrl_c.caught else 0

@@ -225,3 +225,14 @@ def test_stdout_pipe_without_reader_fails_in_one_line(tmp_path: Path, args: list
     assert proc.returncode == 1
     assert len(proc.stderr.splitlines()) == 1, proc.stderr  # no "Exception ignored ..."
     assert "Broken pipe" in proc.stderr
+
+
+def test_demo_with_worker_processes_sharing_a_segment(tmp_path: Path) -> None:
+    """Three processes bump the devices; this one's lines report every increment once."""
+    proc = run_demo(
+        tmp_path, "--processes", "3", "--devices", "5", "--duration", "1", "--interval", "0.3"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "on 3 worker processes" in proc.stderr
+    objs = check_lines(proc.stdout, 5, proc.stderr)  # exact: the lines sum to what they made
+    assert len(objs) == 4
