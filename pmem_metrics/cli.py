@@ -16,6 +16,7 @@ from typing import Callable, TypeVar
 
 from . import capi
 from .demo import demo
+from .export import export
 
 _T = TypeVar("_T", int, float)
 
@@ -89,12 +90,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--prometheus-addr", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
     )
+    e = sub.add_parser(
+        "export", help="report every device of a shared segment: metrics lines and/or Prometheus"
+    )
+    e.add_argument("--shm", required=True, help="the shared segment to attach to")
+    e.add_argument(
+        "--metrics-path",
+        help="file or named pipe to write lines to (default: stdout, unless only Prometheus)",
+    )
+    e.add_argument(
+        "--interval", type=_interval, default=60.0, help="seconds between lines (default 60)"
+    )
+    e.add_argument(
+        "--duration",
+        type=_seconds,
+        default=float("inf"),
+        help="seconds to run (default: until Ctrl-C)",
+    )
+    e.add_argument("--prometheus-port", type=_port, help="serve the counters for Prometheus")
+    e.add_argument(
+        "--prometheus-addr", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
+    )
     args = parser.parse_args(argv)
     if args.cflags or args.libs:
         if args.command:
             parser.error("--cflags/--libs take no command")
     elif args.command is None:
-        parser.error("a command (demo) or --cflags/--libs is required")
+        parser.error("a command (demo, export) or --cflags/--libs is required")
     try:
         if args.cflags or args.libs:
             if sys.stdout is None:
@@ -105,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prometheus = None
         if args.prometheus_port is not None:
             prometheus = (args.prometheus_port, args.prometheus_addr)
+        if args.command == "export":
+            return export(args.shm, args.metrics_path, args.interval, args.duration, prometheus)
         return demo(
             args.devices,
             args.duration,

@@ -37,7 +37,7 @@ def _abort(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-class _CtrlC:
+class CtrlC:
     """While entered, the first SIGINT only sets :attr:`caught` and wakes :meth:`sleep_until`.
 
     So a Ctrl-C never cuts a metrics line or the workers' bookkeeping short:
@@ -56,7 +56,7 @@ class _CtrlC:
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
 
-    def __enter__(self) -> _CtrlC:
+    def __enter__(self) -> CtrlC:
         if (
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -100,8 +100,8 @@ class _CtrlC:
         return True
 
 
-def _serve_prometheus(port: int, addr: str) -> None:
-    """Serve the counters for Prometheus on addr:port while the demo runs."""
+def serve_prometheus(port: int, addr: str, who: str = "demo") -> None:
+    """Serve the counters for Prometheus on addr:port while *who* (a command) runs."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server
 
@@ -115,7 +115,9 @@ def _serve_prometheus(port: int, addr: str) -> None:
     register(registry)
     server, _ = start_http_server(port, addr=addr, registry=registry)
     bound = server.server_address[1]
-    print(f"demo: Prometheus metrics at http://{addr}:{bound}/metrics", file=sys.stderr, flush=True)
+    print(
+        f"{who}: Prometheus metrics at http://{addr}:{bound}/metrics", file=sys.stderr, flush=True
+    )
 
 
 def demo(
@@ -154,7 +156,7 @@ def _run(
 ) -> int:
     handles = [PmemMetricsPerDevice.alloc(f"drv{i}") for i in range(devices)]
     METRICS.init(metrics_path if metrics_path is not None else sys.stdout)
-    with _CtrlC() as ctrl_c:
+    with CtrlC() as ctrl_c:
         # Processes first: fork before this one starts any thread of its own.
         pool: Threads | Processes
         if processes:
@@ -162,7 +164,7 @@ def _run(
         else:
             pool = Threads(handles, min(devices, _MAX_WORKERS), seed)
         if prometheus is not None:
-            _serve_prometheus(*prometheus)
+            serve_prometheus(*prometheus)
         lines = 0
         start = time.monotonic()
         try:

@@ -166,3 +166,53 @@ except p.SegmentError as e:
         tmp_path,
     )
     assert out.splitlines() == ["4", "True"]
+
+
+def bump_in_processes(seg: Path, cwd: Path) -> None:
+    """Two processes, each attached to *seg*, count into a device of their own."""
+    for n in (3, 4):
+        py(
+            f"import pmem_metrics as p; p.attach({str(seg)!r}); "
+            f"p.PmemMetricsPerDevice.alloc('drv{n}').cfg_fails.add({n})",
+            cwd,
+        )
+
+
+def test_the_exporter_writes_lines_for_every_process(tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    bump_in_processes(seg, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(seg), "--interval", "0.2",
+         "--duration", "0.5", "--metrics-path", "lines.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in (tmp_path / "lines.json").read_text().splitlines()]
+    assert len(lines) == 3  # at 0.2 and 0.4 s, and the final one
+    assert all(list(line)[1:] == ["pmem_drv3", "pmem_drv4", "pmem"] for line in lines)
+    assert [sum(line["pmem"].values()) for line in lines] == [7, 0, 0]
+
+
+def test_the_exporter_serves_prometheus_until_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    seg = tmp_path / "seg"
+    bump_in_processes(seg, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(seg),
+         "--prometheus-port", "0"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        url = proc.stderr.readline().split(" at ")[1].strip()
+        text = urllib.request.urlopen(url, timeout=30).read().decode()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert 'pmem_cfg_fails_total{drive_id="drv3"} 3.0' in text
+    assert 'pmem_cfg_fails_total{drive_id="drv4"} 4.0' in text
+    assert proc.returncode == 130, err
+    assert out == ""  # Prometheus only: no lines
