@@ -216,3 +216,74 @@ def test_the_exporter_serves_prometheus_until_ctrl_c(tmp_path: Path) -> None:
     assert 'pmem_cfg_fails_total{drive_id="drv4"} 4.0' in text
     assert proc.returncode == 130, err
     assert out == ""  # Prometheus only: no lines
+
+
+WORKER = """
+import json, sys, threading
+import pmem_metrics as p
+p.attach(sys.argv[1])
+flusher = sys.argv[2] == "flush"
+devices = [p.PmemMetricsPerDevice.alloc(f"d{i}") for i in range(5)]
+
+def bump(t):
+    for i in range(4000):
+        devices[(i + t) % 5].queue_event_count.inc()
+
+threads = [threading.Thread(target=bump, args=(t,)) for t in range(2)]
+for t in threads:
+    t.start()
+reported = 0
+while flusher and any(t.is_alive() for t in threads):
+    out = p.flush_metrics()
+    assert out["pmem"]["queue_event_count"] == sum(
+        v["queue_event_count"] for k, v in out.items() if k != "pmem")
+    reported += out["pmem"]["queue_event_count"]
+for t in threads:
+    t.join()
+print(json.dumps(reported))
+"""
+
+
+def test_processes_and_threads_with_two_flushers_report_every_count_once(tmp_path: Path) -> None:
+    """3 processes x 2 threads on the same ids, two of them flushing all along."""
+    seg = str(tmp_path / "seg")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, seg, role],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in ("flush", "flush", "bump")
+    ]
+    reported = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        reported += json.loads(out)
+    rest = py(
+        f"import pmem_metrics as p; p.attach({seg!r}); "
+        "print(p.flush_metrics()['pmem']['queue_event_count'])",
+        tmp_path,
+    )
+    assert reported + int(rest) == 3 * 2 * 4000
+
+
+def test_processes_creating_one_segment_at_once_end_up_sharing_it(tmp_path: Path) -> None:
+    seg = str(tmp_path / "fresh")
+    code = "import pmem_metrics as p, sys; p.attach(sys.argv[1]); p.PmemMetricsPerDevice.alloc('x').cfg_fails.inc()"  # noqa: E501
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, seg], cwd=tmp_path, stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    out = py(
+        f"import pmem_metrics as p; p.attach({seg!r}); "
+        "print(p.PmemMetricsPerDevice.alloc('x').cfg_fails.count(), p.device_count())",
+        tmp_path,
+    )
+    assert out == "6 1\n"
+    assert sorted(os.listdir(tmp_path)) == ["fresh"]  # no temporary file left behind
