@@ -87,6 +87,9 @@ class FdSink:
         self.regular = stat.S_ISREG(mode)
         self.socket = stat.S_ISSOCK(mode)
         self._last: Progress | None = None  # the line before this one, as far as it got
+        # A file that ends mid-line (a writer killed while writing, say)
+        # gets its fragment closed off before our first line.
+        self._ends_mid_line = self.regular and _ends_mid_line(fd, name)
         # Cuts a regular file back: a C callable, so the writer's cleanup
         # reaches the system call with no Python frame on the way.
         self.cut = functools.partial(lib.pmem_line_cut, fd) if self.regular else None
@@ -109,11 +112,12 @@ class FdSink:
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Write *line* whole, by *deadline* (``time.monotonic()``) where it can block."""
-        torn = self._torn_after(self._last)
+        torn = self._ends_mid_line or self._torn_after(self._last)
         data = ((CUT if torn else "") + line).encode("utf-8")
         progress.was_torn = torn
         progress.length = len(data)
         self._last = progress  # from here on, the next line settles after this one
+        self._ends_mid_line = False
         if self.stream is not None:
             self._flush_stream()
         buf = ffi.from_buffer(data)
@@ -168,6 +172,23 @@ class FdSink:
                 raise TimeoutError(
                     errno.ETIMEDOUT, "metrics destination did not take the line in time", self.name
                 )
+
+
+def _ends_mid_line(fd: int, path: str) -> bool:
+    """Whether the regular file open at *fd* is not empty and does not end with a newline."""
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return False
+        try:
+            last = os.pread(fd, 1, size - 1)
+        except OSError:  # opened for writing only: read the file by its name
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                last = f.read(1)
+    except OSError:
+        return False  # unreadable: nothing to close off that we could know of
+    return last != b"\n"
 
 
 class FileSink:

@@ -593,3 +593,18 @@ def test_a_destination_that_never_drains_times_out_and_keeps_the_counts(run_pyth
         """
     )
     assert out.splitlines() == ["timed out: fifo 5", "['fragment', 6]"]
+
+
+def test_a_file_left_mid_line_gets_the_fragment_closed_off(uid: str, tmp_path: Path) -> None:
+    """A writer killed mid-line leaves a fragment: the next writer's first line stays whole."""
+    path = tmp_path / "m.json"
+    path.write_text('{"utc_timestamp_ms":1,"pmem_dr')  # what a killed writer left
+    m = PmemMetricsPerDevice.alloc(uid + "frag")
+    flush_metrics()
+    m.cfg_fails.add(2)
+    w = MetricsWriter()
+    w.init(str(path))
+    assert w.write()
+    fragment, line = path.read_text().splitlines(keepends=True)
+    assert fragment.endswith("\x18\n")
+    assert parse_line(line)[f"pmem_{uid}frag"]["cfg_fails"] == 2
