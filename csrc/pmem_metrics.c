@@ -289,6 +289,42 @@ const char *pmem_metrics_id_strerror(int error)
 	}
 }
 
+/*
+ * Lock `mutex`: for ever (timeout_ms < 0), not at all (0), or waiting up to
+ * timeout_ms milliseconds on the monotonic clock (a wall-clock step cannot
+ * stretch the wait).  0, or the error number (ETIMEDOUT when it is busy;
+ * EOWNERDEAD from a robust mutex whose holder died).
+ */
+static int lock_within(pthread_mutex_t *mutex, int timeout_ms)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
+	const clockid_t clock = CLOCK_MONOTONIC;
+#else
+	const clockid_t clock = CLOCK_REALTIME; /* no clocklock (or TSan does not model it) */
+#endif
+	struct timespec until;
+	int err;
+
+	if (timeout_ms < 0)
+		return pthread_mutex_lock(mutex);
+	if (timeout_ms == 0) {
+		err = pthread_mutex_trylock(mutex);
+		return err == EBUSY ? ETIMEDOUT : err;
+	}
+	clock_gettime(clock, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
+	return pthread_mutex_clocklock(mutex, clock, &until);
+#else
+	return pthread_mutex_timedlock(mutex, &until);
+#endif
+}
+
 /* ---- Shared segment ------------------------------------------------------- */
 
 static int id_cmp(const char *id, size_t len, const struct device *d); /* see the registry */
@@ -521,24 +557,8 @@ static bool shm_counts_sane(const struct shm *m)
  */
 static int shm_lock(struct shm *m, pthread_mutex_t *mutex, int timeout_ms)
 {
-	struct timespec until;
-	int err;
+	int err = lock_within(mutex, timeout_ms);
 
-	if (timeout_ms < 0) {
-		err = pthread_mutex_lock(mutex);
-	} else if (timeout_ms == 0) {
-		err = pthread_mutex_trylock(mutex);
-		err = err == EBUSY ? ETIMEDOUT : err;
-	} else {
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += timeout_ms / 1000;
-		until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (until.tv_nsec >= 1000000000L) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
-		err = pthread_mutex_timedlock(mutex, &until);
-	}
 	if (err == EOWNERDEAD) {
 		err = 0;
 		if (mutex == &m->hdr->registry_lock)
@@ -742,10 +762,10 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 	if (is_shared())
 		return shm_alloc(drive_id, len);
 
-	pthread_rwlock_rdlock(&registry.lock);
+	reg_lock(false); /* private: cannot fail */
 	find(drive_id, len, &at, &found);
 	d = found ? registry.v[at] : NULL;
-	pthread_rwlock_unlock(&registry.lock);
+	reg_unlock();
 	if (d)
 		return &d->m;
 
@@ -756,7 +776,7 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 		return NULL;
 	}
 
-	pthread_rwlock_wrlock(&registry.lock);
+	reg_lock(true);
 	find(drive_id, len, &at, &found);
 	if (found) {
 		d = registry.v[at];
@@ -778,7 +798,7 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 		d = fresh;
 		fresh = NULL;
 	}
-	pthread_rwlock_unlock(&registry.lock);
+	reg_unlock();
 
 	free(fresh); /* lost the race, or the array could not grow */
 	if (!d) {
@@ -952,41 +972,12 @@ static void prefetch_device(const struct device *d)
 #endif
 }
 
-/*
- * Wait for flush_lock: for ever (timeout_ms < 0), not at all (0), or up to
- * timeout_ms milliseconds on the monotonic clock (a wall-clock step cannot
- * stretch the wait).  0, or the error number (ETIMEDOUT when it is busy).
- */
+/* Wait for the flush lock (the segment's, once attached); as lock_within(). */
 static int flush_lock_acquire(int timeout_ms)
 {
-	struct timespec until;
-	int err;
-
 	if (is_shared())
 		return shm_lock(&registry.shm, &registry.shm.hdr->flush_lock, timeout_ms);
-	if (timeout_ms < 0)
-		return pthread_mutex_lock(&flush_lock);
-	if (timeout_ms == 0) {
-		err = pthread_mutex_trylock(&flush_lock);
-		return err == EBUSY ? ETIMEDOUT : err;
-	}
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
-	clock_gettime(CLOCK_MONOTONIC, &until);
-#else
-	/* No pthread_mutex_clocklock (or TSan does not model it): the wall clock. */
-	clock_gettime(CLOCK_REALTIME, &until);
-#endif
-	until.tv_sec += timeout_ms / 1000;
-	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
-	return pthread_mutex_clocklock(&flush_lock, CLOCK_MONOTONIC, &until);
-#else
-	return pthread_mutex_timedlock(&flush_lock, &until);
-#endif
+	return lock_within(&flush_lock, timeout_ms);
 }
 
 static void flush_release(void)

@@ -100,6 +100,22 @@ class CtrlC:
         return True
 
 
+def write_lines(ctrl_c: CtrlC, start: float, interval: float, duration: float) -> int:
+    """Write a line at every multiple of *interval* before *duration*, then wait for the end.
+
+    Late beats are written all the same, so the count of lines is exact
+    (``MetricsWriter.start_periodic`` instead skips them); a Ctrl-C ends it
+    at once.  Returns the lines written.
+    """
+    lines = 0
+    while (lines + 1) * interval < duration:
+        if ctrl_c.sleep_until(start + (lines + 1) * interval):
+            break
+        lines += METRICS.write()
+    ctrl_c.sleep_until(start + duration)
+    return lines
+
+
 def serve_prometheus(port: int, addr: str, who: str = "demo") -> None:
     """Serve the counters for Prometheus on addr:port while *who* (a command) runs."""
     try:
@@ -165,18 +181,9 @@ def _run(
             pool = Threads(handles, min(devices, _MAX_WORKERS), seed)
         if prometheus is not None:
             serve_prometheus(*prometheus)
-        lines = 0
         start = time.monotonic()
         try:
-            # A line at every multiple of the interval before the end, even when
-            # late, so the demo's line count is exact (MetricsWriter.start_periodic
-            # instead skips late beats).
-            while (lines + 1) * interval < duration:
-                if ctrl_c.sleep_until(start + (lines + 1) * interval):
-                    break
-                METRICS.write()
-                lines += 1
-            ctrl_c.sleep_until(start + duration)
+            lines = write_lines(ctrl_c, start, interval, duration)
         finally:
             added = pool.stop()
         elapsed = time.monotonic() - start

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .demo import CtrlC, serve_prometheus
+from .demo import CtrlC, serve_prometheus, write_lines
 from .device import attach
 from .writer import METRICS
 
@@ -37,15 +37,9 @@ def export(
         METRICS.init(lines_to)
     if prometheus is not None:
         serve_prometheus(*prometheus, who="export")
-    lines = 0
     with CtrlC() as ctrl_c:
         start = time.monotonic()
-        while (lines + 1) * interval < duration:
-            if ctrl_c.sleep_until(start + (lines + 1) * interval):
-                break
-            lines += METRICS.write()
-        if not ctrl_c.caught:
-            ctrl_c.sleep_until(start + duration)
+        lines = write_lines(ctrl_c, start, interval, duration)
         lines += METRICS.write()
     print(
         f"export: {lines} metrics lines from {shm} in {time.monotonic() - start:.2f} s",
