@@ -1,8 +1,9 @@
 /*
  * pmem_metrics.c - the registry of pmem devices and the two-step flush.
  *
- * See pmem_metrics.h for the guarantees.  Lock order, where both are held:
- * flush_lock, then registry.lock.
+ * See pmem_metrics.h for the guarantees.  Lock order, where several are
+ * held: a registry's flush lock, then its registry lock; the default
+ * registry's lock, then `opened_lock` (only fork's prepare handler takes two).
  */
 #define _GNU_SOURCE /* pthread_rwlock_t under -std=c11; glibc's writer-preferring rwlock */
 
@@ -69,10 +70,6 @@ static const char *const field_doc[NFIELDS] = {PMEM_METRICS_FIELDS(FIELD_DOC_)};
 #endif
 
 /*
- * The process-wide registry: devices sorted by id bytes.  Entries only ever
- * get inserted; a device, once published here, never moves or goes away.
- */
-/*
  * A shared segment, as this process mapped it: the layout is copied out of
  * the header once it was checked, and only these copies are used to find
  * things, so a writer that scribbles on the header cannot send us outside
@@ -84,29 +81,48 @@ struct shm {
 	uint64_t capacity, slot_size;
 	uint32_t *index; /* capacity entries: slot numbers in id order */
 	char *slots;
+	dev_t dev; /* the file's identity: one registry per segment per process */
+	ino_t ino;
 };
 
-static struct {
+/*
+ * A registry: devices sorted by id bytes.  Entries only ever get inserted; a
+ * device, once published here, never moves or goes away, and neither does
+ * a registry.  The process's default registry is private (an array of
+ * devices on the heap) until it attaches to a segment; every other registry
+ * is a segment opened by pmem_metrics_registry_open().
+ */
+struct pmem_metrics_registry {
 	pthread_rwlock_t lock; /* the private registry's; attach() takes it too */
+	/* Held by an open private flush: from its take until its publish, commit, withdrawal or abort. */
+	pthread_mutex_t flush_lock;
 	struct device **v;
 	size_t n, cap;
 	size_t id_bytes; /* sum of (id_len + 1) over v: the size of a snapshot's id list */
 	/*
-	 * Set once, by pmem_metrics_attach(), before any device exists: from
-	 * then on every registry call works on the segment.  Release store,
-	 * acquire loads (is_shared()): whoever sees it set sees `shm` filled.
+	 * Set once, before any device exists (by pmem_metrics_attach(), or
+	 * when a segment is opened): from then on every call on the registry
+	 * works on the segment, and the fields above are unused.  Release
+	 * store, acquire loads (is_shared()): whoever sees it set sees `shm`.
 	 */
 	atomic_bool shared;
 	struct shm shm;
-} registry = {.lock = REGISTRY_LOCK_INITIALIZER};
+	struct pmem_metrics_registry *next; /* in `opened` */
+};
 
-static bool is_shared(void)
+static struct pmem_metrics_registry default_registry = {
+	.lock = REGISTRY_LOCK_INITIALIZER,
+	.flush_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+/* The segments pmem_metrics_registry_open() mapped, newest first; never freed. */
+static pthread_mutex_t opened_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pmem_metrics_registry *opened;
+
+static bool is_shared(const struct pmem_metrics_registry *r)
 {
-	return atomic_load_explicit(&registry.shared, memory_order_acquire);
+	return atomic_load_explicit(&r->shared, memory_order_acquire);
 }
-
-/* Held by an open flush: from its take until its publish, commit, withdrawal or abort. */
-static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
 
 enum snapshot_state {
 	SNAPSHOT_PEEK,      /* a read-only copy: holds nothing, moves nothing */
@@ -122,15 +138,19 @@ struct pmem_metrics_snapshot {
 	uint64_t *diffs;      /* n * NFIELDS: seen - old, what a commit adds to `old` */
 	uint64_t agg[NFIELDS];
 	enum snapshot_state state;
+	struct pmem_metrics_registry *reg; /* whose flush it is */
 	char *ids; /* every id, each followed by NUL */
 	size_t ids_len;
 };
 
-/* The open flush of this thread, if any (one at a time: a second would deadlock). */
+/*
+ * The open flush of this thread, if any: one at a time, in any registry (a
+ * second in the same segment, opened twice, would deadlock).
+ */
 static _Thread_local struct pmem_metrics_snapshot *held;
 
 static int fork_safety(void);    /* see fork() below */
-static int registry_ready(void); /* see attach() below */
+static int ready(struct pmem_metrics_registry *r); /* see the end of the file */
 
 /* ---- Memory ----------------------------------------------------------------- */
 
@@ -477,6 +497,8 @@ static int shm_check_and_map(int fd, struct shm *m)
 	m->slot_size = want.slot_size;
 	m->index = (uint32_t *)((char *)p + want.index_off);
 	m->slots = (char *)p + want.slots_off;
+	m->dev = st.st_dev;
+	m->ino = st.st_ino;
 	return 0;
 }
 
@@ -591,23 +613,23 @@ static int id_cmp(const char *id, size_t len, const struct device *d)
 }
 
 /* Number of devices; caller holds the lock. */
-static size_t reg_n(void)
+static size_t reg_n(const struct pmem_metrics_registry *r)
 {
-	return is_shared() ? (size_t)registry.shm.hdr->n : registry.n;
+	return is_shared(r) ? (size_t)r->shm.hdr->n : r->n;
 }
 
 /*
  * Device `i` in id order; caller holds the lock.  In a segment, NULL when
  * the index names a slot that is not a device (a corrupt or hostile file).
  */
-static struct device *reg_at(size_t i)
+static struct device *reg_at(const struct pmem_metrics_registry *r, size_t i)
 {
-	const struct shm *m = &registry.shm;
+	const struct shm *m = &r->shm;
 	struct device *d;
 	uint32_t slot;
 
-	if (!is_shared())
-		return registry.v[i];
+	if (!is_shared(r))
+		return r->v[i];
 	slot = m->index[i];
 	if (slot >= m->hdr->used)
 		return NULL;
@@ -619,14 +641,15 @@ static struct device *reg_at(size_t i)
  * Where `id` is in the registry, or would go (*at); caller holds the lock.
  * 0, or EBADMSG for a corrupt segment.
  */
-static int find(const char *id, size_t len, size_t *at, bool *found)
+static int find(const struct pmem_metrics_registry *r, const char *id, size_t len, size_t *at,
+		bool *found)
 {
-	size_t lo = 0, hi = reg_n();
+	size_t lo = 0, hi = reg_n(r);
 
 	*found = false;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		struct device *d = reg_at(mid);
+		struct device *d = reg_at(r, mid);
 		int r;
 
 		if (!d)
@@ -647,29 +670,28 @@ static int find(const char *id, size_t len, size_t *at, bool *found)
 }
 
 /* Lock the registry for reading or writing: 0, or the error number. */
-static int reg_lock(bool write)
+static int reg_lock(struct pmem_metrics_registry *r, bool write)
 {
-	if (is_shared())
-		return shm_lock(&registry.shm, &registry.shm.hdr->registry_lock, -1);
+	if (is_shared(r))
+		return shm_lock(&r->shm, &r->shm.hdr->registry_lock, -1);
 	if (write)
-		pthread_rwlock_wrlock(&registry.lock);
+		pthread_rwlock_wrlock(&r->lock);
 	else
-		pthread_rwlock_rdlock(&registry.lock);
+		pthread_rwlock_rdlock(&r->lock);
 	return 0;
 }
 
-static void reg_unlock(void)
+static void reg_unlock(struct pmem_metrics_registry *r)
 {
-	if (is_shared())
-		pthread_mutex_unlock(&registry.shm.hdr->registry_lock);
+	if (is_shared(r))
+		pthread_mutex_unlock(&r->shm.hdr->registry_lock);
 	else
-		pthread_rwlock_unlock(&registry.lock);
+		pthread_rwlock_unlock(&r->lock);
 }
 
 /* Insert `id` into the segment's registry (locked) at `at`: the device, or NULL + errno. */
-static struct device *shm_insert(const char *id, size_t len, size_t at)
+static struct device *shm_insert(struct shm *m, const char *id, size_t len, size_t at)
 {
-	struct shm *m = &registry.shm;
 	struct segment *h = m->hdr;
 	struct device *d;
 
@@ -722,20 +744,20 @@ static struct device *device_new(const char *id, size_t len)
 }
 
 /* In a segment: look `id` up and insert it if absent, all under the registry mutex. */
-static struct pmem_metrics *shm_alloc(const char *id, size_t len)
+static struct pmem_metrics *shm_alloc(struct pmem_metrics_registry *r, const char *id, size_t len)
 {
 	struct device *d = NULL;
 	bool found;
 	size_t at;
-	int err = reg_lock(true);
+	int err = reg_lock(r, true);
 
 	if (err == 0) {
-		err = find(id, len, &at, &found);
+		err = find(r, id, len, &at, &found);
 		if (err == 0)
-			d = found ? reg_at(at) : shm_insert(id, len, at);
+			d = found ? reg_at(r, at) : shm_insert(&r->shm, id, len, at);
 		if (!d && err == 0)
 			err = found ? EBADMSG : errno;
-		reg_unlock();
+		reg_unlock(r);
 	}
 	if (!d) {
 		errno = err;
@@ -744,28 +766,29 @@ static struct pmem_metrics *shm_alloc(const char *id, size_t len)
 	return &d->m;
 }
 
-struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
+struct pmem_metrics *pmem_metrics_registry_alloc_len(struct pmem_metrics_registry *r,
+						     const char *drive_id, size_t len)
 {
 	struct device *d, *fresh;
 	bool found;
 	size_t at;
 	int err;
 
-	if (pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
+	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
 		errno = EINVAL;
 		return NULL;
 	}
-	if ((err = registry_ready()) != 0) {
+	if ((err = ready(r)) != 0) {
 		errno = err;
 		return NULL;
 	}
-	if (is_shared())
-		return shm_alloc(drive_id, len);
+	if (is_shared(r))
+		return shm_alloc(r, drive_id, len);
 
-	reg_lock(false); /* private: cannot fail */
-	find(drive_id, len, &at, &found);
-	d = found ? registry.v[at] : NULL;
-	reg_unlock();
+	reg_lock(r, false); /* private: cannot fail */
+	find(r, drive_id, len, &at, &found);
+	d = found ? r->v[at] : NULL;
+	reg_unlock(r);
 	if (d)
 		return &d->m;
 
@@ -776,29 +799,29 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 		return NULL;
 	}
 
-	reg_lock(true);
-	find(drive_id, len, &at, &found);
+	reg_lock(r, true);
+	find(r, drive_id, len, &at, &found);
 	if (found) {
-		d = registry.v[at];
-	} else if (registry.n == registry.cap) {
-		size_t cap = registry.cap ? registry.cap * 2 : 16;
-		struct device **v = xrealloc(registry.v, cap * sizeof(*v));
+		d = r->v[at];
+	} else if (r->n == r->cap) {
+		size_t cap = r->cap ? r->cap * 2 : 16;
+		struct device **v = xrealloc(r->v, cap * sizeof(*v));
 
 		if (v) {
-			registry.v = v;
-			registry.cap = cap;
+			r->v = v;
+			r->cap = cap;
 		}
 	}
-	if (!found && registry.n < registry.cap) {
-		memmove(&registry.v[at + 1], &registry.v[at], (registry.n - at) * sizeof(*registry.v));
+	if (!found && r->n < r->cap) {
+		memmove(&r->v[at + 1], &r->v[at], (r->n - at) * sizeof(*r->v));
 		pause_point("insert"); /* the array is inconsistent right here */
-		registry.v[at] = fresh;
-		registry.n++;
-		registry.id_bytes += len + 1;
+		r->v[at] = fresh;
+		r->n++;
+		r->id_bytes += len + 1;
 		d = fresh;
 		fresh = NULL;
 	}
-	reg_unlock();
+	reg_unlock(r);
 
 	free(fresh); /* lost the race, or the array could not grow */
 	if (!d) {
@@ -808,24 +831,40 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 	return &d->m;
 }
 
-struct pmem_metrics *pmem_metrics_alloc(const char *drive_id)
+struct pmem_metrics *pmem_metrics_registry_alloc(struct pmem_metrics_registry *r,
+						 const char *drive_id)
 {
 	if (!drive_id) {
 		errno = EINVAL;
 		return NULL;
 	}
-	return pmem_metrics_alloc_len(drive_id, strlen(drive_id));
+	return pmem_metrics_registry_alloc_len(r, drive_id, strlen(drive_id));
+}
+
+struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
+{
+	return pmem_metrics_registry_alloc_len(&default_registry, drive_id, len);
+}
+
+struct pmem_metrics *pmem_metrics_alloc(const char *drive_id)
+{
+	return pmem_metrics_registry_alloc(&default_registry, drive_id);
+}
+
+size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r)
+{
+	size_t n;
+
+	if (!r || ready(r) != 0 || reg_lock(r, false) != 0)
+		return 0;
+	n = reg_n(r);
+	reg_unlock(r);
+	return n;
 }
 
 size_t pmem_metrics_device_count(void)
 {
-	size_t n;
-
-	if (registry_ready() != 0 || reg_lock(false) != 0)
-		return 0;
-	n = reg_n();
-	reg_unlock();
-	return n;
+	return pmem_metrics_registry_device_count(&default_registry);
 }
 
 struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i)
@@ -858,31 +897,32 @@ const char *pmem_metrics_field_doc(size_t i)
  */
 static void fork_prepare(void)
 {
-	pthread_rwlock_wrlock(&registry.lock);
+	pthread_rwlock_wrlock(&default_registry.lock);
+	pthread_mutex_lock(&opened_lock);
 }
 
 static void fork_parent(void)
 {
-	pthread_rwlock_unlock(&registry.lock);
+	pthread_mutex_unlock(&opened_lock);
+	pthread_rwlock_unlock(&default_registry.lock);
 }
 
 static void fork_child(void)
 {
 	/* A lock held by a thread that does not exist here is re-made, not unlocked. */
-	registry.lock = (pthread_rwlock_t)REGISTRY_LOCK_INITIALIZER;
-	if (is_shared()) {
+	default_registry.lock = (pthread_rwlock_t)REGISTRY_LOCK_INITIALIZER;
+	opened_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	if (held && is_shared(held->reg)) {
 		/*
-		 * The segment's mutexes are shared with other processes: never
-		 * re-made.  A flush the forking thread had open is its parent's
-		 * to finish; here it is settled without moving anything.
+		 * A segment's mutexes are shared with other processes: never
+		 * re-made.  A flush the forking thread had open there is its
+		 * parent's to finish; here it is settled without moving anything.
 		 */
-		if (held) {
-			held->state = SNAPSHOT_SETTLED;
-			held = NULL;
-		}
-	} else if (!held) {
-		flush_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+		held->state = SNAPSHOT_SETTLED;
+		held = NULL;
 	}
+	if (!is_shared(&default_registry) && !held)
+		default_registry.flush_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 }
 
 /*
@@ -972,54 +1012,61 @@ static void prefetch_device(const struct device *d)
 #endif
 }
 
-/* Wait for the flush lock (the segment's, once attached); as lock_within(). */
-static int flush_lock_acquire(int timeout_ms)
+/* Wait for the flush lock of `r` (its segment's, if shared); as lock_within(). */
+static int flush_lock_acquire(struct pmem_metrics_registry *r, int timeout_ms)
 {
-	if (is_shared())
-		return shm_lock(&registry.shm, &registry.shm.hdr->flush_lock, timeout_ms);
-	return lock_within(&flush_lock, timeout_ms);
+	if (is_shared(r))
+		return shm_lock(&r->shm, &r->shm.hdr->flush_lock, timeout_ms);
+	return lock_within(&r->flush_lock, timeout_ms);
 }
 
-static void flush_release(void)
+/* Release the flush lock that the open flush `s` holds. */
+static void flush_release(const struct pmem_metrics_snapshot *s)
 {
+	struct pmem_metrics_registry *r = s->reg;
+
 	held = NULL;
-	pthread_mutex_unlock(is_shared() ? &registry.shm.hdr->flush_lock : &flush_lock);
+	pthread_mutex_unlock(is_shared(r) ? &r->shm.hdr->flush_lock : &r->flush_lock);
 }
 
-/* Copy the registry into a new snapshot, loading every counter once. */
-/* Copy the registry into a new snapshot; NULL with errno ENOMEM (or EBADMSG, a corrupt segment). */
-static struct pmem_metrics_snapshot *snapshot_load(enum snapshot_state state)
+/*
+ * Copy `r` into a new snapshot, loading every counter once; NULL with errno
+ * ENOMEM (or EBADMSG, a corrupt segment).
+ */
+static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry *r,
+						   enum snapshot_state state)
 {
 	struct pmem_metrics_snapshot *s;
 	char *ids;
-	int err = reg_lock(false);
+	int err = reg_lock(r, false);
 
 	if (err) {
 		errno = err;
 		return NULL;
 	}
-	s = snapshot_new(reg_n(), is_shared() ? registry.shm.hdr->id_bytes : registry.id_bytes);
+	s = snapshot_new(reg_n(r), is_shared(r) ? r->shm.hdr->id_bytes : r->id_bytes);
 	if (!s) {
-		reg_unlock();
+		reg_unlock(r);
 		errno = ENOMEM;
 		return NULL;
 	}
 	s->state = state;
+	s->reg = r;
 	ids = s->ids;
 	for (size_t i = 0; i < s->n; i++) {
-		struct device *d = reg_at(i);
+		struct device *d = reg_at(r, i);
 		uint64_t *seen = &s->seen[i * NFIELDS];
 		uint64_t *diff = &s->diffs[i * NFIELDS];
 
 		/* A segment's id list must fit what its header claimed (checked, not trusted). */
 		if (!d || (size_t)(ids - s->ids) + d->id_len + 1 > s->ids_len) {
-			reg_unlock();
+			reg_unlock(r);
 			free(s);
 			errno = EBADMSG;
 			return NULL;
 		}
-		if (i + PREFETCH_AHEAD < s->n && !is_shared())
-			prefetch_device(registry.v[i + PREFETCH_AHEAD]);
+		if (i + PREFETCH_AHEAD < s->n && !is_shared(r))
+			prefetch_device(r->v[i + PREFETCH_AHEAD]);
 
 		s->devs[i] = d;
 		memcpy(ids, d->id, d->id_len);
@@ -1043,16 +1090,17 @@ static struct pmem_metrics_snapshot *snapshot_load(enum snapshot_state state)
 		if (i == 0 && state == SNAPSHOT_OPEN)
 			pause_point("copy"); /* half copied right here */
 	}
-	reg_unlock();
+	reg_unlock(r);
 	return s;
 }
 
-int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms)
+int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
+					     struct pmem_metrics_snapshot **slot, int timeout_ms)
 {
 	struct pmem_metrics_snapshot *s;
 	int err;
 
-	if (!slot || *slot) {
+	if (!r || !slot || *slot) {
 		errno = EINVAL;
 		return -1;
 	}
@@ -1060,20 +1108,22 @@ int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int tim
 		errno = EDEADLK;
 		return -1;
 	}
-	if ((err = registry_ready()) != 0) {
+	if ((err = ready(r)) != 0) {
 		errno = err;
 		return -1;
 	}
-	err = flush_lock_acquire(timeout_ms);
+	err = flush_lock_acquire(r, timeout_ms);
 	if (err) {
 		errno = err;
 		return -1;
 	}
 	pause_point("take");
-	s = snapshot_load(SNAPSHOT_OPEN);
+	s = snapshot_load(r, SNAPSHOT_OPEN);
 	if (!s) {
+		struct pmem_metrics_snapshot unloaded = {.reg = r};
+
 		err = errno;
-		flush_release();
+		flush_release(&unloaded);
 		errno = err;
 		return -1;
 	}
@@ -1082,34 +1132,55 @@ int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int tim
 	return 0;
 }
 
-struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms)
+{
+	return pmem_metrics_registry_snapshot_take_into(&default_registry, slot, timeout_ms);
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_take(struct pmem_metrics_registry *r)
 {
 	struct pmem_metrics_snapshot *s = NULL;
 
-	return pmem_metrics_snapshot_take_into(&s, -1) == 0 ? s : NULL;
+	return pmem_metrics_registry_snapshot_take_into(r, &s, -1) == 0 ? s : NULL;
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+{
+	return pmem_metrics_registry_snapshot_take(&default_registry);
+}
+
+int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
+					     struct pmem_metrics_snapshot **slot)
+{
+	int err;
+
+	if (!r || !slot || *slot) {
+		errno = EINVAL;
+		return -1;
+	}
+	if ((err = ready(r)) != 0) {
+		errno = err;
+		return -1;
+	}
+	*slot = snapshot_load(r, SNAPSHOT_PEEK); /* errno set on failure */
+	return *slot ? 0 : -1;
 }
 
 int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot)
 {
-	int err;
+	return pmem_metrics_registry_snapshot_peek_into(&default_registry, slot);
+}
 
-	if (!slot || *slot) {
-		errno = EINVAL;
-		return -1;
-	}
-	if ((err = registry_ready()) != 0) {
-		errno = err;
-		return -1;
-	}
-	*slot = snapshot_load(SNAPSHOT_PEEK); /* errno set on failure */
-	return *slot ? 0 : -1;
+struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_peek(struct pmem_metrics_registry *r)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	return pmem_metrics_registry_snapshot_peek_into(r, &s) == 0 ? s : NULL;
 }
 
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void)
 {
-	struct pmem_metrics_snapshot *s = NULL;
-
-	return pmem_metrics_snapshot_peek_into(&s) == 0 ? s : NULL;
+	return pmem_metrics_registry_snapshot_peek(&default_registry);
 }
 
 size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s)
@@ -1157,10 +1228,11 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 	 * takes the write lock, so a child never sees half of one.  (A
 	 * segment's counters are shared with the child anyway.)
 	 */
-	bool shared = is_shared();
+	struct pmem_metrics_registry *r = s->reg;
+	bool shared = is_shared(r);
 
 	if (!shared)
-		pthread_rwlock_rdlock(&registry.lock);
+		pthread_rwlock_rdlock(&r->lock);
 	for (size_t i = 0; i < s->n; i++) {
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&s->devs[i]->m, f);
@@ -1182,7 +1254,7 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 			pause_point(back ? "withdraw" : "commit"); /* half moved right here */
 	}
 	if (!shared)
-		pthread_rwlock_unlock(&registry.lock);
+		pthread_rwlock_unlock(&r->lock);
 }
 
 void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
@@ -1193,7 +1265,7 @@ void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
 		return;
 	move_old(s, false);
 	s->state = SNAPSHOT_PUBLISHED;
-	flush_release();
+	flush_release(s);
 }
 
 void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot)
@@ -1204,7 +1276,7 @@ void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot)
 		return;
 	if (s->state == SNAPSHOT_OPEN) {
 		s->state = SNAPSHOT_SETTLED;
-		flush_release();
+		flush_release(s);
 	} else if (s->state == SNAPSHOT_PUBLISHED) {
 		move_old(s, true);
 		s->state = SNAPSHOT_SETTLED;
@@ -1224,7 +1296,7 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
 		if (held != s)
 			return; /* open in another thread: only that thread can release it */
 		s->state = SNAPSHOT_SETTLED;
-		flush_release();
+		flush_release(s);
 	}
 	free(s);
 }
@@ -1256,29 +1328,35 @@ void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
 
 /* ---- Attaching to a shared segment ------------------------------------------ */
 
-static int attach(const char *path, size_t capacity, unsigned mode)
+static int segment_args(const char *path, size_t capacity, unsigned mode)
 {
-	int err = 0;
-
 	if (!path || !*path || capacity > SEG_MAX_CAPACITY || (mode & ~0777u))
 		return EINVAL;
-	if (fork_safety() != 0)
-		return ENOMEM;
+	return fork_safety() != 0 ? ENOMEM : 0;
+}
+
+static int attach(const char *path, size_t capacity, unsigned mode)
+{
+	struct pmem_metrics_registry *r = &default_registry;
+	int err = segment_args(path, capacity, mode);
+
+	if (err)
+		return err;
 	/*
 	 * The write lock keeps allocations out, and fork() (its prepare handler
 	 * takes it too); the flush lock, a flush: nothing may straddle the switch.
 	 */
-	pthread_rwlock_wrlock(&registry.lock);
-	if (is_shared() || registry.n > 0 || pthread_mutex_trylock(&flush_lock) != 0) {
-		pthread_rwlock_unlock(&registry.lock);
+	pthread_rwlock_wrlock(&r->lock);
+	if (is_shared(r) || r->n > 0 || pthread_mutex_trylock(&r->flush_lock) != 0) {
+		pthread_rwlock_unlock(&r->lock);
 		return EBUSY;
 	}
 	err = shm_open_path(path, capacity ? capacity : PMEM_METRICS_SHM_DEFAULT_CAPACITY, mode,
-			    &registry.shm);
+			    &r->shm);
 	if (err == 0)
-		atomic_store_explicit(&registry.shared, true, memory_order_release); /* pairs with is_shared() */
-	pthread_mutex_unlock(&flush_lock);
-	pthread_rwlock_unlock(&registry.lock);
+		atomic_store_explicit(&r->shared, true, memory_order_release); /* pairs with is_shared() */
+	pthread_mutex_unlock(&r->flush_lock);
+	pthread_rwlock_unlock(&r->lock);
 	return err;
 }
 
@@ -1294,17 +1372,24 @@ static void attach_from_env(void)
 		env_error = attach(path, 0, 0600);
 }
 
-static int registry_ready(void)
+/*
+ * Whether calls on `r` may go ahead: 0, or the error number.  fork() must be
+ * covered (a child settles a held flush of a segment in its handler), and
+ * the default registry first attaches as PMEM_METRICS_SHM says.
+ */
+static int ready(struct pmem_metrics_registry *r)
 {
 	if (fork_safety() != 0)
 		return ENOMEM;
+	if (r != &default_registry)
+		return 0;
 	pthread_once(&env_once, attach_from_env);
 	return env_error;
 }
 
 int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode)
 {
-	int err = registry_ready(); /* PMEM_METRICS_SHM first: it may have attached already */
+	int err = ready(&default_registry); /* PMEM_METRICS_SHM first: it may have attached already */
 
 	if (err == 0)
 		err = attach(path, capacity, mode);
@@ -1322,5 +1407,76 @@ int pmem_metrics_attach(const char *path, size_t capacity)
 
 int pmem_metrics_is_shared(void)
 {
-	return registry_ready() == 0 && is_shared();
+	return pmem_metrics_registry_is_shared(&default_registry);
+}
+
+/* ---- Registries as objects --------------------------------------------------- */
+
+struct pmem_metrics_registry *pmem_metrics_registry_default(void)
+{
+	return &default_registry;
+}
+
+/* The registry of the segment mapped at `m` if this process has one already (opened_lock held). */
+static struct pmem_metrics_registry *opened_segment(const struct shm *m)
+{
+	struct pmem_metrics_registry *r = &default_registry;
+
+	if (is_shared(r) && r->shm.dev == m->dev && r->shm.ino == m->ino)
+		return r;
+	for (r = opened; r; r = r->next)
+		if (r->shm.dev == m->dev && r->shm.ino == m->ino)
+			return r;
+	return NULL;
+}
+
+struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
+							 unsigned mode)
+{
+	struct pmem_metrics_registry *r, *known;
+	struct shm m;
+	int err = segment_args(path, capacity, mode);
+
+	if (err == 0 && !(r = xmalloc(sizeof(*r))))
+		err = ENOMEM;
+	if (err) {
+		errno = err;
+		return NULL;
+	}
+	/* Open and map outside any lock (file system calls can be slow), then look for a twin. */
+	err = shm_open_path(path, capacity ? capacity : PMEM_METRICS_SHM_DEFAULT_CAPACITY, mode, &m);
+	if (err) {
+		free(r);
+		errno = err;
+		return NULL;
+	}
+	pthread_mutex_lock(&opened_lock);
+	known = opened_segment(&m);
+	if (!known) {
+		*r = (struct pmem_metrics_registry){
+			.lock = REGISTRY_LOCK_INITIALIZER, /* unused: a segment has its own locks */
+			.flush_lock = PTHREAD_MUTEX_INITIALIZER,
+			.shm = m,
+			.next = opened,
+		};
+		atomic_init(&r->shared, true);
+		opened = r;
+	}
+	pthread_mutex_unlock(&opened_lock);
+	if (known) {
+		munmap(m.hdr, m.size);
+		free(r);
+		return known;
+	}
+	return r;
+}
+
+int pmem_metrics_registry_is_shared(struct pmem_metrics_registry *r)
+{
+	return r && ready(r) == 0 && is_shared(r);
+}
+
+size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r)
+{
+	return pmem_metrics_registry_is_shared(r) ? (size_t)r->shm.capacity : 0;
 }

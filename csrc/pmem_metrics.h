@@ -261,6 +261,57 @@ int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
 /* Whether this process's registry lives in a shared segment. */
 int pmem_metrics_is_shared(void);
 
+/* ---- Registries as objects ---------------------------------------------- */
+
+/*
+ * A registry: the devices that share counters, by id.  Every call above
+ * works on the process's default registry (private, or a segment once
+ * attached).  A process can also open any number of segments as registries
+ * of their own, without attaching: an exporter reading several, say.  Each
+ * call below is the default-registry call of the same name, on `r`; a NULL
+ * `r` fails with EINVAL (0 where the call returns a count).  A registry
+ * lives as long as the process (its devices' pointers stay valid).
+ */
+struct pmem_metrics_registry;
+
+/* The process's default registry, the one pmem_metrics_alloc() uses.  Never NULL. */
+struct pmem_metrics_registry *pmem_metrics_registry_default(void);
+
+/*
+ * The segment at `path` as a registry, created as pmem_metrics_attach_mode()
+ * would create it; the process's default registry is not changed.  Opening
+ * a segment this process has open already (by another path, or as its
+ * default registry) returns that same registry.  NULL with errno as
+ * pmem_metrics_attach() (never EBUSY), or ENOMEM.
+ */
+struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
+							 unsigned mode);
+
+/* Whether `r` lives in a shared segment. */
+int pmem_metrics_registry_is_shared(struct pmem_metrics_registry *r);
+
+/* The device slots of `r`'s segment; 0 for a private registry (it grows as needed). */
+size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
+
+struct pmem_metrics *pmem_metrics_registry_alloc(struct pmem_metrics_registry *r,
+						 const char *drive_id);
+struct pmem_metrics *pmem_metrics_registry_alloc_len(struct pmem_metrics_registry *r,
+						     const char *drive_id, size_t len);
+size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
+
+/*
+ * Snapshots of `r`.  The other snapshot calls take the snapshot itself,
+ * which knows its registry.  A thread has at most one open flush at a
+ * time, in any registry: a second take fails with EDEADLK.
+ */
+struct pmem_metrics_snapshot;
+struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_take(struct pmem_metrics_registry *r);
+struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_peek(struct pmem_metrics_registry *r);
+int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
+					     struct pmem_metrics_snapshot **slot, int timeout_ms);
+int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
+					     struct pmem_metrics_snapshot **slot);
+
 /* ---- Flushing ---------------------------------------------------------- */
 
 /* A consistent copy of every device's diffs, taken by one flush. */

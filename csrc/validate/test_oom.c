@@ -73,6 +73,39 @@ static void test_a_snapshot_without_memory(void)
 	CHECK(pmem_metrics_fetch_diff(&m->event_fails) == 0);
 }
 
+/* A segment opened as a registry: its open, and its snapshot, without memory. */
+static void test_a_segment_registry_without_memory(void)
+{
+	const char *tmp = getenv("TMPDIR");
+	char dir[64], path[96];
+	struct pmem_metrics_registry *r;
+	struct pmem_metrics_snapshot *s;
+	struct pmem_metrics *m;
+
+	snprintf(dir, sizeof(dir), "%s/pmem-oom-XXXXXX", tmp ? tmp : "/tmp");
+	CHECK(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/seg", dir);
+	pmem_metrics_fault_fail_alloc(1);
+	errno = 0;
+	CHECK(pmem_metrics_registry_open(path, 4, 0600) == NULL && errno == ENOMEM);
+	CHECK(access(path, F_OK) != 0); /* nothing made */
+	r = pmem_metrics_registry_open(path, 4, 0600);
+	CHECK(r != NULL && (m = pmem_metrics_registry_alloc(r, "oom-seg")) != NULL);
+	if (!r || !m)
+		return;
+	pmem_metrics_add(&m->cfg_fails, 4);
+	pmem_metrics_fault_fail_alloc(1);
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_take(r) == NULL && errno == ENOMEM);
+	CHECK(pmem_metrics_fetch_diff(&m->cfg_fails) == 4);
+	s = pmem_metrics_registry_snapshot_take(r); /* the segment's flush lock was released */
+	CHECK(s != NULL && pmem_metrics_snapshot_len(s) == 1);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(&m->cfg_fails) == 0);
+	unlink(path);
+	rmdir(dir);
+}
+
 /* Run in a process started with PMEM_METRICS_FAULT_ATFORK=2. */
 static int without_fork_handlers(void)
 {
@@ -111,6 +144,7 @@ int main(int argc, char **argv)
 	RUN(test_a_new_device_without_memory);
 	RUN(test_a_registry_that_cannot_grow);
 	RUN(test_a_snapshot_without_memory);
+	RUN(test_a_segment_registry_without_memory);
 	RUN(test_fork_handlers_that_fail_to_register_are_retried_not_skipped);
 	return check_summary();
 }

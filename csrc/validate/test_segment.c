@@ -403,6 +403,154 @@ static void test_a_process_killed_at_each_step_wedges_nobody(void)
 	}
 }
 
+/* ---- Registries as objects: several segments in one process ----------------------- */
+
+static bool several_registries(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *a, *b, *def = pmem_metrics_registry_default();
+	struct pmem_metrics *da, *db, *dd;
+	struct pmem_metrics_snapshot *s = NULL, *s2 = NULL;
+	char twin[160];
+
+	(void)arg;
+	a = pmem_metrics_registry_open(seg_path("reg-a"), 16, 0600);
+	b = pmem_metrics_registry_open(seg_path("reg-b"), 0, 0600);
+	CHECK(a && b && a != b && a != def && b != def);
+	if (!a || !b)
+		return false;
+	CHECK(pmem_metrics_registry_is_shared(a) && pmem_metrics_registry_is_shared(b));
+	CHECK(!pmem_metrics_registry_is_shared(def) && !pmem_metrics_is_shared());
+	CHECK(pmem_metrics_registry_capacity(a) == 16);
+	CHECK(pmem_metrics_registry_capacity(b) == PMEM_METRICS_SHM_DEFAULT_CAPACITY);
+	CHECK(pmem_metrics_registry_capacity(def) == 0);
+
+	/* The same segment, by another name, is the same registry. */
+	snprintf(twin, sizeof(twin), "%s/reg-a-twin", dir);
+	CHECK(link(seg_path("reg-a"), twin) == 0);
+	CHECK(pmem_metrics_registry_open(twin, 0, 0600) == a);
+	CHECK(pmem_metrics_registry_open(seg_path("reg-a"), 99, 0600) == a);
+
+	/* One id, three registries, three sets of counters. */
+	da = pmem_metrics_registry_alloc(a, "x");
+	db = pmem_metrics_registry_alloc_len(b, "xyz", 1);
+	dd = pmem_metrics_alloc("x");
+	CHECK(da && db && dd && da != db && db != dd && da != dd);
+	if (!da || !db || !dd)
+		return false;
+	CHECK(pmem_metrics_registry_alloc(a, "x") == da && pmem_metrics_registry_alloc(def, "x") == dd);
+	pmem_metrics_inc(&da->activate_fails);
+	pmem_metrics_add(&db->activate_fails, 2);
+	pmem_metrics_add(&dd->activate_fails, 3);
+	CHECK(pmem_metrics_registry_device_count(a) == 1 && pmem_metrics_registry_device_count(b) == 1);
+	CHECK(pmem_metrics_device_count() == 1);
+
+	/* One open flush per thread, in any registry; a peek is not a flush. */
+	CHECK(pmem_metrics_registry_snapshot_take_into(a, &s, 0) == 0 && s);
+	CHECK(pmem_metrics_snapshot_len(s) == 1 && pmem_metrics_snapshot_diffs(s)[0] == 1);
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_take_into(b, &s2, 0) == -1 && errno == EDEADLK && !s2);
+	errno = 0;
+	CHECK(pmem_metrics_snapshot_take_into(&s2, 0) == -1 && errno == EDEADLK);
+	CHECK(pmem_metrics_registry_snapshot_peek_into(b, &s2) == 0 &&
+	      pmem_metrics_snapshot_counts(s2)[0] == 2);
+	pmem_metrics_snapshot_free(s2);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(&da->activate_fails) == 0);
+	CHECK(pmem_metrics_fetch_diff(&db->activate_fails) == 2);
+	CHECK(pmem_metrics_fetch_diff(&dd->activate_fails) == 3);
+	s = pmem_metrics_registry_snapshot_peek(b);
+	CHECK(s && pmem_metrics_snapshot_len(s) == 1 && strcmp(pmem_metrics_snapshot_id(s, 0), "x") == 0);
+	pmem_metrics_snapshot_free(s);
+	s = pmem_metrics_snapshot_take(); /* the default registry: its own flush */
+	CHECK(s && pmem_metrics_snapshot_diffs(s)[0] == 3);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(&db->activate_fails) == 2);
+
+	/* Bad arguments and a NULL registry change nothing. */
+	errno = 0;
+	CHECK(!pmem_metrics_registry_alloc(NULL, "x") && errno == EINVAL);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_snapshot_take(NULL) && errno == EINVAL);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_snapshot_peek(NULL) && errno == EINVAL);
+	CHECK(pmem_metrics_registry_device_count(NULL) == 0 && pmem_metrics_registry_capacity(NULL) == 0);
+	CHECK(!pmem_metrics_registry_is_shared(NULL));
+	errno = 0;
+	CHECK(!pmem_metrics_registry_alloc(a, "") && errno == EINVAL);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_open("", 0, 0600) && errno == EINVAL);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_open(seg_path("reg-c"), 0, 01777) && errno == EINVAL);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_open(seg_path("reg-c"), (size_t)1 << 30, 0600) && errno == EINVAL);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_open(dir, 0, 0600) && errno == EISDIR);
+	CHECK(pmem_metrics_registry_device_count(a) == 1);
+	for (int i = 0; i < 15; i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "fill%d", i);
+		CHECK(pmem_metrics_registry_alloc(a, id) != NULL);
+	}
+	errno = 0;
+	CHECK(!pmem_metrics_registry_alloc(a, "one-too-many") && errno == ENOSPC);
+	CHECK(pmem_metrics_registry_alloc(b, "one-too-many") != NULL); /* b is not full */
+	return check_failures == before;
+}
+
+/* Another process attached to reg-a as its default: opening it again gives the default. */
+static bool open_what_is_attached(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics *m;
+
+	(void)arg;
+	CHECK(pmem_metrics_attach(seg_path("reg-a"), 0) == 0);
+	CHECK(pmem_metrics_registry_open(seg_path("reg-a"), 0, 0600) == pmem_metrics_registry_default());
+	m = pmem_metrics_alloc("x");
+	CHECK(m && pmem_metrics_count(&m->activate_fails) == 1); /* what several_registries() added */
+	return check_failures == before;
+}
+
+/* A flush of a segment open when the process forks is its parent's to finish. */
+static bool fork_with_a_flush_open(const void *arg)
+{
+	int before = check_failures, status;
+	struct pmem_metrics_registry *a = pmem_metrics_registry_open(seg_path("reg-a"), 0, 0600);
+	struct pmem_metrics_snapshot *s = NULL;
+	struct pmem_metrics *m;
+	pid_t pid;
+
+	(void)arg;
+	CHECK(a && (m = pmem_metrics_registry_alloc(a, "x")));
+	CHECK(pmem_metrics_registry_snapshot_take_into(a, &s, 0) == 0);
+	pid = fork();
+	if (pid == 0) {
+		struct pmem_metrics_snapshot *c = NULL;
+		bool ok;
+
+		/* Not this thread's any more (no EDEADLK), and still the parent's (busy). */
+		errno = 0;
+		ok = pmem_metrics_registry_snapshot_take_into(a, &c, 0) == -1 && errno == ETIMEDOUT;
+		ok = ok && pmem_metrics_snapshot_take_into(&c, 0) == 0; /* the private default is free */
+		pmem_metrics_snapshot_commit(c);
+		pmem_metrics_add(&pmem_metrics_registry_alloc(a, "x")->cfg_fails, 7);
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	pmem_metrics_snapshot_commit(s);
+	CHECK(pmem_metrics_fetch_diff(&m->cfg_fails) == 7);
+	return check_failures == before;
+}
+
+static void test_a_process_can_hold_several_registries(void)
+{
+	CHECK(in_child(several_registries, NULL) == 0);
+	CHECK(in_child(open_what_is_attached, NULL) == 0);
+	CHECK(in_child(fork_with_a_flush_open, NULL) == 0);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -419,6 +567,7 @@ int main(void)
 	RUN(test_files_that_are_not_a_good_segment_are_refused);
 	RUN(test_a_segment_is_the_creators_alone);
 	RUN(test_a_process_killed_at_each_step_wedges_nobody);
+	RUN(test_a_process_can_hold_several_registries);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);

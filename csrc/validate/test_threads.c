@@ -394,11 +394,96 @@ static void test_inserts_get_through_a_storm_of_lookups(void)
 	CHECK(pmem_metrics_device_count() == before + STORM_INSERTS);
 }
 
+/* ---- Two segments and the default registry, from threads ------------------------------ */
+
+#define NREG 3     /* two segments opened as registries, and the private default */
+#define RITERS 30000
+
+struct registries {
+	struct pmem_metrics_registry *r[NREG];
+	_Atomic uint64_t reported[NREG];
+	atomic_int bumpers_left;
+};
+
+static void *bump_every_registry(void *arg)
+{
+	struct registries *t = arg;
+	struct pmem_metrics *m[NREG];
+
+	for (int r = 0; r < NREG; r++)
+		if (!(m[r] = pmem_metrics_registry_alloc(t->r[r], "x")))
+			return (void *)1;
+	for (int i = 0; i < RITERS; i++)
+		pmem_metrics_inc(&m[i % NREG]->queue_event_count);
+	atomic_fetch_sub(&t->bumpers_left, 1);
+	return NULL;
+}
+
+/* Flush the registries in turn, each into its own total, until the bumpers are done. */
+static void *flush_every_registry(void *arg)
+{
+	struct registries *t = arg;
+	bool last = false;
+
+	while (!last) {
+		last = atomic_load(&t->bumpers_left) == 0;
+		for (int r = 0; r < NREG; r++) {
+			struct pmem_metrics_snapshot *s = pmem_metrics_registry_snapshot_take(t->r[r]);
+
+			if (!s)
+				return (void *)1;
+			for (size_t d = 0; d < pmem_metrics_snapshot_len(s); d++)
+				atomic_fetch_add(&t->reported[r],
+						 pmem_metrics_snapshot_diffs(s)[d * NF + NF - 1]);
+			pmem_metrics_snapshot_commit(s);
+		}
+	}
+	return NULL;
+}
+
+static void test_several_registries_flush_exactly(void)
+{
+	const char *tmp = getenv("TMPDIR");
+	struct registries t = {.bumpers_left = 2};
+	pthread_t bump[2], flush[2];
+	char dir[64], path[2][96];
+	void *ret;
+
+	snprintf(dir, sizeof(dir), "%s/pmem-reg-XXXXXX", tmp ? tmp : "/tmp");
+	CHECK(mkdtemp(dir) != NULL);
+	for (int r = 0; r < 2; r++) {
+		snprintf(path[r], sizeof(path[r]), "%s/seg%d", dir, r);
+		t.r[r] = pmem_metrics_registry_open(path[r], 8, 0600);
+		CHECK(t.r[r] != NULL);
+	}
+	t.r[2] = pmem_metrics_registry_default();
+	if (!t.r[0] || !t.r[1])
+		return;
+	/* queue_event_count, the field counted, is the last one. */
+	CHECK(strcmp(pmem_metrics_field_name(NF - 1), "queue_event_count") == 0);
+	for (int i = 0; i < 2; i++) {
+		pthread_create(&bump[i], NULL, bump_every_registry, &t);
+		pthread_create(&flush[i], NULL, flush_every_registry, &t);
+	}
+	for (int i = 0; i < 2; i++) {
+		pthread_join(bump[i], &ret);
+		CHECK(ret == NULL);
+		pthread_join(flush[i], &ret);
+		CHECK(ret == NULL);
+	}
+	for (int r = 0; r < NREG; r++)
+		CHECK(atomic_load(&t.reported[r]) == 2 * RITERS / NREG);
+	for (int r = 0; r < 2; r++)
+		unlink(path[r]);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	RUN(test_exact_totals_under_concurrency);
 	RUN(test_racing_allocs_of_one_id_get_one_device);
 	RUN(test_aggregate_is_the_sum_while_counters_are_hot);
 	RUN(test_inserts_get_through_a_storm_of_lookups);
+	RUN(test_several_registries_flush_exactly);
 	return check_summary();
 }
