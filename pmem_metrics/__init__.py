@@ -33,6 +33,7 @@ from .errors import (
     WriterStateError,
 )
 from .flush import Flush, flush_metrics, flush_metrics_json
+from .registry import Registry, open_segment
 from .writer import METRICS, MetricsWriter
 
 __version__ = _version("pmem_metrics")
@@ -53,6 +54,7 @@ __all__ = [
     "OutOfMemoryError",
     "PmemMetricsError",
     "PmemMetricsPerDevice",
+    "Registry",
     "SegmentError",
     "SegmentFullError",
     "WriterStateError",
@@ -63,4 +65,5 @@ __all__ = [
     "get_include",
     "get_library_dir",
     "is_shared",
+    "open_segment",
 ]

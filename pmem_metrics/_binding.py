@@ -32,4 +32,16 @@ FIELD_DOCS: dict[str, str] = {
 ID_MAX_CHARS: int = lib.PMEM_METRICS_ID_MAX_CHARS
 """The longest drive id accepted, in characters (code points)."""
 
-__all__ = ["FIELDS", "FIELD_DOCS", "ID_MAX_CHARS", "NFIELDS", "CData", "ffi", "lib"]
+DEFAULT_REGISTRY: CData = lib.pmem_metrics_registry_default()
+"""The C ``struct pmem_metrics_registry *`` of the process's default registry."""
+
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "FIELDS",
+    "FIELD_DOCS",
+    "ID_MAX_CHARS",
+    "NFIELDS",
+    "CData",
+    "ffi",
+    "lib",
+]

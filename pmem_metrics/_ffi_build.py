@@ -23,16 +23,15 @@ ffi.cdef(
     struct pmem_metrics;
     struct pmem_metrics_counter;
     struct pmem_metrics_snapshot;
+    struct pmem_metrics_registry;
 
     void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n);
     void pmem_metrics_inc(struct pmem_metrics_counter *c);
     uint64_t pmem_metrics_count(const struct pmem_metrics_counter *c);
     uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter *c);
 
-    struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len);
     int pmem_metrics_id_check(const char *drive_id, size_t len);
     const char *pmem_metrics_id_strerror(int error);
-    size_t pmem_metrics_device_count(void);
     struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i);
     const char *pmem_metrics_field_name(size_t i);
     const char *pmem_metrics_field_doc(size_t i);
@@ -45,14 +44,25 @@ ffi.cdef(
     const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
     void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
 
-    int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms);
-    int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
 
     int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
-    int pmem_metrics_is_shared(void);
+
+    struct pmem_metrics_registry *pmem_metrics_registry_default(void);
+    struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
+                                                             unsigned mode);
+    int pmem_metrics_registry_is_shared(struct pmem_metrics_registry *r);
+    size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
+    struct pmem_metrics *pmem_metrics_registry_alloc_len(struct pmem_metrics_registry *r,
+                                                         const char *drive_id, size_t len);
+    size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
+    int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
+                                                 struct pmem_metrics_snapshot **slot,
+                                                 int timeout_ms);
+    int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
+                                                 struct pmem_metrics_snapshot **slot);
 
     long pmem_line_write(int fd, const char *buf, size_t len, int socket, size_t *sent,
                          int64_t *start);

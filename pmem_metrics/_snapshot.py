@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import time
 
-from ._binding import NFIELDS, CData, ffi, lib
+from ._binding import DEFAULT_REGISTRY, NFIELDS, CData, ffi, lib
 from .device import raise_if_the_segment_failed
 from .errors import error_from_errno
 
@@ -74,25 +74,25 @@ def new_slot() -> CData:
     return ffi.gc(ffi.new("struct pmem_metrics_snapshot *[1]"), dispose)
 
 
-def take(slot: CData, deadline: float | None = None) -> Snapshot:
-    """Open a flush into *slot*, waiting for other flushes in interruptible slices.
+def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY) -> Snapshot:
+    """Open a flush of the C registry *r* into *slot*, waiting for others in interruptible slices.
 
     *deadline* (``time.monotonic()``) bounds the wait: past it, ``TimeoutError``.
     """
-    while lib.pmem_metrics_snapshot_take_into(slot, WAIT_SLICE_MS) != 0:
+    while lib.pmem_metrics_registry_snapshot_take_into(r, slot, WAIT_SLICE_MS) != 0:
         err = ffi.errno
         if err != errno.ETIMEDOUT:
-            raise_if_the_segment_failed(err)
+            raise_if_the_segment_failed(err, r)
             raise error_from_errno(err, "cannot take a metrics snapshot")
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(errno.ETIMEDOUT, "another metrics flush is still in progress")
     return Snapshot(slot[0])
 
 
-def peek() -> Snapshot:
-    """Every device's cumulative counts (and diffs), without flushing or waiting for a flush."""
+def peek(r: CData = DEFAULT_REGISTRY) -> Snapshot:
+    """Every device's cumulative counts in the C registry *r*, without flushing or waiting."""
     slot = new_slot()
-    if lib.pmem_metrics_snapshot_peek_into(slot) != 0:
-        raise_if_the_segment_failed(ffi.errno)
+    if lib.pmem_metrics_registry_snapshot_peek_into(r, slot) != 0:
+        raise_if_the_segment_failed(ffi.errno, r)
         raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
     return Snapshot(slot[0], counts=True)

@@ -93,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser(
         "export", help="report every device of a shared segment: metrics lines and/or Prometheus"
     )
-    e.add_argument("--shm", required=True, help="the shared segment to attach to")
+    e.add_argument(
+        "--shm",
+        required=True,
+        action="append",
+        help="a shared segment to read (repeat it for several: Prometheus only)",
+    )
     e.add_argument(
         "--metrics-path",
         help="file or named pipe to write lines to (default: stdout, unless only Prometheus)",

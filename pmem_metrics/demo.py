@@ -19,11 +19,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
 
 from ._workers import Processes, Threads
 from .device import PmemMetricsPerDevice, attach
-from .writer import METRICS
+from .registry import Registry
+from .writer import METRICS, MetricsWriter
 
 _MAX_WORKERS = 4
 """The demo's worker threads, whatever the number of devices: each bumps a share of them."""
@@ -100,8 +102,10 @@ class CtrlC:
         return True
 
 
-def write_lines(ctrl_c: CtrlC, start: float, interval: float, duration: float) -> int:
-    """Write a line at every multiple of *interval* before *duration*, then wait for the end.
+def write_lines(
+    ctrl_c: CtrlC, start: float, interval: float, duration: float, writer: MetricsWriter = METRICS
+) -> int:
+    """*writer* writes a line at every multiple of *interval* before *duration*; then wait.
 
     Late beats are written all the same, so the count of lines is exact
     (``MetricsWriter.start_periodic`` instead skips them); a Ctrl-C ends it
@@ -111,13 +115,15 @@ def write_lines(ctrl_c: CtrlC, start: float, interval: float, duration: float) -
     while (lines + 1) * interval < duration:
         if ctrl_c.sleep_until(start + (lines + 1) * interval):
             break
-        lines += METRICS.write()
+        lines += writer.write()
     ctrl_c.sleep_until(start + duration)
     return lines
 
 
-def serve_prometheus(port: int, addr: str, who: str = "demo") -> None:
-    """Serve the counters for Prometheus on addr:port while *who* (a command) runs."""
+def serve_prometheus(
+    port: int, addr: str, who: str = "demo", segments: Mapping[str, Registry] | None = None
+) -> None:
+    """Serve the counters (of *segments*, if given) for Prometheus on addr:port while *who* runs."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server
 
@@ -128,7 +134,7 @@ def serve_prometheus(port: int, addr: str, who: str = "demo") -> None:
             "pip install '.[prometheus]' (from a checkout)"
         ) from None
     registry = CollectorRegistry()
-    register(registry)
+    register(registry, segments)
     server, _ = start_http_server(port, addr=addr, registry=registry)
     bound = server.server_address[1]
     print(

@@ -11,9 +11,9 @@ import errno
 import operator
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, SupportsIndex
+from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar
 
-from ._binding import FIELDS, CData, ffi, lib
+from ._binding import DEFAULT_REGISTRY, FIELDS, CData, ffi, lib
 from .errors import (
     SEGMENT_PROBLEMS,
     InvalidDriveIdError,
@@ -128,33 +128,12 @@ class PmemMetricsPerDevice:
         ``ValueError``) if it is empty, longer than ``ID_MAX_CHARS`` characters,
         holds NUL or other control characters, or lone surrogates, and
         :class:`OutOfMemoryError` (a ``MemoryError``) if the C library is out
-        of memory.  A refused call changes nothing.  The error quotes a long
-        id shortened: its first characters and its length.
+        of memory.  In a shared segment, :class:`SegmentFullError` (an
+        ``OSError``, ``errno.ENOSPC``) when it has no room for another device.
+        A refused call changes nothing.  The error quotes a long id
+        shortened: its first characters and its length.
         """
-        if not isinstance(drive_id, str):
-            raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
-        try:
-            raw = drive_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidDriveIdError(
-                f"invalid drive id {_shown(drive_id)}: must be valid Unicode (no lone surrogates)"
-            ) from None
-        m = lib.pmem_metrics_alloc_len(raw, len(raw))
-        if m == ffi.NULL:
-            err = ffi.errno
-            raise_if_the_segment_failed(err)
-            shown = _shown(drive_id)
-            message = f"cannot allocate metrics for drive id {shown}"
-            if err == errno.EINVAL:
-                why = lib.pmem_metrics_id_strerror(lib.pmem_metrics_id_check(raw, len(raw)))
-                message = f"invalid drive id {shown}: {ffi.string(why).decode()}"
-            raise error_from_errno(err, message)
-        self = object.__new__(cls)
-        self._m = m
-        self.drive_id = drive_id
-        for i, name in enumerate(FIELDS):
-            setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))
-        return self
+        return alloc_in(DEFAULT_REGISTRY, drive_id, cls)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PmemMetricsPerDevice):
@@ -178,24 +157,75 @@ class PmemMetricsPerDevice:
         def __getattr__(self, name: str) -> Counter: ...
 
 
+_Device = TypeVar("_Device", bound=PmemMetricsPerDevice)
+
+
+def alloc_in(r: CData, drive_id: str, cls: type[_Device]) -> _Device:
+    """:meth:`PmemMetricsPerDevice.alloc` in the C registry *r*."""
+    if not isinstance(drive_id, str):
+        raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
+    try:
+        raw = drive_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidDriveIdError(
+            f"invalid drive id {_shown(drive_id)}: must be valid Unicode (no lone surrogates)"
+        ) from None
+    m = lib.pmem_metrics_registry_alloc_len(r, raw, len(raw))
+    if m == ffi.NULL:
+        err = ffi.errno
+        raise_if_the_segment_failed(err, r)
+        shown = _shown(drive_id)
+        message = f"cannot allocate metrics for drive id {shown}"
+        if err == errno.EINVAL:
+            why = lib.pmem_metrics_id_strerror(lib.pmem_metrics_id_check(raw, len(raw)))
+            message = f"invalid drive id {shown}: {ffi.string(why).decode()}"
+        raise error_from_errno(err, message)
+    self = object.__new__(cls)
+    self._m = m
+    self.drive_id = drive_id
+    for i, name in enumerate(FIELDS):
+        setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))
+    return self
+
+
 def device_count() -> int:
-    """Number of pmem devices allocated so far in this process."""
-    return lib.pmem_metrics_device_count()
+    """Number of pmem devices in this process's registry (its segment's, once attached)."""
+    return lib.pmem_metrics_registry_device_count(DEFAULT_REGISTRY)
 
 
-def _segment_error(err: int, path: str) -> SegmentError:
+def segment_error(err: int, path: str, doing: str = "attach") -> SegmentError:
+    """The exception for a segment at *path* that could not be attached or opened."""
     why = SEGMENT_PROBLEMS.get(err, os.strerror(err))
     cls = (
         InvalidSegmentError if err in (errno.EINVAL, errno.EPROTO, errno.EBADMSG) else SegmentError
     )
-    return cls(err, f"cannot attach the metrics segment: {why}", path)
+    return cls(err, f"cannot {doing} the metrics segment: {why}", path)
 
 
-def raise_if_the_segment_failed(err: int) -> None:
+def raise_if_the_segment_failed(err: int, r: CData = DEFAULT_REGISTRY) -> None:
     """Raise the segment's error if PMEM_METRICS_SHM named one that could not be attached."""
+    if r != DEFAULT_REGISTRY:
+        return
     path = os.environ.get("PMEM_METRICS_SHM")
-    if path and err not in (errno.ENOMEM, errno.ENOSPC) and not lib.pmem_metrics_is_shared():
-        raise _segment_error(err, path)
+    if path and err not in (errno.ENOMEM, errno.ENOSPC) and not is_shared():
+        raise segment_error(err, path)
+
+
+def segment_args(
+    path: str | os.PathLike[str], capacity: int | None, mode: int
+) -> tuple[bytes, int, int]:
+    """The C arguments for a segment at *path*: TypeError or ValueError for bad ones."""
+    for what, value in (("capacity", capacity), ("mode", mode)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if capacity is not None and not 0 < capacity <= 1 << 24:
+        raise ValueError(f"capacity must be 1 to {1 << 24} devices, not {capacity}")
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be permission bits, 0 to 0o777, not {mode:#o}")
+    raw = os.fsencode(path)
+    if not raw or b"\0" in raw:
+        raise ValueError(f"not a segment path: {path!r}")
+    return raw, capacity or 0, mode
 
 
 def attach(path: str | os.PathLike[str], capacity: int | None = None, mode: int = 0o600) -> None:
@@ -210,17 +240,16 @@ def attach(path: str | os.PathLike[str], capacity: int | None = None, mode: int 
     *mode*.  Raises :class:`SegmentError` (an ``OSError``) naming the path and
     the problem: :class:`InvalidSegmentError` (also a ``ValueError``) for a
     file that is not a usable segment, ``errno.EBUSY`` once devices exist or
-    a segment is attached, and the system's errors from opening or creating it.
+    a segment is attached, and the system's errors from opening or creating it;
+    ``TypeError`` or ``ValueError`` for a bad argument (an empty path, a
+    *capacity* out of 1 to 2**24, a *mode* beyond 0o777).  To read or flush a
+    segment without attaching this process, see :func:`open_segment`.
     """
-    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int)):
-        raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
-    if capacity is not None and not 0 < capacity <= 1 << 24:
-        raise ValueError(f"capacity must be 1 to {1 << 24} devices, not {capacity}")
-    raw = os.fsencode(path)
-    if lib.pmem_metrics_attach_mode(raw, capacity or 0, mode) != 0:
-        raise _segment_error(ffi.errno, os.fsdecode(raw))
+    raw, size, bits = segment_args(path, capacity, mode)
+    if lib.pmem_metrics_attach_mode(raw, size, bits) != 0:
+        raise segment_error(ffi.errno, os.fsdecode(raw))
 
 
 def is_shared() -> bool:
     """Whether this process's registry lives in a shared segment."""
-    return bool(lib.pmem_metrics_is_shared())
+    return bool(lib.pmem_metrics_registry_is_shared(DEFAULT_REGISTRY))

@@ -1,23 +1,29 @@
-"""The exporter: ``python -m pmem_metrics export --shm PATH``.
+"""The exporter: ``python -m pmem_metrics export --shm PATH [--shm PATH ...]``.
 
-It attaches to a shared segment and reports every device of every process
-attached to it: Firecracker metrics lines every ``--interval`` seconds (and a
-final one), and/or a Prometheus endpoint, until Ctrl-C or ``--duration``.
-It creates no device of its own.
+It opens shared segments (without attaching itself to any) and reports every
+device of every process in them: Firecracker metrics lines every
+``--interval`` seconds (and a final one), and/or a Prometheus endpoint, until
+Ctrl-C or ``--duration``.  It creates no device of its own.
+
+Lines are flushes: they report each count once, across every process that
+flushes the segment.  A line has no room to say which segment it is from, so
+lines need exactly one ``--shm``.  Prometheus reads (it resets nothing) any
+number: every series is labelled ``segment`` with the path it was given as.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 
 from .demo import CtrlC, serve_prometheus, write_lines
-from .device import attach
-from .writer import METRICS
+from .registry import open_segment
+from .writer import MetricsWriter
 
 
 def export(
-    shm: str,
+    shms: Sequence[str],
     metrics_path: str | None,
     interval: float,
     duration: float,
@@ -27,22 +33,27 @@ def export(
 
     Lines go to *metrics_path*, or to stdout unless only Prometheus was asked for.
     """
-    attach(shm)
-    lines_to = metrics_path if metrics_path is not None else sys.stdout
-    if prometheus is not None and metrics_path is None:
-        lines_to = None
-    if lines_to is not None:
-        if sys.stdout is None and metrics_path is None:
-            raise SystemExit("python -m pmem_metrics: stdout is closed; give --metrics-path")
-        METRICS.init(lines_to)
+    lines_wanted = metrics_path is not None or prometheus is None
+    if lines_wanted and len(shms) != 1:
+        raise SystemExit(
+            "python -m pmem_metrics export: metrics lines report one segment; "
+            "give one --shm, or several with --prometheus-port and no --metrics-path"
+        )
+    if lines_wanted and metrics_path is None and sys.stdout is None:
+        raise SystemExit("python -m pmem_metrics: stdout is closed; give --metrics-path")
+    segments = {path: open_segment(path) for path in dict.fromkeys(shms)}
+    writer = MetricsWriter(segments[shms[0]])
+    if lines_wanted:
+        writer.init(metrics_path if metrics_path is not None else sys.stdout)
     if prometheus is not None:
-        serve_prometheus(*prometheus, who="export")
+        serve_prometheus(*prometheus, who="export", segments=segments)
     with CtrlC() as ctrl_c:
         start = time.monotonic()
-        lines = write_lines(ctrl_c, start, interval, duration)
-        lines += METRICS.write()
+        lines = write_lines(ctrl_c, start, interval, duration, writer)
+        lines += writer.write()
+    what = f"{lines} metrics lines from {shms[0]}" if lines_wanted else "served"
     print(
-        f"export: {lines} metrics lines from {shm} in {time.monotonic() - start:.2f} s",
+        f"export: {what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s",
         file=sys.stderr,
     )
     return 130 if ctrl_c.caught else 0

@@ -29,7 +29,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
-from ._binding import FIELDS
+from ._binding import DEFAULT_REGISTRY, FIELDS, CData
 from ._snapshot import Snapshot, new_slot, publish, take, withdraw
 
 Flush = dict[str, dict[str, int]]
@@ -71,19 +71,21 @@ def flush_metrics() -> Flush:
     of the devices in this same flush.  If the call raises (even a
     ``KeyboardInterrupt``), nothing was flushed: the next flush reports it all.
     """
-    return _flush(as_dict)
+    return flush_in(DEFAULT_REGISTRY, as_dict)
 
 
 def flush_metrics_json() -> str:
     """Flush, as compact JSON text (the same object :func:`flush_metrics` returns)."""
-    return _flush(as_json)
+    return flush_in(DEFAULT_REGISTRY, as_json)
 
 
 _T = TypeVar("_T")
 
 
-def _flush(render: Callable[[Snapshot], _T], _withdraw: Callable[[Any], None] = withdraw) -> _T:
-    """Take, render, publish; withdraw on any exception, up to the return itself.
+def flush_in(
+    r: CData, render: Callable[[Snapshot], _T], _withdraw: Callable[[Any], None] = withdraw
+) -> _T:
+    """Flush the C registry *r*: take, render, publish; withdraw on any exception, up to the return.
 
     The publish and the return are covered by the same handler, whose first
     action is one C call on locals (*_withdraw* is bound here so that not
@@ -92,7 +94,7 @@ def _flush(render: Callable[[Snapshot], _T], _withdraw: Callable[[Any], None] = 
     """
     slot = new_slot()
     try:
-        out = render(take(slot))
+        out = render(take(slot, None, r))
         publish(slot)
         return out
     except:  # bare: nothing to evaluate on the way to the C call

@@ -11,6 +11,10 @@ device, labelled ``drive_id``, valued at the device's cumulative count
     # TYPE pmem_activate_fails_total counter
     pmem_activate_fails_total{drive_id="drv0"} 1.0
 
+Given several registries (``PmemCollector(segments={"vm-1": seg1, ...})``,
+see :func:`pmem_metrics.open_segment`), every series also gets a ``segment``
+label, the registry's key: ``pmem_activate_fails_total{drive_id="drv0",segment="vm-1"}``.
+
 There is no unlabelled aggregate series: ``sum(pmem_activate_fails_total)``
 in PromQL is that, and an extra series in the same family would be counted
 twice by it.  A scrape reads the counters without taking part in flushes: it
@@ -25,7 +29,7 @@ whether or not anything scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 try:
@@ -36,37 +40,63 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
         "pmem_metrics.prometheus needs prometheus_client: pip install '.[prometheus]'"
     ) from e
 
-from ._binding import FIELD_DOCS, FIELDS
+from ._binding import DEFAULT_REGISTRY, FIELD_DOCS, FIELDS
 from ._snapshot import Snapshot, peek
+from .registry import Registry
 
 __all__ = ["PmemCollector", "register"]
 
 
 class PmemCollector(Collector):
-    """Exposes every device's cumulative counts as ``pmem_<field>_total{drive_id=...}``."""
+    """Exposes every device's cumulative counts as ``pmem_<field>_total{drive_id=...}``.
+
+    Of the process's default registry; or, given *segments* (a name for each
+    :class:`~pmem_metrics.Registry`), of each of those, every series labelled
+    ``segment`` with its registry's name.  Raises ``TypeError`` for *segments*
+    that do not map ``str`` to ``Registry``.
+    """
+
+    def __init__(self, segments: Mapping[str, Registry] | None = None) -> None:
+        if segments is not None and not (
+            isinstance(segments, Mapping)
+            and all(isinstance(k, str) and isinstance(v, Registry) for k, v in segments.items())
+        ):
+            raise TypeError("segments must map str to pmem_metrics.Registry")
+        self._labels = ["drive_id"] if segments is None else ["drive_id", "segment"]
+        self._sources = (
+            [((), DEFAULT_REGISTRY)]
+            if segments is None
+            else [((name,), r._r) for name, r in segments.items()]
+        )
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         """The families, without samples: registering reads no counter."""
         return [self._family(name) for name in FIELDS]
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        """One family per field, one sample per device, from one read of all counters."""
-        snap = peek()
-        ids = Snapshot.split(snap.ids_text)
-        for name, counts in zip(FIELDS, snap.columns(snap.counts)):
-            family = self._family(name)
-            for drive_id, value in zip(ids, counts):
-                family.add_metric([drive_id], value)
-            yield family
+        """One family per field, one sample per device, from one read of each registry."""
+        families = [self._family(name) for name in FIELDS]
+        for extra, r in self._sources:
+            snap = peek(r)
+            ids = Snapshot.split(snap.ids_text)
+            for family, counts in zip(families, snap.columns(snap.counts)):
+                for drive_id, value in zip(ids, counts):
+                    family.add_metric([drive_id, *extra], value)
+        return iter(families)
 
-    @staticmethod
-    def _family(name: str) -> CounterMetricFamily:
-        return CounterMetricFamily(f"pmem_{name}", FIELD_DOCS[name], labels=["drive_id"])
+    def _family(self, name: str) -> CounterMetricFamily:
+        return CounterMetricFamily(f"pmem_{name}", FIELD_DOCS[name], labels=self._labels)
 
 
-def register(registry: CollectorRegistry | None = None) -> PmemCollector:
-    """Register a :class:`PmemCollector` with *registry* (the default one if None); return it."""
-    collector = PmemCollector()
+def register(
+    registry: CollectorRegistry | None = None, segments: Mapping[str, Registry] | None = None
+) -> PmemCollector:
+    """Register a :class:`PmemCollector` of *segments* with *registry*; return it.
+
+    *registry* is prometheus_client's (its default one if None); *segments*
+    as for :class:`PmemCollector` (None: this process's default registry).
+    """
+    collector = PmemCollector(segments)
     target: Any = REGISTRY if registry is None else registry
     target.register(collector)
     return collector

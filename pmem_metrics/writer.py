@@ -15,12 +15,17 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+from ._binding import DEFAULT_REGISTRY
 from ._periodic import Periodic
 from ._sink import Destination, FdSink, FileSink, Progress, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
 from .flush import as_json, line_head
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
 
@@ -45,9 +50,12 @@ class MetricsWriter:
 
     Call :meth:`init` once, then :meth:`write` whenever a line is due, or let
     :meth:`start_periodic` do it.  The process-wide instance is :data:`METRICS`.
+    Each line flushes *registry* (a :class:`~pmem_metrics.Registry`; ``None``:
+    the process's default registry, the one :data:`METRICS` flushes).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry | None = None) -> None:
+        self._r = DEFAULT_REGISTRY if registry is None else registry._r
         self._sink: FdSink | FileSink | None = None
         self._head = line_head(None, None)
         self._timeout = DEFAULT_TIMEOUT
@@ -124,7 +132,7 @@ class MetricsWriter:
         slot = new_slot()
         progress = Progress()
         try:
-            body = as_json(take(slot, deadline))
+            body = as_json(take(slot, deadline, self._r))
             line = self._head % (time.time_ns() // 1_000_000) + body[1:] + "\n"
             until = time.monotonic() + self._timeout
             sink.write(line, until if deadline is None else min(deadline, until), progress)

@@ -280,7 +280,7 @@ def test_out_of_memory_quotes_a_long_id_shortened(monkeypatch: pytest.MonkeyPatc
     import pmem_metrics.device
 
     class OutOfMemory:
-        def pmem_metrics_alloc_len(self, raw: bytes, n: int) -> Any:
+        def pmem_metrics_registry_alloc_len(self, r: Any, raw: bytes, n: int) -> Any:
             ffi.errno = errno.ENOMEM
             return ffi.NULL
 

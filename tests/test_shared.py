@@ -193,14 +193,18 @@ def test_the_exporter_writes_lines_for_every_process(tmp_path: Path) -> None:
     assert [sum(line["pmem"].values()) for line in lines] == [7, 0, 0]
 
 
-def test_the_exporter_serves_prometheus_until_ctrl_c(tmp_path: Path) -> None:
+def test_the_exporter_serves_several_segments_to_prometheus_until_ctrl_c(
+    tmp_path: Path,
+) -> None:
     import signal
     import urllib.request
 
-    seg = tmp_path / "seg"
+    seg, other = tmp_path / "seg", tmp_path / "other"
     bump_in_processes(seg, tmp_path)
+    py(f"import pmem_metrics as p; p.open_segment({str(other)!r}).alloc('drv3').cfg_fails.add(9)",
+       tmp_path)  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(seg),
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(seg), "--shm", str(other),
          "--prometheus-port", "0"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -212,10 +216,28 @@ def test_the_exporter_serves_prometheus_until_ctrl_c(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert 'pmem_cfg_fails_total{drive_id="drv3"} 3.0' in text
-    assert 'pmem_cfg_fails_total{drive_id="drv4"} 4.0' in text
+    # One device id in two segments: two series, told apart by the segment label.
+    assert f'pmem_cfg_fails_total{{drive_id="drv3",segment="{seg}"}} 3.0' in text
+    assert f'pmem_cfg_fails_total{{drive_id="drv4",segment="{seg}"}} 4.0' in text
+    assert f'pmem_cfg_fails_total{{drive_id="drv3",segment="{other}"}} 9.0' in text
+    assert text.count("pmem_cfg_fails_total{") == 3
     assert proc.returncode == 130, err
     assert out == ""  # Prometheus only: no lines
+    # Reading flushed nothing: a flush of each segment still reports every count.
+    flush = "import json, pmem_metrics as p; print(p.open_segment({!r}).flush_metrics_json())"
+    assert json.loads(py(flush.format(str(seg)), tmp_path))["pmem"]["cfg_fails"] == 7
+    assert json.loads(py(flush.format(str(other)), tmp_path))["pmem"]["cfg_fails"] == 9
+
+
+def test_the_exporter_writes_lines_of_one_segment_only(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(tmp_path / "a"),
+         "--shm", str(tmp_path / "b"), "--duration", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "one --shm" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "a").exists()  # refused before anything was opened or created
 
 
 WORKER = """

@@ -473,7 +473,7 @@ while time.monotonic() < end:
         doubles += isinstance(e.__context__, KeyboardInterrupt)
         # Where the signal was taken (the frame under the handler's own).
         where = traceback.extract_tb(e.__traceback__)[-2]
-        returning = where.name in ("_flush", "flush_metrics", "flush_metrics_json")
+        returning = where.name in ("flush_in", "flush_metrics", "flush_metrics_json")
         if where.filename == "<string>" or (returning and where.line.startswith("return")):
             escaped += 1  # after the flush returned: the 3.9/3.10 window
         e = None  # drop its frames: a slot they hold is disposed of with them

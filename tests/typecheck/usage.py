@@ -10,9 +10,11 @@ from pmem_metrics import (
     Counter,
     MetricsWriter,
     PmemMetricsPerDevice,
+    Registry,
     flush_metrics,
     flush_metrics_json,
     get_include,
+    open_segment,
 )
 from pmem_metrics.prometheus import register
 
@@ -31,3 +33,9 @@ METRICS.start_periodic(60.0, at_exit=False)
 METRICS.stop_periodic()
 include: str = get_include()
 collector = register()
+seg: Registry = open_segment("/dev/shm/pmem-typecheck", capacity=16, mode=0o600)
+in_seg: PmemMetricsPerDevice = seg.alloc("drv0")
+seg_text: str = seg.flush_metrics_json()
+capacity: int | None = seg.capacity
+seg_writer = MetricsWriter(seg)
+by_segment = register(None, {"vm-1": seg, "default": Registry.default()})
