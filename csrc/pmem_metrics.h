@@ -64,11 +64,14 @@
  * - Each counter sits on its own 64-byte cache line, so threads bumping
  *   different counters of one device, or counters of different devices,
  *   never false-share.
- * - The registry is one sorted array of device pointers per process, ordered
- *   by the bytes of the UTF-8 drive id (which is code-point order, like
- *   Rust's BTreeMap<String, _>), searched with binary search behind a
+ * - The process's default registry is one sorted array of device pointers,
+ *   ordered by the bytes of the UTF-8 drive id (which is code-point order,
+ *   like Rust's BTreeMap<String, _>), searched with binary search behind a
  *   pthread rwlock (writer-preferring on glibc, so a stream of lookups
- *   cannot starve an insert or fork()).
+ *   cannot starve an insert or fork()) -- or, once attached, a shared
+ *   segment: fixed device slots and a sorted index behind robust
+ *   process-shared mutexes.  More segments can be opened as registries of
+ *   their own (pmem_metrics_registry_open()).
  * - The hot path is inline in this header: in an optimised build a C
  *   caller's increment compiles to one relaxed fetch-add (a `lock add` on
  *   x86-64; for the first field, whose address is the device's, also the
@@ -91,7 +94,9 @@
  *   any registry operation in progress (never for a flush being written), and
  *   the child starts with every count the parent had at that moment, the
  *   registry unlocked and no flush in progress (unless the forking thread
- *   itself had one open: it may finish it in the child).
+ *   itself had one open: it may finish it in the child; a flush of a shared
+ *   segment stays its parent's, and is settled in the child without
+ *   moving anything).  A child shares its parent's segments.
  * - C11 only (`_Atomic`); a C++ translation unit stops at an #error below
  *   (C++'s std::atomic is a different type with no layout guarantee here).
  */
