@@ -139,7 +139,8 @@ struct pmem_metrics_snapshot {
 	uint64_t agg[NFIELDS];
 	enum snapshot_state state;
 	struct pmem_metrics_registry *reg; /* whose flush it is */
-	char *ids; /* every id, each followed by NUL */
+	size_t *id_at; /* n: where each device's id starts in `ids` */
+	char *ids;     /* every id, each followed by NUL: copies, never the segment's own */
 	size_t ids_len;
 };
 
@@ -347,7 +348,7 @@ static int lock_within(pthread_mutex_t *mutex, int timeout_ms)
 
 /* ---- Shared segment ------------------------------------------------------- */
 
-static int id_cmp(const char *id, size_t len, const struct device *d); /* see the registry */
+static int id_cmp(const char *a, size_t a_len, const char *b, size_t b_len); /* see the registry */
 
 /*
  * A segment is one regular file, mapped MAP_SHARED by every attached process:
@@ -413,6 +414,30 @@ static uint64_t fields_hash(void)
 static struct device *shm_slot(const struct shm *m, uint64_t i)
 {
 	return (struct device *)(m->slots + i * m->slot_size);
+}
+
+/*
+ * One read of a value in a segment.  Another process may write it at any
+ * time (a buggy or hostile one, ignoring the locks), so a value is read
+ * once into a local, checked, and only that copy is used: the compiler may
+ * not read it again behind our back.
+ */
+static uint64_t seg_u64(const uint64_t *p)
+{
+	return *(const volatile uint64_t *)p;
+}
+
+static uint32_t seg_u32(const uint32_t *p)
+{
+	return *(const volatile uint32_t *)p;
+}
+
+/* The id length of a device in a segment, read once: 0 if impossible. */
+static size_t slot_id_len(const struct device *d)
+{
+	uint32_t len = seg_u32(&d->id_len);
+
+	return len <= ID_MAX_BYTES ? len : 0;
 }
 
 /* Create the segment at `path` whole, under a temporary name, then link it in. */
@@ -523,13 +548,55 @@ static int shm_open_path(const char *path, uint64_t capacity, unsigned mode, str
 	return EAGAIN; /* created and removed again, over and over */
 }
 
-static int slot_cmp(const void *a, const void *b, void *arg)
+/*
+ * Compare the ids of two slots, lengths read once each.  The slot numbers
+ * come from the index, in the segment: one beyond the capacity (written
+ * there behind our back) is compared by number, never looked at.
+ */
+static int slot_cmp(const struct shm *m, uint32_t a, uint32_t b)
 {
-	const struct shm *m = arg;
-	const struct device *x = shm_slot(m, *(const uint32_t *)a);
-	const struct device *y = shm_slot(m, *(const uint32_t *)b);
+	const struct device *x, *y;
 
-	return id_cmp(x->id, x->id_len, y);
+	if (a >= m->capacity || b >= m->capacity)
+		return (a > b) - (a < b);
+	x = shm_slot(m, a);
+	y = shm_slot(m, b);
+
+	return id_cmp(x->id, slot_id_len(x), y->id, slot_id_len(y));
+}
+
+/*
+ * Sort the first `n` index entries by id: a heapsort, whose every access is
+ * bounded by `n` whatever the comparisons answer -- a process scribbling on
+ * the ids while this runs can spoil the order (found later: EBADMSG, or an
+ * id not found), never send it outside the index.
+ */
+static void index_sort(struct shm *m, uint64_t n)
+{
+	uint32_t *v = m->index;
+
+	for (uint64_t end = n, start = n / 2; end > 1;) {
+		uint64_t root, child;
+		uint32_t t;
+
+		if (start > 0) {
+			start--; /* building the heap */
+		} else {
+			end--; /* the largest to the end */
+			t = v[end];
+			v[end] = v[0];
+			v[0] = t;
+		}
+		for (root = start; (child = 2 * root + 1) < end; root = child) {
+			if (child + 1 < end && slot_cmp(m, v[child], v[child + 1]) < 0)
+				child++;
+			if (slot_cmp(m, v[root], v[child]) >= 0)
+				break;
+			t = v[root];
+			v[root] = v[child];
+			v[child] = t;
+		}
+	}
 }
 
 /*
@@ -544,19 +611,20 @@ static int shm_rebuild(struct shm *m)
 
 	for (; count < m->capacity; count++) {
 		struct device *d = shm_slot(m, count);
+		size_t len;
 
 		if (!atomic_load_explicit(&d->published, memory_order_acquire))
 			break;
-		if (d->id_len == 0 || d->id_len > ID_MAX_BYTES ||
-		    pmem_metrics_id_check(d->id, d->id_len) != PMEM_METRICS_ID_OK)
+		len = slot_id_len(d);
+		if (len == 0 || pmem_metrics_id_check(d->id, len) != PMEM_METRICS_ID_OK)
 			return EBADMSG;
 		m->index[count] = (uint32_t)count;
-		bytes += d->id_len + 1;
+		bytes += len + 1;
 	}
-	qsort_r(m->index, count, sizeof(*m->index), slot_cmp, m);
+	index_sort(m, count);
 	for (uint64_t i = 1; i < count; i++)
-		if (slot_cmp(&m->index[i - 1], &m->index[i], m) == 0)
-			return EBADMSG; /* one id twice */
+		if (slot_cmp(m, m->index[i - 1], m->index[i]) >= 0)
+			return EBADMSG; /* one id twice (or ids that changed as they were sorted) */
 	m->hdr->n = count;
 	m->hdr->used = count;
 	m->hdr->id_bytes = bytes;
@@ -602,39 +670,52 @@ static int shm_lock(struct shm *m, pthread_mutex_t *mutex, int timeout_ms)
 
 /* ---- Registry ------------------------------------------------------------- */
 
-/* Compare an id of `len` bytes with a device's id, as unsigned bytes. */
-static int id_cmp(const char *id, size_t len, const struct device *d)
+/* Compare two ids of the given lengths in bytes, as unsigned bytes. */
+static int id_cmp(const char *a, size_t a_len, const char *b, size_t b_len)
 {
-	int r = memcmp(id, d->id, len < d->id_len ? len : d->id_len);
+	int r = memcmp(a, b, a_len < b_len ? a_len : b_len);
 
 	if (r)
 		return r;
-	return (len > d->id_len) - (len < d->id_len);
+	return (a_len > b_len) - (a_len < b_len);
 }
 
-/* Number of devices; caller holds the lock. */
+/* Number of devices; caller holds the lock.  In a segment, read once and at most its capacity. */
 static size_t reg_n(const struct pmem_metrics_registry *r)
 {
-	return is_shared(r) ? (size_t)r->shm.hdr->n : r->n;
+	uint64_t n;
+
+	if (!is_shared(r))
+		return r->n;
+	n = seg_u64(&r->shm.hdr->n);
+	return n <= r->shm.capacity ? (size_t)n : (size_t)r->shm.capacity;
 }
 
 /*
- * Device `i` in id order; caller holds the lock.  In a segment, NULL when
- * the index names a slot that is not a device (a corrupt or hostile file).
+ * Device `i` (below reg_n()) in id order, and the length of its id, which
+ * the caller must use instead of reading `id_len` again; caller holds the
+ * lock.  In a segment, NULL when the index names a slot that is not a
+ * device (a corrupt or hostile file).
  */
-static struct device *reg_at(const struct pmem_metrics_registry *r, size_t i)
+static struct device *reg_at(const struct pmem_metrics_registry *r, size_t i, size_t *len)
 {
 	const struct shm *m = &r->shm;
 	struct device *d;
+	uint64_t used;
 	uint32_t slot;
 
-	if (!is_shared(r))
-		return r->v[i];
-	slot = m->index[i];
-	if (slot >= m->hdr->used)
+	if (!is_shared(r)) {
+		d = r->v[i];
+		*len = d->id_len;
+		return d;
+	}
+	slot = seg_u32(&m->index[i]);
+	used = seg_u64(&m->hdr->used);
+	if (slot >= used || slot >= m->capacity)
 		return NULL;
 	d = shm_slot(m, slot);
-	return d->id_len != 0 && d->id_len <= ID_MAX_BYTES ? d : NULL;
+	*len = slot_id_len(d);
+	return *len ? d : NULL;
 }
 
 /*
@@ -649,18 +730,19 @@ static int find(const struct pmem_metrics_registry *r, const char *id, size_t le
 	*found = false;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		struct device *d = reg_at(r, mid);
-		int r;
+		size_t d_len;
+		struct device *d = reg_at(r, mid, &d_len);
+		int cmp;
 
 		if (!d)
 			return EBADMSG;
-		r = id_cmp(id, len, d);
-		if (r == 0) {
+		cmp = id_cmp(id, len, d->id, d_len);
+		if (cmp == 0) {
 			*found = true;
 			lo = mid;
 			break;
 		}
-		if (r < 0)
+		if (cmp < 0)
 			hi = mid;
 		else
 			lo = mid + 1;
@@ -693,13 +775,18 @@ static void reg_unlock(struct pmem_metrics_registry *r)
 static struct device *shm_insert(struct shm *m, const char *id, size_t len, size_t at)
 {
 	struct segment *h = m->hdr;
+	uint64_t used = seg_u64(&h->used), n = seg_u64(&h->n); /* once: see seg_u64() */
 	struct device *d;
 
-	if (h->used >= m->capacity) {
+	if (used >= m->capacity) {
 		errno = ENOSPC;
 		return NULL;
 	}
-	d = shm_slot(m, h->used);
+	if (n > used || at > n) {
+		errno = EBADMSG; /* changed since the lock was taken: someone ignores it */
+		return NULL;
+	}
+	d = shm_slot(m, used);
 	for (size_t f = 0; f < NFIELDS; f++) {
 		struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
 
@@ -712,10 +799,10 @@ static struct device *shm_insert(struct shm *m, const char *id, size_t len, size
 	/* Release pairs with the acquire load in shm_rebuild(). */
 	atomic_store_explicit(&d->published, 1, memory_order_release);
 	pause_point("insert"); /* published, not yet in the index: a crash here is recovered */
-	memmove(&m->index[at + 1], &m->index[at], (h->n - at) * sizeof(*m->index));
-	m->index[at] = (uint32_t)h->used;
-	h->used++;
-	h->n++;
+	memmove(&m->index[at + 1], &m->index[at], (n - at) * sizeof(*m->index));
+	m->index[at] = (uint32_t)used;
+	h->used = used + 1;
+	h->n = n + 1;
 	h->id_bytes += len + 1;
 	return d;
 }
@@ -749,12 +836,13 @@ static struct pmem_metrics *shm_alloc(struct pmem_metrics_registry *r, const cha
 	struct device *d = NULL;
 	bool found;
 	size_t at;
+	size_t d_len;
 	int err = reg_lock(r, true);
 
 	if (err == 0) {
 		err = find(r, id, len, &at, &found);
 		if (err == 0)
-			d = found ? reg_at(r, at) : shm_insert(&r->shm, id, len, at);
+			d = found ? reg_at(r, at, &d_len) : shm_insert(&r->shm, id, len, at);
 		if (!d && err == 0)
 			err = found ? EBADMSG : errno;
 		reg_unlock(r);
@@ -975,11 +1063,12 @@ static int fork_safety(void)
 static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
 {
 	/*
-	 * One block: header, seen, diffs, devs, ids -- the uint64_t arrays
-	 * first, so they are 8-byte aligned even where pointers are 4 bytes.
+	 * One block: header, seen, diffs, devs, id_at, ids -- the uint64_t
+	 * arrays first, so they are 8-byte aligned even where pointers are 4
+	 * bytes.
 	 */
 	size_t size = sizeof(struct pmem_metrics_snapshot) + 2 * n * NFIELDS * sizeof(uint64_t) +
-		      n * sizeof(struct device *) + ids_len;
+		      n * (sizeof(struct device *) + sizeof(size_t)) + ids_len;
 	struct pmem_metrics_snapshot *s = xmalloc(size);
 
 	if (!s)
@@ -989,7 +1078,8 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len)
 	s->seen = (uint64_t *)(s + 1);
 	s->diffs = s->seen + n * NFIELDS;
 	s->devs = (struct device **)(s->diffs + n * NFIELDS);
-	s->ids = (char *)(s->devs + n);
+	s->id_at = (size_t *)(s->devs + n);
+	s->ids = (char *)(s->id_at + n);
 	s->ids_len = ids_len;
 	return s;
 }
@@ -1037,6 +1127,7 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 						   enum snapshot_state state)
 {
 	struct pmem_metrics_snapshot *s;
+	size_t n, id_bytes;
 	char *ids;
 	int err = reg_lock(r, false);
 
@@ -1044,7 +1135,15 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 		errno = err;
 		return NULL;
 	}
-	s = snapshot_new(reg_n(r), is_shared(r) ? r->shm.hdr->id_bytes : r->id_bytes);
+	n = reg_n(r);
+	id_bytes = r->id_bytes;
+	if (is_shared(r)) {
+		/* Read once, and never more than n ids can take (the loop checks the rest). */
+		uint64_t claimed = seg_u64(&r->shm.hdr->id_bytes);
+
+		id_bytes = claimed < n * (ID_MAX_BYTES + 1) ? (size_t)claimed : n * (ID_MAX_BYTES + 1);
+	}
+	s = snapshot_new(n, id_bytes);
 	if (!s) {
 		reg_unlock(r);
 		errno = ENOMEM;
@@ -1054,12 +1153,13 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 	s->reg = r;
 	ids = s->ids;
 	for (size_t i = 0; i < s->n; i++) {
-		struct device *d = reg_at(r, i);
+		size_t len;
+		struct device *d = reg_at(r, i, &len);
 		uint64_t *seen = &s->seen[i * NFIELDS];
 		uint64_t *diff = &s->diffs[i * NFIELDS];
 
 		/* A segment's id list must fit what its header claimed (checked, not trusted). */
-		if (!d || (size_t)(ids - s->ids) + d->id_len + 1 > s->ids_len) {
+		if (!d || (size_t)(ids - s->ids) + len + 1 > s->ids_len) {
 			reg_unlock(r);
 			free(s);
 			errno = EBADMSG;
@@ -1069,9 +1169,10 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 			prefetch_device(r->v[i + PREFETCH_AHEAD]);
 
 		s->devs[i] = d;
-		memcpy(ids, d->id, d->id_len);
-		ids[d->id_len] = '\0';
-		ids += d->id_len + 1;
+		s->id_at[i] = (size_t)(ids - s->ids);
+		memcpy(ids, d->id, len);
+		ids[len] = '\0';
+		ids += len + 1;
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
 			/*
@@ -1190,7 +1291,7 @@ size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s)
 
 const char *pmem_metrics_snapshot_id(const struct pmem_metrics_snapshot *s, size_t i)
 {
-	return s && i < s->n ? s->devs[i]->id : NULL;
+	return s && i < s->n ? s->ids + s->id_at[i] : NULL;
 }
 
 const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len)

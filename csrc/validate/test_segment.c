@@ -551,6 +551,123 @@ static void test_a_process_can_hold_several_registries(void)
 	CHECK(in_child(fork_with_a_flush_open, NULL) == 0);
 }
 
+/* ---- A process that ignores the locks ----------------------------------------------- */
+
+/*
+ * A buggy or hostile process may write the segment at any time, locks or
+ * not.  It gets to spoil the numbers (that is what sharing means), never to
+ * make another process read or write outside the segment or its own memory.
+ * These cases play that process with a second mapping of the file.
+ */
+struct scribbler {
+	char *base;          /* the file, mapped once more */
+	uint64_t *n, *used;  /* header counts */
+	uint32_t *index;     /* the index */
+	uint32_t *id_len[2]; /* the first two slots' id lengths */
+	atomic_bool stop;
+};
+
+static struct scribbler scrib;
+
+static bool scribbler_map(const char *path)
+{
+	const off_t index_off = 48, slots_off = 56;
+	const size_t counts = 72 + 2 * sizeof(pthread_mutex_t);
+	/* struct device: the counters, `published`, then `id_len` */
+	const size_t id_len_at = sizeof(struct pmem_metrics) + sizeof(uint32_t);
+	uint64_t at[2], slot_size, size;
+	int fd = open(path, O_RDWR);
+
+	if (fd < 0 || pread(fd, at, sizeof(at), index_off) != (ssize_t)sizeof(at) ||
+	    pread(fd, &slot_size, 8, 40) != 8 || pread(fd, &size, 8, 64) != 8)
+		return false;
+	(void)slots_off;
+	scrib.base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (scrib.base == MAP_FAILED)
+		return false;
+	scrib.n = (uint64_t *)(scrib.base + counts);
+	scrib.used = scrib.n + 1;
+	scrib.index = (uint32_t *)(scrib.base + at[0]);
+	for (int i = 0; i < 2; i++)
+		scrib.id_len[i] = (uint32_t *)(scrib.base + at[1] + i * slot_size + id_len_at);
+	return true;
+}
+
+/* In the middle of a flush's copy (the registry locked): counts and index go wild. */
+static void scribble_mid_copy(const char *where)
+{
+	if (strcmp(where, "copy") == 0) {
+		*(volatile uint64_t *)scrib.used = UINT64_MAX;
+		*(volatile uint64_t *)scrib.n = UINT64_MAX;
+		*(volatile uint32_t *)&scrib.index[1] = 0x7fffffffu;
+		*(volatile uint32_t *)scrib.id_len[0] = 200;
+	}
+}
+
+static void *scribble_all_the_time(void *arg)
+{
+	(void)arg;
+	for (uint32_t i = 0; !atomic_load_explicit(&scrib.stop, memory_order_relaxed); i++) {
+		*(volatile uint32_t *)scrib.id_len[i % 2] = i % 3 ? 1 : 250;
+		*(volatile uint32_t *)&scrib.index[i % 2] = i % 5 ? i % 2 : 0xfffffff0u;
+		*(volatile uint64_t *)scrib.n = i % 1000 ? 2 : UINT64_MAX / 2;
+	}
+	return NULL;
+}
+
+static bool readers_survive_a_scribbler(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("scribbled"), 4, 0600);
+	struct pmem_metrics_snapshot *s = NULL;
+	unsigned ok = 0, refused = 0;
+	pthread_t t;
+
+	(void)arg;
+	CHECK(r && pmem_metrics_registry_alloc(r, "a") && pmem_metrics_registry_alloc(r, "b"));
+	CHECK(scribbler_map(seg_path("scribbled")));
+	if (check_failures != before)
+		return false;
+
+	/* Deterministic: everything at once, while a flush is copying. */
+	pmem_metrics_fault_pause_hook(scribble_mid_copy);
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 0) == -1 && errno == EBADMSG && !s);
+	pmem_metrics_fault_pause_hook(NULL);
+
+	/* Racing: lengths, index entries and counts flip while we look up, copy and insert. */
+	pthread_create(&t, NULL, scribble_all_the_time, NULL);
+	for (int i = 0; i < 20000; i++) {
+		char id[16];
+
+		s = NULL;
+		if (pmem_metrics_registry_snapshot_peek_into(r, &s) == 0) {
+			for (size_t d = 0; d < pmem_metrics_snapshot_len(s); d++)
+				CHECK(strlen(pmem_metrics_snapshot_id(s, d)) <= 4 * PMEM_METRICS_ID_MAX_CHARS);
+			pmem_metrics_snapshot_free(s);
+			ok++;
+		} else {
+			CHECK(errno == EBADMSG);
+			refused++;
+		}
+		snprintf(id, sizeof(id), "n%d", i % 3);
+		if (!pmem_metrics_registry_alloc(r, id))
+			CHECK(errno == EBADMSG || errno == ENOSPC);
+	}
+	atomic_store(&scrib.stop, true);
+	pthread_join(t, NULL);
+	printf("# a scribbler racing 20000 peeks: %u went through, %u refused (EBADMSG)\n", ok,
+	       refused);
+	fflush(stdout); /* the child leaves with _exit() */
+	return check_failures == before;
+}
+
+static void test_a_process_ignoring_the_locks_cannot_crash_the_others(void)
+{
+	CHECK(in_child(readers_survive_a_scribbler, NULL) == 0);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -568,6 +685,7 @@ int main(void)
 	RUN(test_a_segment_is_the_creators_alone);
 	RUN(test_a_process_killed_at_each_step_wedges_nobody);
 	RUN(test_a_process_can_hold_several_registries);
+	RUN(test_a_process_ignoring_the_locks_cannot_crash_the_others);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);
