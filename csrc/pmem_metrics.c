@@ -1436,9 +1436,12 @@ static int segment_args(const char *path, size_t capacity, unsigned mode)
 	return fork_safety() != 0 ? ENOMEM : 0;
 }
 
+static struct pmem_metrics_registry *opened_segment(const struct shm *m); /* see below */
+
 static int attach(const char *path, size_t capacity, unsigned mode)
 {
 	struct pmem_metrics_registry *r = &default_registry;
+	struct shm m;
 	int err = segment_args(path, capacity, mode);
 
 	if (err)
@@ -1452,10 +1455,24 @@ static int attach(const char *path, size_t capacity, unsigned mode)
 		pthread_rwlock_unlock(&r->lock);
 		return EBUSY;
 	}
-	err = shm_open_path(path, capacity ? capacity : PMEM_METRICS_SHM_DEFAULT_CAPACITY, mode,
-			    &r->shm);
-	if (err == 0)
-		atomic_store_explicit(&r->shared, true, memory_order_release); /* pairs with is_shared() */
+	err = shm_open_path(path, capacity ? capacity : PMEM_METRICS_SHM_DEFAULT_CAPACITY, mode, &m);
+	if (err == 0) {
+		/*
+		 * One registry per segment: if this process has it open as a
+		 * registry of its own, the default cannot become a second one.
+		 * Under opened_lock, so pmem_metrics_registry_open() sees either
+		 * that registry or this attached default, never neither.
+		 */
+		pthread_mutex_lock(&opened_lock);
+		if (opened_segment(&m)) {
+			err = EBUSY;
+			munmap(m.hdr, m.size);
+		} else {
+			r->shm = m;
+			atomic_store_explicit(&r->shared, true, memory_order_release); /* pairs with is_shared() */
+		}
+		pthread_mutex_unlock(&opened_lock);
+	}
 	pthread_mutex_unlock(&r->flush_lock);
 	pthread_rwlock_unlock(&r->lock);
 	return err;
@@ -1538,6 +1555,9 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 	struct shm m;
 	int err = segment_args(path, capacity, mode);
 
+	/* PMEM_METRICS_SHM first (its error is the default registry's): it may attach to this one. */
+	if (err == 0)
+		(void)ready(&default_registry);
 	if (err == 0 && !(r = xmalloc(sizeof(*r))))
 		err = ENOMEM;
 	if (err) {

@@ -250,7 +250,8 @@ const char *pmem_metrics_field_doc(size_t i);
  * PMEM_METRICS_SHM=PATH does the same at the first registry call, and if
  * that attach fails, every registry call fails with its errno (never a
  * silent private registry).  Returns 0, or -1 with errno:
- *   EBUSY      devices exist, a flush is open, or already attached
+ *   EBUSY      devices exist, a flush is open, already attached, or the
+ *              segment is open already (pmem_metrics_registry_open())
  *   EINVAL     not a regular file, or not a segment (bad magic); bad argument
  *   EPROTO     a segment of another version, ABI or field list
  *   EBADMSG    a truncated or corrupt segment

@@ -111,10 +111,11 @@ class PmemMetricsPerDevice:
     Get one with :meth:`alloc`; the counters live for the rest of the process.
     """
 
-    __slots__ = ("_m", "drive_id", *FIELDS)
+    __slots__ = ("_m", "_origin", "drive_id", *FIELDS)
 
     drive_id: str
     _m: CData  # the C struct pmem_metrics *
+    _origin: str  # how its registry is written in a repr
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use PmemMetricsPerDevice.alloc(drive_id)")
@@ -133,7 +134,7 @@ class PmemMetricsPerDevice:
         A refused call changes nothing.  The error quotes a long id
         shortened: its first characters and its length.
         """
-        return alloc_in(DEFAULT_REGISTRY, drive_id, cls)
+        return alloc_in(DEFAULT_REGISTRY, drive_id, cls, cls.__name__)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PmemMetricsPerDevice):
@@ -144,7 +145,7 @@ class PmemMetricsPerDevice:
         return hash(int(ffi.cast("uintptr_t", self._m)))
 
     def __repr__(self) -> str:
-        return f"PmemMetricsPerDevice.alloc({self.drive_id!r})"
+        return f"{self._origin}.alloc({self.drive_id!r})"
 
     if TYPE_CHECKING:
         # The counters are set in alloc() from FIELDS, which comes from C at
@@ -160,8 +161,8 @@ class PmemMetricsPerDevice:
 _Device = TypeVar("_Device", bound=PmemMetricsPerDevice)
 
 
-def alloc_in(r: CData, drive_id: str, cls: type[_Device]) -> _Device:
-    """:meth:`PmemMetricsPerDevice.alloc` in the C registry *r*."""
+def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Device:
+    """:meth:`PmemMetricsPerDevice.alloc` in the C registry *r*, written *origin* in a repr."""
     if not isinstance(drive_id, str):
         raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
     try:
@@ -182,6 +183,7 @@ def alloc_in(r: CData, drive_id: str, cls: type[_Device]) -> _Device:
         raise error_from_errno(err, message)
     self = object.__new__(cls)
     self._m = m
+    self._origin = origin
     self.drive_id = drive_id
     for i, name in enumerate(FIELDS):
         setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))

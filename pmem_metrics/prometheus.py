@@ -13,7 +13,10 @@ device, labelled ``drive_id``, valued at the device's cumulative count
 
 Given several registries (``PmemCollector(segments={"vm-1": seg1, ...})``,
 see :func:`pmem_metrics.open_segment`), every series also gets a ``segment``
-label, the registry's key: ``pmem_activate_fails_total{drive_id="drv0",segment="vm-1"}``.
+label, the registry's key: ``pmem_activate_fails_total{drive_id="drv0",segment="vm-1"}``,
+and a gauge ``pmem_segment_up{segment="vm-1"}`` says whether the scrape could
+read it (1) or not (0, the error logged): one corrupt segment does not fail
+the scrape of the others.
 
 There is no unlabelled aggregate series: ``sum(pmem_activate_fails_total)``
 in PromQL is that, and an extra series in the same family would be counted
@@ -29,20 +32,24 @@ whether or not anything scrapes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 try:
-    from prometheus_client.core import REGISTRY, CounterMetricFamily
+    from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError(
         "pmem_metrics.prometheus needs prometheus_client: pip install '.[prometheus]'"
     ) from e
 
-from ._binding import DEFAULT_REGISTRY, FIELD_DOCS, FIELDS
+from ._binding import DEFAULT_REGISTRY, FIELD_DOCS, FIELDS, CData
 from ._snapshot import Snapshot, peek
+from .errors import PmemMetricsError
 from .registry import Registry
+
+_log = logging.getLogger("pmem_metrics")
 
 __all__ = ["PmemCollector", "register"]
 
@@ -63,26 +70,44 @@ class PmemCollector(Collector):
         ):
             raise TypeError("segments must map str to pmem_metrics.Registry")
         self._labels = ["drive_id"] if segments is None else ["drive_id", "segment"]
-        self._sources = (
+        # (the extra label values, the C registry) of each registry to read
+        self._sources: list[tuple[tuple[str, ...], CData]] = (
             [((), DEFAULT_REGISTRY)]
             if segments is None
             else [((name,), r._r) for name, r in segments.items()]
         )
 
-    def describe(self) -> Iterable[CounterMetricFamily]:
+    def describe(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The families, without samples: registering reads no counter."""
-        return [self._family(name) for name in FIELDS]
+        return [*(self._family(name) for name in FIELDS), *self._up()]
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """One family per field, one sample per device, from one read of each registry."""
         families = [self._family(name) for name in FIELDS]
+        up = self._up()
         for extra, r in self._sources:
-            snap = peek(r)
+            try:
+                snap = peek(r)
+            except (PmemMetricsError, OSError) as e:
+                if not up:
+                    raise  # the default registry alone: the scrape fails, as it should
+                # One segment that cannot be read must not hide the others.
+                _log.warning("pmem_metrics: cannot read segment %r: %s", extra[0], e)
+                up[0].add_metric(list(extra), 0)
+                continue
             ids = Snapshot.split(snap.ids_text)
             for family, counts in zip(families, snap.columns(snap.counts)):
                 for drive_id, value in zip(ids, counts):
                     family.add_metric([drive_id, *extra], value)
-        return iter(families)
+            if up:
+                up[0].add_metric(list(extra), 1)
+        return iter([*families, *up])
+
+    def _up(self) -> list[GaugeMetricFamily]:
+        if len(self._labels) == 1:
+            return []
+        doc = "Whether the last scrape could read the segment (1) or not (0)."
+        return [GaugeMetricFamily("pmem_segment_up", doc, labels=["segment"])]
 
     def _family(self, name: str) -> CounterMetricFamily:
         return CounterMetricFamily(f"pmem_{name}", FIELD_DOCS[name], labels=self._labels)

@@ -58,7 +58,7 @@ class Registry:
 
     def alloc(self, drive_id: str) -> PmemMetricsPerDevice:
         """The metrics of device *drive_id* here: as :meth:`PmemMetricsPerDevice.alloc` does."""
-        return alloc_in(self._r, drive_id, PmemMetricsPerDevice)
+        return alloc_in(self._r, drive_id, PmemMetricsPerDevice, repr(self))
 
     def device_count(self) -> int:
         """Number of devices in this registry (from every process, for a segment)."""

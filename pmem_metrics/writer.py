@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from ._binding import DEFAULT_REGISTRY
 from ._periodic import Periodic
@@ -23,9 +22,7 @@ from ._sink import Destination, FdSink, FileSink, Progress, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
 from .flush import as_json, line_head
-
-if TYPE_CHECKING:
-    from .registry import Registry
+from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
 
@@ -55,6 +52,9 @@ class MetricsWriter:
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
+        if registry is not None and not isinstance(registry, Registry):
+            what = type(registry).__name__
+            raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
         self._r = DEFAULT_REGISTRY if registry is None else registry._r
         self._sink: FdSink | FileSink | None = None
         self._head = line_head(None, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def test_opening_a_segment_again_gives_the_same_registry(tmp_path: Path) -> None
     assert Registry.default() == Registry.default() != seg
     assert repr(seg) == f"open_segment({str(tmp_path / 'seg')!r})"
     assert repr(Registry.default()) == "Registry.default()"
+    assert repr(seg.alloc("d")) == f"open_segment({str(tmp_path / 'seg')!r}).alloc('d')"
+    assert repr(PmemMetricsPerDevice.alloc("d")) == "PmemMetricsPerDevice.alloc('d')"
 
 
 def test_a_full_segment_refuses_new_devices_only(tmp_path: Path) -> None:
@@ -100,6 +103,8 @@ def test_bad_segments_and_arguments_are_refused_with_the_path(tmp_path: Path) ->
     assert not (tmp_path / "never").exists()
     with pytest.raises(TypeError, match="open_segment"):
         Registry()
+    with pytest.raises(TypeError, match="Registry"):
+        MetricsWriter(str(tmp_path / "seg"))  # type: ignore[arg-type]
 
 
 def test_a_segment_is_made_with_the_mode_asked_for(tmp_path: Path) -> None:
@@ -166,3 +171,32 @@ def test_the_collector_labels_each_segment(tmp_path: Path) -> None:
     assert a.flush_metrics()["pmem"]["cfg_fails"] == 3  # a scrape resets nothing
     with pytest.raises(TypeError, match="segments"):
         PmemCollector({"vm-a": "not a registry"})  # type: ignore[dict-item]
+
+
+def spoil_the_index(path: Path) -> None:
+    """Point the segment's first index entry past its capacity, as a buggy writer might."""
+    with open(path, "r+b") as f:
+        index_at = int.from_bytes(f.read(56)[48:56], sys.byteorder)
+        f.seek(index_at)
+        f.write(b"\xff\xff\xff\xff")
+
+
+def test_one_segment_that_cannot_be_read_does_not_fail_the_scrape(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pmem_metrics.prometheus import register
+
+    good, bad = open_segment(tmp_path / "good"), open_segment(tmp_path / "bad")
+    good.alloc("drv0").cfg_fails.add(3)
+    bad.alloc("drv0").cfg_fails.add(4)
+    spoil_the_index(tmp_path / "bad")
+    registry = CollectorRegistry()
+    register(registry, {"good": good, "bad": bad})
+    text = generate_latest(registry).decode()
+    assert 'pmem_cfg_fails_total{drive_id="drv0",segment="good"} 3.0' in text
+    assert 'segment="bad"} 4.0' not in text
+    assert 'pmem_segment_up{segment="good"} 1.0' in text
+    assert 'pmem_segment_up{segment="bad"} 0.0' in text
+    assert "cannot read segment 'bad'" in caplog.text
+    with pytest.raises(InvalidSegmentError):
+        bad.flush_metrics()  # and a flush says why

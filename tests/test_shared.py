@@ -229,15 +229,62 @@ def test_the_exporter_serves_several_segments_to_prometheus_until_ctrl_c(
     assert json.loads(py(flush.format(str(other)), tmp_path))["pmem"]["cfg_fails"] == 9
 
 
-def test_the_exporter_writes_lines_of_one_segment_only(tmp_path: Path) -> None:
+def export_fails(tmp_path: Path, *args: str) -> str:
+    """Run the exporter with *args*: it must fail with a message, no traceback; its stderr."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(tmp_path / "a"),
-         "--shm", str(tmp_path / "b"), "--duration", "0"],
+        [sys.executable, "-m", "pmem_metrics", "export", *args, "--duration", "0"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "one --shm" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "a").exists()  # refused before anything was opened or created
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("python -m pmem_metrics")
+    return proc.stderr
+
+
+def test_the_exporter_refuses_what_it_cannot_read_and_creates_nothing(tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert "one --shm" in export_fails(tmp_path, "--shm", a, "--shm", b)
+    assert "no segment at" in export_fails(tmp_path, "--shm", a)  # a typo is not a new file
+    assert "no segment at ''" in export_fails(tmp_path, "--shm", "")
+    (tmp_path / "junk").write_bytes(b"x" * 4096)
+    err = export_fails(tmp_path, "--shm", str(tmp_path / "junk"), "--prometheus-port", "0")
+    assert "not a pmem_metrics segment" in err and "junk" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_exporter_reads_a_segment_named_twice_once(tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    bump_in_processes(seg, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(seg), "--shm", str(seg),
+         "--duration", "0", "--metrics-path", "lines.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "lines.json").read_text().splitlines()
+    assert [json.loads(line)["pmem"]["cfg_fails"] for line in lines] == [7]
+
+
+def test_a_segment_open_as_a_registry_cannot_be_attached_too(tmp_path: Path) -> None:
+    out = py(
+        f"""
+import errno, pmem_metrics as p
+seg = p.open_segment({str(tmp_path / "seg")!r})
+try:
+    p.attach({str(tmp_path / "seg")!r})
+except p.SegmentError as e:
+    print(e.errno == errno.EBUSY, "open_segment" in str(e))
+print(p.is_shared())
+""",
+        tmp_path,
+    )
+    assert out.split() == ["True", "True", "False"]
+    out = py(
+        f"import pmem_metrics as p; print(p.open_segment({str(tmp_path / 'seg')!r}) == "
+        "p.Registry.default())",
+        tmp_path,
+        env={"PMEM_METRICS_SHM": str(tmp_path / "seg")},
+    )
+    assert out == "True\n"  # attached by the environment first: the very same registry
 
 
 WORKER = """

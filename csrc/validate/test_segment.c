@@ -48,11 +48,17 @@ static const char *seg_path(const char *name)
 /* Run fn() in a child process: its exit status (0: it returned true). */
 static int in_child(bool (*fn)(const void *), const void *arg)
 {
-	pid_t pid = fork();
+	pid_t pid;
 	int status;
 
-	if (pid == 0)
-		_exit(fn(arg) ? 0 : 1);
+	fflush(stdout); /* or the child's exit would print it again */
+	pid = fork();
+	if (pid == 0) {
+		bool ok = fn(arg);
+
+		fflush(stdout);
+		_exit(ok ? 0 : 1);
+	}
 	if (pid < 0 || waitpid(pid, &status, 0) != pid)
 		return -1;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -544,10 +550,38 @@ static bool fork_with_a_flush_open(const void *arg)
 	return check_failures == before;
 }
 
+/* Opened first, then attached: refused, or the process would have two registries of one segment. */
+static bool attach_what_is_open(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *a = pmem_metrics_registry_open(seg_path("reg-a"), 0, 0600);
+
+	(void)arg;
+	errno = 0;
+	CHECK(a && pmem_metrics_attach(seg_path("reg-a"), 0) == -1 && errno == EBUSY);
+	CHECK(!pmem_metrics_is_shared() && pmem_metrics_alloc("still-private") != NULL);
+	CHECK(pmem_metrics_attach(seg_path("reg-b"), 0) == -1 && errno == EBUSY); /* devices exist */
+	return check_failures == before;
+}
+
+/* PMEM_METRICS_SHM attaches before a registry is opened, so opening its segment gives the default. */
+static bool open_what_the_environment_attaches(const void *arg)
+{
+	int before = check_failures;
+
+	(void)arg;
+	setenv("PMEM_METRICS_SHM", seg_path("reg-a"), 1);
+	CHECK(pmem_metrics_registry_open(seg_path("reg-a"), 0, 0600) == pmem_metrics_registry_default());
+	CHECK(pmem_metrics_is_shared());
+	return check_failures == before;
+}
+
 static void test_a_process_can_hold_several_registries(void)
 {
 	CHECK(in_child(several_registries, NULL) == 0);
 	CHECK(in_child(open_what_is_attached, NULL) == 0);
+	CHECK(in_child(attach_what_is_open, NULL) == 0);
+	CHECK(in_child(open_what_the_environment_attaches, NULL) == 0);
 	CHECK(in_child(fork_with_a_flush_open, NULL) == 0);
 }
 
@@ -659,7 +693,6 @@ static bool readers_survive_a_scribbler(const void *arg)
 	pthread_join(t, NULL);
 	printf("# a scribbler racing 20000 peeks: %u went through, %u refused (EBADMSG)\n", ok,
 	       refused);
-	fflush(stdout); /* the child leaves with _exit() */
 	return check_failures == before;
 }
 
