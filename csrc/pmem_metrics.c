@@ -752,15 +752,26 @@ static int find(const struct pmem_metrics_registry *r, const char *id, size_t le
 }
 
 /* Lock the registry for reading or writing: 0, or the error number. */
-static int reg_lock(struct pmem_metrics_registry *r, bool write)
+static int reg_lock_within(struct pmem_metrics_registry *r, bool write, int timeout_ms)
 {
+	/*
+	 * A segment's registry mutex can be held by another process for as
+	 * long as that process is stopped (SIGSTOP, a debugger): a bounded
+	 * wait lets a flush or a scrape give up, and a binding handle signals.
+	 * The private lock is only ever held by this library's own short code.
+	 */
 	if (is_shared(r))
-		return shm_lock(&r->shm, &r->shm.hdr->registry_lock, -1);
+		return shm_lock(&r->shm, &r->shm.hdr->registry_lock, timeout_ms);
 	if (write)
 		pthread_rwlock_wrlock(&r->lock);
 	else
 		pthread_rwlock_rdlock(&r->lock);
 	return 0;
+}
+
+static int reg_lock(struct pmem_metrics_registry *r, bool write)
+{
+	return reg_lock_within(r, write, -1);
 }
 
 static void reg_unlock(struct pmem_metrics_registry *r)
@@ -1124,12 +1135,12 @@ static void flush_release(const struct pmem_metrics_snapshot *s)
  * ENOMEM (or EBADMSG, a corrupt segment).
  */
 static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry *r,
-						   enum snapshot_state state)
+						   enum snapshot_state state, int timeout_ms)
 {
 	struct pmem_metrics_snapshot *s;
 	size_t n, id_bytes;
 	char *ids;
-	int err = reg_lock(r, false);
+	int err = reg_lock_within(r, false, timeout_ms);
 
 	if (err) {
 		errno = err;
@@ -1219,7 +1230,7 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	pause_point("take");
-	s = snapshot_load(r, SNAPSHOT_OPEN);
+	s = snapshot_load(r, SNAPSHOT_OPEN, timeout_ms);
 	if (!s) {
 		struct pmem_metrics_snapshot unloaded = {.reg = r};
 
@@ -1251,7 +1262,7 @@ struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
 }
 
 int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
-					     struct pmem_metrics_snapshot **slot)
+					     struct pmem_metrics_snapshot **slot, int timeout_ms)
 {
 	int err;
 
@@ -1263,20 +1274,20 @@ int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
 		errno = err;
 		return -1;
 	}
-	*slot = snapshot_load(r, SNAPSHOT_PEEK); /* errno set on failure */
+	*slot = snapshot_load(r, SNAPSHOT_PEEK, timeout_ms); /* errno set on failure */
 	return *slot ? 0 : -1;
 }
 
 int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot)
 {
-	return pmem_metrics_registry_snapshot_peek_into(&default_registry, slot);
+	return pmem_metrics_registry_snapshot_peek_into(&default_registry, slot, -1);
 }
 
 struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_peek(struct pmem_metrics_registry *r)
 {
 	struct pmem_metrics_snapshot *s = NULL;
 
-	return pmem_metrics_registry_snapshot_peek_into(r, &s) == 0 ? s : NULL;
+	return pmem_metrics_registry_snapshot_peek_into(r, &s, -1) == 0 ? s : NULL;
 }
 
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void)

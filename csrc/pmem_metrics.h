@@ -309,6 +309,13 @@ size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
  * Snapshots of `r`.  The other snapshot calls take the snapshot itself,
  * which knows its registry.  A thread has at most one open flush at a
  * time, in any registry: a second take fails with EDEADLK.
+ *
+ * In a segment, another process holds the registry mutex while it inserts
+ * or copies -- or for as long as it is stopped (SIGSTOP, a debugger) in
+ * the middle of that.  `timeout_ms` bounds each wait of a take (for the
+ * flush lock, then for the registry mutex) and a peek's wait, as in
+ * pmem_metrics_snapshot_take_into(): ETIMEDOUT, nothing held.  The calls
+ * without it wait as long as it takes.
  */
 struct pmem_metrics_snapshot;
 struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_take(struct pmem_metrics_registry *r);
@@ -316,7 +323,7 @@ struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_peek(struct pmem_me
 int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 					     struct pmem_metrics_snapshot **slot, int timeout_ms);
 int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
-					     struct pmem_metrics_snapshot **slot);
+					     struct pmem_metrics_snapshot **slot, int timeout_ms);
 
 /* ---- Flushing ---------------------------------------------------------- */
 
@@ -413,7 +420,8 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s);
  * As pmem_metrics_snapshot_take(), waiting at most `timeout_ms` milliseconds
  * for another flush to finish (0: do not wait; negative: wait as long as it
  * takes).  Stores the snapshot in *slot before it returns.  Returns 0, or -1
- * with *slot NULL and errno ETIMEDOUT (another flush is still outstanding),
+ * with *slot NULL and errno ETIMEDOUT (another flush is still outstanding;
+ * in a segment, or another process holds its registry mutex that long),
  * EDEADLK (this thread has one open), ENOMEM, or EINVAL (slot NULL or *slot
  * not NULL: it would lose the snapshot it holds).
  */

@@ -62,7 +62,8 @@ ffi.cdef(
                                                  struct pmem_metrics_snapshot **slot,
                                                  int timeout_ms);
     int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
-                                                 struct pmem_metrics_snapshot **slot);
+                                                 struct pmem_metrics_snapshot **slot,
+                                                 int timeout_ms);
 
     long pmem_line_write(int fd, const char *buf, size_t len, int socket, size_t *sent,
                          int64_t *start);

@@ -85,14 +85,29 @@ def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY
             raise_if_the_segment_failed(err, r)
             raise error_from_errno(err, "cannot take a metrics snapshot")
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(errno.ETIMEDOUT, "another metrics flush is still in progress")
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                "another metrics flush is still in progress (or, in a shared segment, "
+                "another process holds its registry lock: stopped?)",
+            )
     return Snapshot(slot[0])
 
 
-def peek(r: CData = DEFAULT_REGISTRY) -> Snapshot:
-    """Every device's cumulative counts in the C registry *r*, without flushing or waiting."""
+def peek(r: CData = DEFAULT_REGISTRY, deadline: float | None = None) -> Snapshot:
+    """Every device's cumulative counts in the C registry *r*, without flushing.
+
+    A peek waits for no flush; in a shared segment it may wait for another
+    process that holds the registry lock (in slices, so Ctrl-C is taken),
+    until *deadline* (``time.monotonic()``): past it, ``TimeoutError``.
+    """
     slot = new_slot()
-    if lib.pmem_metrics_registry_snapshot_peek_into(r, slot) != 0:
-        raise_if_the_segment_failed(ffi.errno, r)
-        raise error_from_errno(ffi.errno, "cannot take a metrics snapshot")
+    while lib.pmem_metrics_registry_snapshot_peek_into(r, slot, WAIT_SLICE_MS) != 0:
+        err = ffi.errno
+        if err != errno.ETIMEDOUT:
+            raise_if_the_segment_failed(err, r)
+            raise error_from_errno(err, "cannot take a metrics snapshot")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(
+                errno.ETIMEDOUT, "another process holds the segment's registry lock (stopped?)"
+            )
     return Snapshot(slot[0], counts=True)

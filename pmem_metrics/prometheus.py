@@ -33,6 +33,8 @@ whether or not anything scrapes.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -51,6 +53,9 @@ from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
 
+SCRAPE_TIMEOUT = 5.0
+"""Seconds one scrape waits, in all, for segments whose registry lock another process holds."""
+
 __all__ = ["PmemCollector", "register"]
 
 
@@ -59,11 +64,21 @@ class PmemCollector(Collector):
 
     Of the process's default registry; or, given *segments* (a name for each
     :class:`~pmem_metrics.Registry`), of each of those, every series labelled
-    ``segment`` with its registry's name.  Raises ``TypeError`` for *segments*
-    that do not map ``str`` to ``Registry``.
+    ``segment`` with its registry's name.  A segment whose registry lock
+    another process holds (stopped in the middle of an insert, say) is waited
+    for until *timeout* seconds into the scrape, then counts as unreadable.
+    Raises ``TypeError`` for *segments* that do not map ``str`` to
+    ``Registry``, ``ValueError`` for a *timeout* that is not a positive number.
     """
 
-    def __init__(self, segments: Mapping[str, Registry] | None = None) -> None:
+    def __init__(
+        self, segments: Mapping[str, Registry] | None = None, *, timeout: float = SCRAPE_TIMEOUT
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self._timeout = float(timeout)
         if segments is not None and not (
             isinstance(segments, Mapping)
             and all(isinstance(k, str) and isinstance(v, Registry) for k, v in segments.items())
@@ -85,9 +100,10 @@ class PmemCollector(Collector):
         """One family per field, one sample per device, from one read of each registry."""
         families = [self._family(name) for name in FIELDS]
         up = self._up()
+        deadline = time.monotonic() + self._timeout  # each segment still gets one try
         for extra, r in self._sources:
             try:
-                snap = peek(r)
+                snap = peek(r, deadline)
             except (PmemMetricsError, OSError) as e:
                 if not up:
                     raise  # the default registry alone: the scrape fails, as it should
@@ -114,14 +130,18 @@ class PmemCollector(Collector):
 
 
 def register(
-    registry: CollectorRegistry | None = None, segments: Mapping[str, Registry] | None = None
+    registry: CollectorRegistry | None = None,
+    segments: Mapping[str, Registry] | None = None,
+    *,
+    timeout: float = SCRAPE_TIMEOUT,
 ) -> PmemCollector:
     """Register a :class:`PmemCollector` of *segments* with *registry*; return it.
 
     *registry* is prometheus_client's (its default one if None); *segments*
-    as for :class:`PmemCollector` (None: this process's default registry).
+    and *timeout* as for :class:`PmemCollector` (None: this process's
+    default registry).
     """
-    collector = PmemCollector(segments)
+    collector = PmemCollector(segments, timeout=timeout)
     target: Any = REGISTRY if registry is None else registry
     target.register(collector)
     return collector

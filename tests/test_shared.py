@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from .helpers import c_flags
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from pmem_metrics import open_segment
+from pmem_metrics.prometheus import register
+
+from .helpers import c_flags, fault_library
 
 
 def py(code: str, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -196,7 +204,6 @@ def test_the_exporter_writes_lines_for_every_process(tmp_path: Path) -> None:
 def test_the_exporter_serves_several_segments_to_prometheus_until_ctrl_c(
     tmp_path: Path,
 ) -> None:
-    import signal
     import urllib.request
 
     seg, other = tmp_path / "seg", tmp_path / "other"
@@ -421,3 +428,73 @@ def test_processes_killed_at_random_instants_lose_nothing_and_wedge_nobody(
     # Never lost.  (A flusher killed after writing its line, before committing,
     # makes the next line report those counts again: at least, not exactly.)
     assert written >= counted[0], (written, counted, fragments)
+
+
+HOLDER = """
+import os, signal, sys, cffi
+import pmem_metrics as p
+ffi = cffi.FFI()
+ffi.cdef("void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));")
+fault = ffi.dlopen(sys.argv[2])
+
+@ffi.callback("void(const char *)")
+def stop_inside_the_insert(where):
+    if ffi.string(where) == b"insert":  # the segment's registry mutex is held right here
+        print("holding", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+seg = p.open_segment(sys.argv[1])
+fault.pmem_metrics_fault_pause_hook(stop_inside_the_insert)
+seg.alloc("late").cfg_fails.inc()
+print("inserted", flush=True)
+"""
+
+
+def test_a_process_stopped_holding_the_lock_stalls_no_scrape_and_no_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    lib = fault_library(tmp_path) / "libpmemmetrics.so"
+    seg_path = tmp_path / "seg"
+    seg = open_segment(seg_path)
+    seg.alloc("early").cfg_fails.add(2)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(seg_path), str(lib)], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, env={**os.environ, "LD_LIBRARY_PATH": str(lib.parent)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        # A scrape gives the stopped segment up and serves the rest.
+        other = open_segment(tmp_path / "other")
+        other.alloc("fine").cfg_fails.add(5)
+        registry = CollectorRegistry()
+        register(registry, {"stuck": seg, "other": other}, timeout=0.2)
+        scraped: list[str] = []
+        scrape = threading.Thread(target=lambda: scraped.append(generate_latest(registry).decode()))
+        scrape.start()
+        scrape.join(60)
+        assert not scrape.is_alive() and scraped
+        assert 'pmem_segment_up{segment="stuck"} 0.0' in scraped[0]
+        assert 'pmem_cfg_fails_total{drive_id="fine",segment="other"} 5.0' in scraped[0]
+
+        # A flush waits, but in slices: an exception from a signal handler (Ctrl-C) gets in.
+        class Interrupted(Exception):
+            pass
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise Interrupted
+
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(Interrupted):
+                seg.flush_metrics()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        holder.send_signal(signal.SIGCONT)
+        assert holder.stdout.readline() == "inserted\n"
+        assert holder.wait(60) == 0
+    finally:
+        holder.kill()
+    flushed = seg.flush_metrics()  # nothing was held or lost on the way
+    assert flushed["pmem_early"]["cfg_fails"] == 2 and flushed["pmem_late"]["cfg_fails"] == 1

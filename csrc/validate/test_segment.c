@@ -458,7 +458,7 @@ static bool several_registries(const void *arg)
 	CHECK(pmem_metrics_registry_snapshot_take_into(b, &s2, 0) == -1 && errno == EDEADLK && !s2);
 	errno = 0;
 	CHECK(pmem_metrics_snapshot_take_into(&s2, 0) == -1 && errno == EDEADLK);
-	CHECK(pmem_metrics_registry_snapshot_peek_into(b, &s2) == 0 &&
+	CHECK(pmem_metrics_registry_snapshot_peek_into(b, &s2, 0) == 0 &&
 	      pmem_metrics_snapshot_counts(s2)[0] == 2);
 	pmem_metrics_snapshot_free(s2);
 	pmem_metrics_snapshot_commit(s);
@@ -676,7 +676,7 @@ static bool readers_survive_a_scribbler(const void *arg)
 		char id[16];
 
 		s = NULL;
-		if (pmem_metrics_registry_snapshot_peek_into(r, &s) == 0) {
+		if (pmem_metrics_registry_snapshot_peek_into(r, &s, -1) == 0) {
 			for (size_t d = 0; d < pmem_metrics_snapshot_len(s); d++)
 				CHECK(strlen(pmem_metrics_snapshot_id(s, d)) <= 4 * PMEM_METRICS_ID_MAX_CHARS);
 			pmem_metrics_snapshot_free(s);
@@ -701,6 +701,46 @@ static void test_a_process_ignoring_the_locks_cannot_crash_the_others(void)
 	CHECK(in_child(readers_survive_a_scribbler, NULL) == 0);
 }
 
+/* ---- A process stopped while it holds the registry mutex ----------------------------- */
+
+static void stop_me(const char *where)
+{
+	if (strcmp(where, "insert") == 0)
+		raise(SIGSTOP);
+}
+
+static bool others_wait_for_it_within_their_timeouts(const void *arg)
+{
+	int before = check_failures, status;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("stopped"), 0, 0600);
+	struct pmem_metrics_snapshot *s = NULL;
+	pid_t pid;
+
+	(void)arg;
+	CHECK(r && pmem_metrics_registry_alloc(r, "a"));
+	pid = fork();
+	if (pid == 0) {
+		pmem_metrics_fault_pause_hook(stop_me);
+		_exit(pmem_metrics_registry_alloc(r, "b") ? 0 : 1);
+	}
+	CHECK(waitpid(pid, &status, WUNTRACED) == pid && WIFSTOPPED(status));
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_peek_into(r, &s, 100) == -1 && errno == ETIMEDOUT && !s);
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 100) == -1 && errno == ETIMEDOUT && !s);
+	kill(pid, SIGCONT);
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* The timed-out take left the flush lock free. */
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 0) == 0 && pmem_metrics_snapshot_len(s) == 2);
+	pmem_metrics_snapshot_commit(s);
+	return check_failures == before;
+}
+
+static void test_a_stopped_process_holds_nobody_for_longer_than_they_wait(void)
+{
+	CHECK(in_child(others_wait_for_it_within_their_timeouts, NULL) == 0);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -719,6 +759,7 @@ int main(void)
 	RUN(test_a_process_killed_at_each_step_wedges_nobody);
 	RUN(test_a_process_can_hold_several_registries);
 	RUN(test_a_process_ignoring_the_locks_cannot_crash_the_others);
+	RUN(test_a_stopped_process_holds_nobody_for_longer_than_they_wait);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);
