@@ -457,6 +457,10 @@ static int shm_create(const char *path, uint64_t capacity, unsigned mode)
 	if (fd < 0)
 		return errno;
 	seg_layout(capacity, &layout);
+	if (layout.size > SIZE_MAX) {
+		err = EFBIG; /* more than this process could map (a 32-bit one) */
+		goto out;
+	}
 	/* The whole file's space up front: a later page fault can never SIGBUS. */
 	if (fchmod(fd, (mode_t)mode) != 0 || (err = posix_fallocate(fd, 0, (off_t)layout.size)) != 0) {
 		err = err ? err : errno;
@@ -510,6 +514,8 @@ static int shm_check_and_map(int fd, struct shm *m)
 	if (h.capacity == 0 || h.capacity > SEG_MAX_CAPACITY)
 		return EBADMSG;
 	seg_layout(h.capacity, &want);
+	if (want.size > SIZE_MAX)
+		return EFBIG; /* more than this process can map (a 32-bit one) */
 	if (h.slot_size != want.slot_size || h.index_off != want.index_off ||
 	    h.slots_off != want.slots_off || h.size != want.size || (uint64_t)st.st_size != h.size)
 		return EBADMSG; /* corrupt, truncated or grown */
@@ -1170,12 +1176,8 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 		uint64_t *diff = &s->diffs[i * NFIELDS];
 
 		/* A segment's id list must fit what its header claimed (checked, not trusted). */
-		if (!d || (size_t)(ids - s->ids) + len + 1 > s->ids_len) {
-			reg_unlock(r);
-			free(s);
-			errno = EBADMSG;
-			return NULL;
-		}
+		if (!d || (size_t)(ids - s->ids) + len + 1 > s->ids_len)
+			goto corrupt;
 		if (i + PREFETCH_AHEAD < s->n && !is_shared(r))
 			prefetch_device(r->v[i + PREFETCH_AHEAD]);
 
@@ -1183,6 +1185,13 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 		s->id_at[i] = (size_t)(ids - s->ids);
 		memcpy(ids, d->id, len);
 		ids[len] = '\0';
+		/*
+		 * And each id one this library accepts: a bad one would be
+		 * reported under a wrong name (a NUL in it), or not decode.  The
+		 * copy is checked: it is what gets reported.
+		 */
+		if (is_shared(r) && pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK)
+			goto corrupt;
 		ids += len + 1;
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmem_metrics_field(&d->m, f);
@@ -1202,8 +1211,15 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 		if (i == 0 && state == SNAPSHOT_OPEN)
 			pause_point("copy"); /* half copied right here */
 	}
+	if ((size_t)(ids - s->ids) != s->ids_len)
+		goto corrupt; /* the header claimed more id bytes than there are */
 	reg_unlock(r);
 	return s;
+corrupt:
+	reg_unlock(r);
+	free(s);
+	errno = EBADMSG;
+	return NULL;
 }
 
 int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
@@ -1564,11 +1580,10 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 {
 	struct pmem_metrics_registry *r, *known;
 	struct shm m;
+	struct stat st;
+	const char *env;
 	int err = segment_args(path, capacity, mode);
 
-	/* PMEM_METRICS_SHM first (its error is the default registry's): it may attach to this one. */
-	if (err == 0)
-		(void)ready(&default_registry);
 	if (err == 0 && !(r = xmalloc(sizeof(*r))))
 		err = ENOMEM;
 	if (err) {
@@ -1582,6 +1597,14 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 		errno = err;
 		return NULL;
 	}
+	/*
+	 * If PMEM_METRICS_SHM names this very segment, let the default registry
+	 * attach to it first (and be found below).  Any other segment it names
+	 * is left alone: opening one registry must not attach, or create, another.
+	 */
+	env = getenv("PMEM_METRICS_SHM");
+	if (env && *env && lstat(env, &st) == 0 && st.st_dev == m.dev && st.st_ino == m.ino)
+		(void)ready(&default_registry); /* its error is the default registry's to report */
 	pthread_mutex_lock(&opened_lock);
 	known = opened_segment(&m);
 	if (!known) {

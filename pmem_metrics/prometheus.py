@@ -104,7 +104,7 @@ class PmemCollector(Collector):
         for extra, r in self._sources:
             try:
                 snap = peek(r, deadline)
-            except (PmemMetricsError, OSError) as e:
+            except (PmemMetricsError, OSError, ValueError) as e:
                 if not up:
                     raise  # the default registry alone: the scrape fails, as it should
                 # One segment that cannot be read must not hide the others.

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pmem_metrics import (
+    FIELDS,
     InvalidSegmentError,
     MetricsWriter,
     PmemMetricsPerDevice,
@@ -173,12 +174,17 @@ def test_the_collector_labels_each_segment(tmp_path: Path) -> None:
         PmemCollector({"vm-a": "not a registry"})  # type: ignore[dict-item]
 
 
-def spoil_the_index(path: Path) -> None:
-    """Point the segment's first index entry past its capacity, as a buggy writer might."""
+def spoil(path: Path, what: str) -> None:
+    """Spoil the segment at *path* as a buggy writer might: its ``"index"`` or first ``"id"``."""
     with open(path, "r+b") as f:
-        index_at = int.from_bytes(f.read(56)[48:56], sys.byteorder)
-        f.seek(index_at)
-        f.write(b"\xff\xff\xff\xff")
+        header = f.read(64)
+        index_at, slots_at = (int.from_bytes(header[o : o + 8], sys.byteorder) for o in (48, 56))
+        if what == "index":  # the first entry names a slot past the capacity
+            f.seek(index_at)
+            f.write(b"\xff\xff\xff\xff")
+        else:  # the first device's id gets a NUL: it would read as another id
+            f.seek(slots_at + 64 * len(FIELDS) + 8)  # past the counters, `published`, `id_len`
+            f.write(b"z\0")
 
 
 def test_one_segment_that_cannot_be_read_does_not_fail_the_scrape(
@@ -186,17 +192,21 @@ def test_one_segment_that_cannot_be_read_does_not_fail_the_scrape(
 ) -> None:
     from pmem_metrics.prometheus import register
 
-    good, bad = open_segment(tmp_path / "good"), open_segment(tmp_path / "bad")
+    good = open_segment(tmp_path / "good")
     good.alloc("drv0").cfg_fails.add(3)
-    bad.alloc("drv0").cfg_fails.add(4)
-    spoil_the_index(tmp_path / "bad")
+    segments = {"good": good}
+    for what in ("index", "id"):
+        segments[what] = bad = open_segment(tmp_path / what)
+        bad.alloc("drv0").cfg_fails.add(4)
+        spoil(tmp_path / what, what)
     registry = CollectorRegistry()
-    register(registry, {"good": good, "bad": bad})
+    register(registry, segments)
     text = generate_latest(registry).decode()
     assert 'pmem_cfg_fails_total{drive_id="drv0",segment="good"} 3.0' in text
-    assert 'segment="bad"} 4.0' not in text
+    assert "4.0" not in text  # neither bad one: not under its own id, nor another
     assert 'pmem_segment_up{segment="good"} 1.0' in text
-    assert 'pmem_segment_up{segment="bad"} 0.0' in text
-    assert "cannot read segment 'bad'" in caplog.text
-    with pytest.raises(InvalidSegmentError):
-        bad.flush_metrics()  # and a flush says why
+    for what in ("index", "id"):
+        assert f'pmem_segment_up{{segment="{what}"}} 0.0' in text
+        assert f"cannot read segment {what!r}" in caplog.text
+        with pytest.raises(InvalidSegmentError):
+            segments[what].flush_metrics()  # and a flush says why

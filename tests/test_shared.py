@@ -258,6 +258,19 @@ def test_the_exporter_refuses_what_it_cannot_read_and_creates_nothing(tmp_path: 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_the_exporter_attaches_to_no_segment_pmem_metrics_shm_names(tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    bump_in_processes(seg, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(seg), "--duration", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PMEM_METRICS_SHM": str(tmp_path / "typo")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["pmem"]["cfg_fails"] == 7
+    assert not (tmp_path / "typo").exists()
+
+
 def test_the_exporter_reads_a_segment_named_twice_once(tmp_path: Path) -> None:
     seg = tmp_path / "seg"
     bump_in_processes(seg, tmp_path)

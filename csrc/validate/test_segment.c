@@ -696,9 +696,44 @@ static bool readers_survive_a_scribbler(const void *arg)
 	return check_failures == before;
 }
 
+/* Numbers and ids that do not add up are refused, not reported. */
+static bool ids_are_checked_not_trusted(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("badids"), 4, 0600);
+	struct pmem_metrics_snapshot *s = NULL;
+	uint64_t *id_bytes;
+	char *id;
+
+	(void)arg;
+	CHECK(r && pmem_metrics_registry_alloc(r, "aa") && pmem_metrics_registry_alloc(r, "bb"));
+	CHECK(scribbler_map(seg_path("badids")));
+	if (check_failures != before)
+		return false;
+	id_bytes = scrib.n + 2;
+	id = (char *)scrib.id_len[0] + sizeof(uint32_t); /* slot 0's id: "aa" */
+	CHECK(*id_bytes == 6 && memcmp(id, "aa", 3) == 0);
+
+	*id_bytes = 200; /* more id bytes than there are: a copy would end in garbage */
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_peek_into(r, &s, 0) == -1 && errno == EBADMSG && !s);
+	*id_bytes = 6;
+	memcpy(id, "z", 2); /* "z\0": as read, "z"; its count would be reported as z's */
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_peek_into(r, &s, 0) == -1 && errno == EBADMSG && !s);
+	memcpy(id, "\xff\xfe", 2); /* not UTF-8 */
+	errno = 0;
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 0) == -1 && errno == EBADMSG && !s);
+	memcpy(id, "aa", 2);
+	CHECK(pmem_metrics_registry_snapshot_peek_into(r, &s, 0) == 0 && pmem_metrics_snapshot_len(s) == 2);
+	pmem_metrics_snapshot_free(s);
+	return check_failures == before;
+}
+
 static void test_a_process_ignoring_the_locks_cannot_crash_the_others(void)
 {
 	CHECK(in_child(readers_survive_a_scribbler, NULL) == 0);
+	CHECK(in_child(ids_are_checked_not_trusted, NULL) == 0);
 }
 
 /* ---- A process stopped while it holds the registry mutex ----------------------------- */
