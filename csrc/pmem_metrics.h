@@ -256,6 +256,7 @@ const char *pmem_metrics_field_doc(size_t i);
  *   EPROTO     a segment of another version, ABI or field list
  *   EBADMSG    a truncated or corrupt segment
  *   ELOOP      `path` is a symbolic link (never followed)
+ *   EFBIG      larger than this process can map (capacity, on 32 bits)
  *   EACCES, ENOSPC, ...  from opening, creating or reserving the file
  * Once attached, allocation fails with ENOSPC when the segment is full.
  */

@@ -65,6 +65,7 @@ SEGMENT_PROBLEMS = {
     errno.EPROTO: "a segment of another version or field list",
     errno.EBADMSG: "a truncated or corrupt segment",
     errno.ELOOP: "a symbolic link (never followed)",
+    errno.EFBIG: "larger than this process can map",
     errno.EBUSY: (
         "this process already has devices, an open flush or a segment, "
         "or has this segment open (open_segment)"
