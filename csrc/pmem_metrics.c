@@ -1146,15 +1146,17 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 	struct pmem_metrics_snapshot *s;
 	size_t n, id_bytes;
 	char *ids;
+	bool shared;
 	int err = reg_lock_within(r, false, timeout_ms);
 
 	if (err) {
 		errno = err;
 		return NULL;
 	}
+	shared = is_shared(r); /* once, under the lock: attach() cannot switch it now */
 	n = reg_n(r);
 	id_bytes = r->id_bytes;
-	if (is_shared(r)) {
+	if (shared) {
 		/* Read once, and never more than n ids can take (the loop checks the rest). */
 		uint64_t claimed = seg_u64(&r->shm.hdr->id_bytes);
 
@@ -1178,7 +1180,7 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 		/* A segment's id list must fit what its header claimed (checked, not trusted). */
 		if (!d || (size_t)(ids - s->ids) + len + 1 > s->ids_len)
 			goto corrupt;
-		if (i + PREFETCH_AHEAD < s->n && !is_shared(r))
+		if (i + PREFETCH_AHEAD < s->n && !shared)
 			prefetch_device(r->v[i + PREFETCH_AHEAD]);
 
 		s->devs[i] = d;
@@ -1190,7 +1192,7 @@ static struct pmem_metrics_snapshot *snapshot_load(struct pmem_metrics_registry 
 		 * reported under a wrong name (a NUL in it), or not decode.  The
 		 * copy is checked: it is what gets reported.
 		 */
-		if (is_shared(r) && pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK)
+		if (shared && pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK)
 			goto corrupt;
 		ids += len + 1;
 		for (size_t f = 0; f < NFIELDS; f++) {

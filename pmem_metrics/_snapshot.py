@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import time
+from typing import Callable
 
 from ._binding import DEFAULT_REGISTRY, NFIELDS, CData, ffi, lib
 from .device import raise_if_the_segment_failed
@@ -74,22 +75,39 @@ def new_slot() -> CData:
     return ffi.gc(ffi.new("struct pmem_metrics_snapshot *[1]"), dispose)
 
 
-def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY) -> Snapshot:
-    """Open a flush of the C registry *r* into *slot*, waiting for others in interruptible slices.
+def _into(
+    call: Callable[[CData, CData, int], int],
+    r: CData,
+    slot: CData,
+    deadline: float | None,
+    busy: str,
+) -> None:
+    """``call(r, slot, WAIT_SLICE_MS)`` until it succeeds, in slices (Ctrl-C is taken between).
 
-    *deadline* (``time.monotonic()``) bounds the wait: past it, ``TimeoutError``.
+    Past *deadline* (``time.monotonic()``), ``TimeoutError`` saying *busy*.
     """
-    while lib.pmem_metrics_registry_snapshot_take_into(r, slot, WAIT_SLICE_MS) != 0:
+    while call(r, slot, WAIT_SLICE_MS) != 0:
         err = ffi.errno
         if err != errno.ETIMEDOUT:
             raise_if_the_segment_failed(err, r)
             raise error_from_errno(err, "cannot take a metrics snapshot")
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(
-                errno.ETIMEDOUT,
-                "another metrics flush is still in progress (or, in a shared segment, "
-                "another process holds its registry lock: stopped?)",
-            )
+            raise TimeoutError(errno.ETIMEDOUT, busy)
+
+
+def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY) -> Snapshot:
+    """Open a flush of the C registry *r* into *slot*, waiting for others in interruptible slices.
+
+    *deadline* (``time.monotonic()``) bounds the wait: past it, ``TimeoutError``.
+    """
+    _into(
+        lib.pmem_metrics_registry_snapshot_take_into,
+        r,
+        slot,
+        deadline,
+        "another metrics flush is still in progress (or, in a shared segment, "
+        "another process holds its registry lock: stopped?)",
+    )
     return Snapshot(slot[0])
 
 
@@ -101,13 +119,11 @@ def peek(r: CData = DEFAULT_REGISTRY, deadline: float | None = None) -> Snapshot
     until *deadline* (``time.monotonic()``): past it, ``TimeoutError``.
     """
     slot = new_slot()
-    while lib.pmem_metrics_registry_snapshot_peek_into(r, slot, WAIT_SLICE_MS) != 0:
-        err = ffi.errno
-        if err != errno.ETIMEDOUT:
-            raise_if_the_segment_failed(err, r)
-            raise error_from_errno(err, "cannot take a metrics snapshot")
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(
-                errno.ETIMEDOUT, "another process holds the segment's registry lock (stopped?)"
-            )
+    _into(
+        lib.pmem_metrics_registry_snapshot_peek_into,
+        r,
+        slot,
+        deadline,
+        "another process holds the segment's registry lock (stopped?)",
+    )
     return Snapshot(slot[0], counts=True)

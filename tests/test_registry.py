@@ -30,6 +30,8 @@ from pmem_metrics import (
     open_segment,
 )
 
+from .helpers import run_threads
+
 
 def test_a_segment_is_a_registry_of_its_own(tmp_path: Path, uid: str) -> None:
     seg = open_segment(tmp_path / "seg", capacity=8)
@@ -132,7 +134,7 @@ def test_threads_flush_two_segments_exactly(tmp_path: Path) -> None:
     segs = [open_segment(tmp_path / f"seg{i}") for i in range(2)]
     counters = [seg.alloc("x").queue_event_count for seg in segs]
     reported = [[0, 0], [0, 0]]  # per flusher thread: += on a shared list would race
-    done = threading.Event()
+    stop = threading.Event()
 
     def bump() -> None:
         for i in range(20_000):
@@ -140,7 +142,7 @@ def test_threads_flush_two_segments_exactly(tmp_path: Path) -> None:
 
     def flush(mine: list[int]) -> None:
         while True:
-            last = done.is_set()
+            last = stop.is_set()
             for i, seg in enumerate(segs):
                 mine[i] += seg.flush_metrics()["pmem"]["queue_event_count"]
             if last:
@@ -148,13 +150,7 @@ def test_threads_flush_two_segments_exactly(tmp_path: Path) -> None:
 
     bumpers = [threading.Thread(target=bump) for _ in range(2)]
     flushers = [threading.Thread(target=flush, args=(mine,)) for mine in reported]
-    for t in bumpers + flushers:
-        t.start()
-    for t in bumpers:
-        t.join()
-    done.set()
-    for t in flushers:
-        t.join()
+    run_threads(bumpers, flushers, stop)
     assert [x + y for x, y in zip(*reported)] == [20_000, 20_000]
 
 

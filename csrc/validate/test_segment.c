@@ -605,7 +605,7 @@ static struct scribbler scrib;
 
 static bool scribbler_map(const char *path)
 {
-	const off_t index_off = 48, slots_off = 56;
+	const off_t index_off = 48; /* then slots_off */
 	const size_t counts = 72 + 2 * sizeof(pthread_mutex_t);
 	/* struct device: the counters, `published`, then `id_len` */
 	const size_t id_len_at = sizeof(struct pmem_metrics) + sizeof(uint32_t);
@@ -615,7 +615,6 @@ static bool scribbler_map(const char *path)
 	if (fd < 0 || pread(fd, at, sizeof(at), index_off) != (ssize_t)sizeof(at) ||
 	    pread(fd, &slot_size, 8, 40) != 8 || pread(fd, &size, 8, 64) != 8)
 		return false;
-	(void)slots_off;
 	scrib.base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (scrib.base == MAP_FAILED)
