@@ -116,6 +116,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The library is built -fvisibility=hidden: what this header declares is what it exports. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 /*
  * The counters of one pmem device, in flush order: X(name, doc).
  * This is the only place the list is written down; adding a counter is one
@@ -265,6 +270,35 @@ int pmem_metrics_attach(const char *path, size_t capacity);
 /* As pmem_metrics_attach(), creating a new segment with `mode` (0660: a group may attach). */
 int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
 
+/*
+ * Flags of pmem_metrics_attach_flags() and pmem_metrics_registry_open_flags().
+ *   READONLY  open the file read-only, and read it with pread() alone: the
+ *             registry can be peeked and counted, never flushed or
+ *             allocated in (EROFS); a segment others truncate cannot kill
+ *             this process.  Never creates.  (Open only, not attach.)
+ *   EXISTING  never create: a missing segment is ENOENT.  (Open only.)
+ *   TRUST     use a segment owned by another user, or writable by users
+ *             other than its owner and group (else EPERM: see "Whose
+ *             segment" in the overview).
+ */
+#define PMEM_METRICS_OPEN_READONLY 1u
+#define PMEM_METRICS_OPEN_EXISTING 2u
+#define PMEM_METRICS_OPEN_TRUST 4u
+
+/* As pmem_metrics_attach_mode(), with PMEM_METRICS_OPEN_TRUST or 0 (else EINVAL). */
+int pmem_metrics_attach_flags(const char *path, size_t capacity, unsigned mode, unsigned flags);
+
+/*
+ * How long a call waits for another process at most, in milliseconds, where
+ * a segment's call has no timeout of its own (an allocation of a new id, a
+ * take without one): then ETIMEDOUT.  PMEM_METRICS_SEGMENT_WAIT_MS=ms in the
+ * environment (read once, 1 to 86400000) sets another bound.
+ */
+#define PMEM_METRICS_SEGMENT_WAIT_MS 10000
+
+/* That bound as in force in this process, in milliseconds. */
+int pmem_metrics_segment_wait_ms(void);
+
 /* Whether this process's registry lives in a shared segment. */
 int pmem_metrics_is_shared(void);
 
@@ -294,8 +328,23 @@ struct pmem_metrics_registry *pmem_metrics_registry_default(void);
 struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
 							 unsigned mode);
 
+/*
+ * As pmem_metrics_registry_open(), with PMEM_METRICS_OPEN_* flags: a
+ * read-only registry (READONLY), no creation (EXISTING), no ownership
+ * check (TRUST).  Opening a segment this process has open already returns
+ * that registry; EBUSY if that one is read-only and this open is not.
+ */
+struct pmem_metrics_registry *pmem_metrics_registry_open_flags(const char *path, size_t capacity,
+							       unsigned mode, unsigned flags);
+
 /* Whether `r` lives in a shared segment. */
 int pmem_metrics_registry_is_shared(struct pmem_metrics_registry *r);
+
+/* The path `r`'s segment was opened or attached by; NULL for a private registry. */
+const char *pmem_metrics_registry_path(struct pmem_metrics_registry *r);
+
+/* Whether devices can be allocated in `r` and it can be flushed (not opened read-only). */
+int pmem_metrics_registry_is_writable(struct pmem_metrics_registry *r);
 
 /* The device slots of `r`'s segment; 0 for a private registry (it grows as needed). */
 size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
@@ -304,6 +353,21 @@ struct pmem_metrics *pmem_metrics_registry_alloc(struct pmem_metrics_registry *r
 						 const char *drive_id);
 struct pmem_metrics *pmem_metrics_registry_alloc_len(struct pmem_metrics_registry *r,
 						     const char *drive_id, size_t len);
+/*
+ * As pmem_metrics_registry_alloc_len(), waiting at most `timeout_ms` for
+ * another process that holds the segment's insert lock (0: not at all;
+ * negative: PMEM_METRICS_SEGMENT_WAIT_MS); then NULL with errno ETIMEDOUT.
+ * A binding waits in slices, and handles signals in between.  An id that
+ * exists already is found without the lock, so never waits.
+ */
+struct pmem_metrics *pmem_metrics_registry_alloc_within(struct pmem_metrics_registry *r,
+							const char *drive_id, size_t len,
+							int timeout_ms);
+
+/*
+ * Number of devices; 0 with errno set on failure (EBADMSG: a count the
+ * segment cannot hold).  In a segment, read without a lock.
+ */
 size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
 
 /*
@@ -473,6 +537,10 @@ void pmem_metrics_fault_fail_alloc(unsigned n);
  * "withdraw", after the first device).  NULL turns it off.
  */
 void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));
+#endif
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
 #endif
 
 #endif /* __cplusplus */

@@ -35,13 +35,27 @@ ID_MAX_CHARS: int = lib.PMEM_METRICS_ID_MAX_CHARS
 DEFAULT_REGISTRY: CData = lib.pmem_metrics_registry_default()
 """The C ``struct pmem_metrics_registry *`` of the process's default registry."""
 
+WAIT_SLICE_MS = 50
+"""Longest time one C call waits (for a flush, a segment's lock): the Ctrl-C latency of a wait."""
+
+
+def segment_wait_s() -> float:
+    """How long a call waits for another process's segment lock at most, in seconds.
+
+    ``PMEM_METRICS_SEGMENT_WAIT_MS`` in the environment sets it (read once, by C).
+    """
+    return lib.pmem_metrics_segment_wait_ms() / 1000
+
+
 __all__ = [
     "DEFAULT_REGISTRY",
     "FIELDS",
     "FIELD_DOCS",
     "ID_MAX_CHARS",
     "NFIELDS",
+    "WAIT_SLICE_MS",
     "CData",
     "ffi",
     "lib",
+    "segment_wait_s",
 ]

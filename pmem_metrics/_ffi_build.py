@@ -48,15 +48,31 @@ ffi.cdef(
     void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
     void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
 
+    #define PMEM_METRICS_OPEN_READONLY ...
+    #define PMEM_METRICS_OPEN_EXISTING ...
+    #define PMEM_METRICS_OPEN_TRUST ...
+    #define PMEM_METRICS_SEGMENT_WAIT_MS ...
     int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
+    int pmem_metrics_segment_wait_ms(void);
+    int pmem_metrics_attach_flags(const char *path, size_t capacity, unsigned mode,
+                                  unsigned flags);
 
     struct pmem_metrics_registry *pmem_metrics_registry_default(void);
     struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
                                                              unsigned mode);
+    struct pmem_metrics_registry *pmem_metrics_registry_open_flags(const char *path,
+                                                                   size_t capacity,
+                                                                   unsigned mode,
+                                                                   unsigned flags);
     int pmem_metrics_registry_is_shared(struct pmem_metrics_registry *r);
+    int pmem_metrics_registry_is_writable(struct pmem_metrics_registry *r);
+    const char *pmem_metrics_registry_path(struct pmem_metrics_registry *r);
     size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
     struct pmem_metrics *pmem_metrics_registry_alloc_len(struct pmem_metrics_registry *r,
                                                          const char *drive_id, size_t len);
+    struct pmem_metrics *pmem_metrics_registry_alloc_within(struct pmem_metrics_registry *r,
+                                                            const char *drive_id, size_t len,
+                                                            int timeout_ms);
     size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
     int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
                                                  struct pmem_metrics_snapshot **slot,

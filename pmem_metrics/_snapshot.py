@@ -27,12 +27,8 @@ import errno
 import time
 from typing import Callable
 
-from ._binding import DEFAULT_REGISTRY, NFIELDS, CData, ffi, lib
-from .device import raise_if_the_segment_failed
-from .errors import error_from_errno
-
-WAIT_SLICE_MS = 50
-"""Longest time one C call waits for another flush: the Ctrl-C latency of a waiting flush."""
+from ._binding import DEFAULT_REGISTRY, NFIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
+from .device import registry_error
 
 publish = lib.pmem_metrics_snapshot_publish
 withdraw = lib.pmem_metrics_snapshot_withdraw
@@ -81,18 +77,22 @@ def _into(
     slot: CData,
     deadline: float | None,
     busy: str,
+    doing: str,
 ) -> None:
     """``call(r, slot, WAIT_SLICE_MS)`` until it succeeds, in slices (Ctrl-C is taken between).
 
-    Past *deadline* (``time.monotonic()``), ``TimeoutError`` saying *busy*.
+    Past *deadline* (``time.monotonic()``), ``TimeoutError`` saying *busy*; a
+    segment's wait is bounded in any case (:func:`segment_wait_s`), and its
+    failures name it (*doing* says what failed).
     """
     while call(r, slot, WAIT_SLICE_MS) != 0:
         err = ffi.errno
         if err != errno.ETIMEDOUT:
-            raise_if_the_segment_failed(err, r)
-            raise error_from_errno(err, "cannot take a metrics snapshot")
+            raise registry_error(err, r, doing, "cannot take a metrics snapshot")
+        if deadline is None and lib.pmem_metrics_registry_is_shared(r):
+            deadline = time.monotonic() + segment_wait_s()
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(errno.ETIMEDOUT, busy)
+            raise registry_error(err, r, doing, busy)
 
 
 def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY) -> Snapshot:
@@ -105,8 +105,8 @@ def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY
         r,
         slot,
         deadline,
-        "another metrics flush is still in progress (or, in a shared segment, "
-        "another process holds its registry lock: stopped?)",
+        "another metrics flush is still in progress",
+        "flush",
     )
     return Snapshot(slot[0])
 
@@ -114,9 +114,9 @@ def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY
 def peek(r: CData = DEFAULT_REGISTRY, deadline: float | None = None) -> Snapshot:
     """Every device's cumulative counts in the C registry *r*, without flushing.
 
-    A peek waits for no flush; in a shared segment it may wait for another
-    process that holds the registry lock (in slices, so Ctrl-C is taken),
-    until *deadline* (``time.monotonic()``): past it, ``TimeoutError``.
+    A peek waits for no flush and takes no lock (in a shared segment it
+    reads the file without one); *deadline* (``time.monotonic()``) is kept
+    for the callers that bound every call they make.
     """
     slot = new_slot()
     _into(
@@ -124,6 +124,7 @@ def peek(r: CData = DEFAULT_REGISTRY, deadline: float | None = None) -> Snapshot
         r,
         slot,
         deadline,
-        "another process holds the segment's registry lock (stopped?)",
+        "the registry is busy",
+        "read",
     )
     return Snapshot(slot[0], counts=True)

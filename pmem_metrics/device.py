@@ -11,18 +11,19 @@ import errno
 import operator
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar
 
-from ._binding import DEFAULT_REGISTRY, FIELDS, CData, ffi, lib
+from ._binding import DEFAULT_REGISTRY, FIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
 from .errors import (
-    SEGMENT_PROBLEMS,
     InvalidDriveIdError,
-    InvalidSegmentError,
-    SegmentError,
+    PmemMetricsError,
     error_from_errno,
+    segment_error,
 )
 
 # The C functions of Counter's hot path, and the conversion add() applies.
+_alloc_within: Callable[[CData, bytes, int, int], CData] = lib.pmem_metrics_registry_alloc_within
 _inc: Callable[[CData], None] = lib.pmem_metrics_inc
 _add: Callable[[CData, int], None] = lib.pmem_metrics_add
 _index = operator.index
@@ -171,16 +172,25 @@ def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Devic
         raise InvalidDriveIdError(
             f"invalid drive id {_shown(drive_id)}: must be valid Unicode (no lone surrogates)"
         ) from None
-    m = lib.pmem_metrics_registry_alloc_len(r, raw, len(raw))
+    m = _alloc_within(r, raw, len(raw), WAIT_SLICE_MS)
+    deadline = None
+    # In a segment, another process may hold the insert lock: wait in slices
+    # (Ctrl-C is taken between them), within the segment's bound.
+    while m == ffi.NULL and ffi.errno == errno.ETIMEDOUT:
+        if deadline is None:
+            deadline = time.monotonic() + segment_wait_s()
+        elif time.monotonic() >= deadline:
+            break
+        m = _alloc_within(r, raw, len(raw), WAIT_SLICE_MS)
     if m == ffi.NULL:
         err = ffi.errno
-        raise_if_the_segment_failed(err, r)
         shown = _shown(drive_id)
+        check = lib.pmem_metrics_id_check(raw, len(raw)) if err == errno.EINVAL else 0
+        if check != 0:
+            why = ffi.string(lib.pmem_metrics_id_strerror(check)).decode()
+            raise InvalidDriveIdError(f"invalid drive id {shown}: {why}")
         message = f"cannot allocate metrics for drive id {shown}"
-        if err == errno.EINVAL:
-            why = lib.pmem_metrics_id_strerror(lib.pmem_metrics_id_check(raw, len(raw)))
-            message = f"invalid drive id {shown}: {ffi.string(why).decode()}"
-        raise error_from_errno(err, message)
+        raise registry_error(err, r, f"allocate {shown} in", message)
     self = object.__new__(cls)
     self._m = m
     self._origin = origin
@@ -190,27 +200,40 @@ def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Devic
     return self
 
 
+def count_in(r: CData) -> int:
+    """Number of devices in the C registry *r*: a segment's, read without a lock."""
+    ffi.errno = 0
+    n = lib.pmem_metrics_registry_device_count(r)
+    if n == 0 and ffi.errno:
+        raise registry_error(ffi.errno, r, "count the devices of", "cannot count the devices")
+    return n
+
+
 def device_count() -> int:
     """Number of pmem devices in this process's registry (its segment's, once attached)."""
-    return lib.pmem_metrics_registry_device_count(DEFAULT_REGISTRY)
+    return count_in(DEFAULT_REGISTRY)
 
 
-def segment_error(err: int, path: str, doing: str = "attach") -> SegmentError:
-    """The exception for a segment at *path* that could not be attached or opened."""
-    why = SEGMENT_PROBLEMS.get(err, os.strerror(err))
-    cls = (
-        InvalidSegmentError if err in (errno.EINVAL, errno.EPROTO, errno.EBADMSG) else SegmentError
-    )
-    return cls(err, f"cannot {doing} the metrics segment: {why}", path)
+def registry_path(r: CData) -> str | None:
+    """The path of the segment the C registry *r* lives in; ``None`` if it is private."""
+    path = lib.pmem_metrics_registry_path(r)
+    return None if path == ffi.NULL else os.fsdecode(ffi.string(path))
 
 
-def raise_if_the_segment_failed(err: int, r: CData = DEFAULT_REGISTRY) -> None:
-    """Raise the segment's error if PMEM_METRICS_SHM named one that could not be attached."""
-    if r != DEFAULT_REGISTRY:
-        return
-    path = os.environ.get("PMEM_METRICS_SHM")
-    if path and err not in (errno.ENOMEM, errno.ENOSPC) and not is_shared():
-        raise segment_error(err, path)
+def registry_error(err: int, r: CData, doing: str, message: str) -> PmemMetricsError:
+    """The exception for a call on the C registry *r* that failed with ``errno`` *err*.
+
+    A segment's failure names the segment's path and says what failed
+    (*doing* it, "cannot {doing} the metrics segment"); a private registry's
+    is described by *message*.  Running out of memory is never the segment's.
+    """
+    env = os.environ.get("PMEM_METRICS_SHM")
+    path = registry_path(r)
+    if path is None and r == DEFAULT_REGISTRY and env and err != errno.ENOMEM:
+        return segment_error(err, env, "attach")  # PMEM_METRICS_SHM's, which failed
+    if path is None or err in (errno.ENOMEM, errno.EDEADLK):
+        return error_from_errno(err, message)
+    return segment_error(err, path, doing)
 
 
 def segment_args(
@@ -222,15 +245,24 @@ def segment_args(
             raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if capacity is not None and not 0 < capacity <= 1 << 24:
         raise ValueError(f"capacity must be 1 to {1 << 24} devices, not {capacity}")
-    if not 0 <= mode <= 0o777:
-        raise ValueError(f"mode must be permission bits, 0 to 0o777, not {mode:#o}")
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise ValueError(
+            f"mode must be permission bits (0 to 0o777) that let the owner read and write "
+            f"the segment (0o600), not {mode:#o}"
+        )
     raw = os.fsencode(path)
     if not raw or b"\0" in raw:
         raise ValueError(f"not a segment path: {path!r}")
     return raw, capacity or 0, mode
 
 
-def attach(path: str | os.PathLike[str], capacity: int | None = None, mode: int = 0o600) -> None:
+def attach(
+    path: str | os.PathLike[str],
+    capacity: int | None = None,
+    mode: int = 0o600,
+    *,
+    trust: bool = False,
+) -> None:
     """Put this process's registry in the shared segment at *path* (created if absent).
 
     Every process attached to one segment shares its devices: the same id is
@@ -244,12 +276,16 @@ def attach(path: str | os.PathLike[str], capacity: int | None = None, mode: int 
     file that is not a usable segment, ``errno.EBUSY`` once devices exist or
     a segment is attached, and the system's errors from opening or creating it;
     ``TypeError`` or ``ValueError`` for a bad argument (an empty path, a
-    *capacity* out of 1 to 2**24, a *mode* beyond 0o777).  To read or flush a
-    segment without attaching this process, see :func:`open_segment`.
+    *capacity* out of 1 to 2**24, a *mode* beyond 0o777 or without 0o600,
+    which the creator itself needs).  A segment owned by another user, or
+    writable by users other than its owner and group, is refused with
+    :class:`UntrustedSegmentError` unless *trust* is true.  To read or flush
+    a segment without attaching this process, see :func:`open_segment`.
     """
     raw, size, bits = segment_args(path, capacity, mode)
-    if lib.pmem_metrics_attach_mode(raw, size, bits) != 0:
-        raise segment_error(ffi.errno, os.fsdecode(raw))
+    flags = lib.PMEM_METRICS_OPEN_TRUST if trust else 0
+    if lib.pmem_metrics_attach_flags(raw, size, bits, flags) != 0:
+        raise segment_error(ffi.errno, os.fsdecode(raw), "attach")
 
 
 def is_shared() -> bool:

@@ -26,6 +26,10 @@ class FlushInProgressError(PmemMetricsError, RuntimeError):
     """This thread tried to start a flush while its own flush was still open."""
 
 
+class FlushTimeoutError(PmemMetricsError, TimeoutError):
+    """Another flush of the registry was still in progress when the wait's deadline passed."""
+
+
 class WriterStateError(PmemMetricsError, RuntimeError):
     """The metrics writer is not in a state for this call (e.g. periodic writing before init)."""
 
@@ -50,16 +54,36 @@ class SegmentFullError(SegmentError):
     """The shared segment has no room for another device (``errno.ENOSPC``)."""
 
 
+class SegmentTimeoutError(SegmentError, TimeoutError):
+    """Another process held the segment's lock past the bound (stopped, or stuck writing)."""
+
+
+class SegmentReplacedError(SegmentError):
+    """The segment's path no longer names the file that was opened: removed, or replaced.
+
+    Open the path again (:func:`pmem_metrics.open_segment`) to read the new one.
+    """
+
+
+class UntrustedSegmentError(SegmentError, PermissionError):
+    """The segment is another user's, or others may write it; refused unless ``trust=True``."""
+
+
+class ReadOnlySegmentError(SegmentError, PermissionError):
+    """The segment was opened read-only: it can be read and counted, not flushed or allocated in."""
+
+
 _BY_ERRNO: dict[int, type[PmemMetricsError]] = {
     errno.EINVAL: InvalidDriveIdError,
     errno.ENOMEM: OutOfMemoryError,
     errno.EDEADLK: FlushInProgressError,
+    errno.ETIMEDOUT: FlushTimeoutError,
     errno.ENOSPC: SegmentFullError,
     errno.EBADMSG: InvalidSegmentError,
     errno.EPROTO: InvalidSegmentError,
 }
 
-# What a segment's errno means, for the messages of attach().
+# What a segment's errno means, for the messages of its errors.
 SEGMENT_PROBLEMS = {
     errno.EINVAL: "not a pmem_metrics segment (or not a regular file)",
     errno.EPROTO: "a segment of another version or field list",
@@ -67,10 +91,37 @@ SEGMENT_PROBLEMS = {
     errno.ELOOP: "a symbolic link (never followed)",
     errno.EFBIG: "larger than this process can map",
     errno.EBUSY: (
-        "this process already has devices, an open flush or a segment, "
+        "this process already used its registry (attach before any other call), "
         "or has this segment open (open_segment)"
     ),
+    errno.ESTALE: "removed or replaced since it was opened: open the path again",
+    errno.EPERM: (
+        "owned by another user, or writable by users other than its owner and group "
+        "(trust=True to use it anyway)"
+    ),
+    errno.EROFS: "opened read-only: it can be read, not flushed or allocated in",
+    errno.ETIMEDOUT: "another process held its lock past the bound (stopped, or stuck?)",
+    errno.ENOENT: "no such segment",
 }
+
+SEGMENT_ERRORS: dict[int, type[SegmentError]] = {
+    errno.EINVAL: InvalidSegmentError,
+    errno.EPROTO: InvalidSegmentError,
+    errno.EBADMSG: InvalidSegmentError,
+    errno.ENOSPC: SegmentFullError,
+    errno.ETIMEDOUT: SegmentTimeoutError,
+    errno.ESTALE: SegmentReplacedError,
+    errno.EPERM: UntrustedSegmentError,
+    errno.EROFS: ReadOnlySegmentError,
+}
+
+
+def segment_error(err: int, path: str, doing: str) -> SegmentError:
+    """The exception for the segment at *path* failing with ``errno`` *err* while *doing* it."""
+    why = SEGMENT_PROBLEMS.get(err, os.strerror(err))
+    return SEGMENT_ERRORS.get(err, SegmentError)(
+        err, f"cannot {doing} the metrics segment: {why}", path
+    )
 
 
 def error_from_errno(err: int, message: str) -> PmemMetricsError:

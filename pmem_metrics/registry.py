@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 
 from ._binding import DEFAULT_REGISTRY, CData, ffi, lib
-from .device import PmemMetricsPerDevice, alloc_in, segment_args, segment_error
+from .device import PmemMetricsPerDevice, alloc_in, count_in, registry_path, segment_args
+from .errors import segment_error
 from .flush import Flush, as_dict, as_json, flush_in
 
 
@@ -62,7 +63,7 @@ class Registry:
 
     def device_count(self) -> int:
         """Number of devices in this registry (from every process, for a segment)."""
-        return lib.pmem_metrics_registry_device_count(self._r)
+        return count_in(self._r)
 
     def flush_metrics(self) -> Flush:
         """Flush this registry; as :func:`pmem_metrics.flush_metrics`."""
@@ -76,6 +77,11 @@ class Registry:
     def is_shared(self) -> bool:
         """Whether this registry lives in a shared segment."""
         return bool(lib.pmem_metrics_registry_is_shared(self._r))
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this segment was opened read-only: it can be read and counted, not flushed."""
+        return not lib.pmem_metrics_registry_is_writable(self._r)
 
     @property
     def capacity(self) -> int | None:
@@ -97,7 +103,13 @@ class Registry:
 
 
 def open_segment(
-    path: str | os.PathLike[str], capacity: int | None = None, mode: int = 0o600
+    path: str | os.PathLike[str],
+    capacity: int | None = None,
+    mode: int = 0o600,
+    *,
+    readonly: bool = False,
+    create: bool = True,
+    trust: bool = False,
 ) -> Registry:
     """The shared segment at *path* as a :class:`Registry`, created if absent.
 
@@ -105,11 +117,27 @@ def open_segment(
     segment is one more registry, whose devices, flushes and Prometheus
     collector (:class:`pmem_metrics.prometheus.PmemCollector`) are its own.
     Any number may be open at once.  *capacity* and *mode* are as for
-    :func:`attach` (they only matter when the segment is created).  Raises
-    what :func:`attach` raises, except ``EBUSY``.
+    :func:`attach` (they only matter when the segment is created).
+
+    *readonly*: open the file for reading only (so read permission is all it
+    takes: a 0640 segment can be scraped by its group) and read it without
+    a mapping and without a lock, so a process that truncates or stops
+    cannot harm this one; the registry can be scraped and counted, never
+    flushed or allocated in (:class:`ReadOnlySegmentError`).  Never creates.
+    *create* false: a missing segment is an error (``ENOENT``), never created.
+    *trust*: as for :func:`attach` (read-only, only the "others may write
+    it" check applies: the reader cannot be harmed, only misinformed).
+
+    Raises what :func:`attach` raises, except ``EBUSY`` (but for a segment
+    open read-only here already, opened again for writing).
     """
     raw, size, bits = segment_args(path, capacity, mode)
-    r = lib.pmem_metrics_registry_open(raw, size, bits)
+    flags = (
+        (lib.PMEM_METRICS_OPEN_READONLY if readonly else 0)
+        | (0 if create else lib.PMEM_METRICS_OPEN_EXISTING)
+        | (lib.PMEM_METRICS_OPEN_TRUST if trust else 0)
+    )
+    r = lib.pmem_metrics_registry_open_flags(raw, size, bits, flags)
     if r == ffi.NULL:
         raise segment_error(ffi.errno, os.fsdecode(raw), "open")
-    return Registry._wrap(r, os.fsdecode(raw))
+    return Registry._wrap(r, registry_path(r))

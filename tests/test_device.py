@@ -279,12 +279,11 @@ def test_out_of_memory_quotes_a_long_id_shortened(monkeypatch: pytest.MonkeyPatc
     """The C library is made to fail with ENOMEM (a real long id is refused first)."""
     import pmem_metrics.device
 
-    class OutOfMemory:
-        def pmem_metrics_registry_alloc_len(self, r: Any, raw: bytes, n: int) -> Any:
-            ffi.errno = errno.ENOMEM
-            return ffi.NULL
+    def out_of_memory(r: Any, raw: bytes, n: int, timeout_ms: int) -> Any:
+        ffi.errno = errno.ENOMEM
+        return ffi.NULL
 
-    monkeypatch.setattr(pmem_metrics.device, "lib", OutOfMemory())
+    monkeypatch.setattr(pmem_metrics.device, "_alloc_within", out_of_memory)
     with pytest.raises(OutOfMemoryError) as info:
         PmemMetricsPerDevice.alloc("z" * 10**6)
     message = str(info.value)

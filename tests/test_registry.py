@@ -170,14 +170,24 @@ def test_the_collector_labels_each_segment(tmp_path: Path) -> None:
         PmemCollector({"vm-a": "not a registry"})  # type: ignore[dict-item]
 
 
+# Where the segment header keeps the index's and the slots' offsets, and the device count.
+INDEX_OFF_AT, SLOTS_OFF_AT, USED_AT = 40, 48, 72
+
+
 def spoil(path: Path, what: str) -> None:
-    """Spoil the segment at *path* as a buggy writer might: its ``"index"`` or first ``"id"``."""
+    """Spoil the segment at *path* as a buggy writer might: its ``"index"``, ``"count"``
+    or first ``"id"``."""
     with open(path, "r+b") as f:
-        header = f.read(64)
-        index_at, slots_at = (int.from_bytes(header[o : o + 8], sys.byteorder) for o in (48, 56))
+        header = f.read(80)
+        index_at, slots_at = (
+            int.from_bytes(header[o : o + 8], sys.byteorder) for o in (INDEX_OFF_AT, SLOTS_OFF_AT)
+        )
         if what == "index":  # the first entry names a slot past the capacity
             f.seek(index_at)
             f.write(b"\xff\xff\xff\xff")
+        elif what == "count":  # more devices than the segment has room for
+            f.seek(USED_AT)
+            f.write((1 << 40).to_bytes(8, sys.byteorder))
         else:  # the first device's id gets a NUL: it would read as another id
             f.seek(slots_at + 64 * len(FIELDS) + 8)  # past the counters, `published`, `id_len`
             f.write(b"z\0")
@@ -191,7 +201,7 @@ def test_one_segment_that_cannot_be_read_does_not_fail_the_scrape(
     good = open_segment(tmp_path / "good")
     good.alloc("drv0").cfg_fails.add(3)
     segments = {"good": good}
-    for what in ("index", "id"):
+    for what in ("index", "count", "id"):
         segments[what] = bad = open_segment(tmp_path / what)
         bad.alloc("drv0").cfg_fails.add(4)
         spoil(tmp_path / what, what)
@@ -199,9 +209,12 @@ def test_one_segment_that_cannot_be_read_does_not_fail_the_scrape(
     register(registry, segments)
     text = generate_latest(registry).decode()
     assert 'pmem_cfg_fails_total{drive_id="drv0",segment="good"} 3.0' in text
-    assert "4.0" not in text  # neither bad one: not under its own id, nor another
-    assert 'pmem_segment_up{segment="good"} 1.0' in text
-    for what in ("index", "id"):
+    # An index that names no device is not followed: the slots are sorted instead.
+    assert 'pmem_cfg_fails_total{drive_id="drv0",segment="index"} 4.0' in text
+    assert "4.0" not in text.replace('segment="index"} 4.0', "")  # nor under another name
+    for what in ("good", "index"):
+        assert f'pmem_segment_up{{segment="{what}"}} 1.0' in text
+    for what in ("count", "id"):
         assert f'pmem_segment_up{{segment="{what}"}} 0.0' in text
         assert f"cannot read segment {what!r}" in caplog.text
         with pytest.raises(InvalidSegmentError):

@@ -1,0 +1,739 @@
+/*
+ * segment.c - the shared segment's file format.
+ *
+ * A segment is one regular file, mapped MAP_SHARED by every process that
+ * writes it (increments, inserts, flushes) and read with pread() by the
+ * others:
+ *
+ *   struct segment          what the file is, its layout, and two counters:
+ *                           `seq` (odd while an insert is under way) and
+ *                           `used` (the number of devices)
+ *   uint32_t index[cap]     slot numbers of the devices, in id order
+ *   slots[cap]              struct device each, with room for the longest id
+ *
+ * Nothing in the file is a pointer or a library's private state: only
+ * integers, each read once, bounded, and then used from that copy.  Its two
+ * locks are not in the file at all: they are byte-range locks of the open
+ * file description (fcntl F_OFD_SETLK) on bytes 0 (inserts) and 1
+ * (flushes), which the kernel drops when the holder's last descriptor goes
+ * -- a process that dies holding one frees it by construction, and there is
+ * no lock word another process could corrupt.  (Process-shared pthread
+ * mutexes keep their holders' robust-list pointers inside the mutex, in the
+ * file: whoever can write the file could make the next unlock write where it
+ * likes.)  A lock wait polls with a short back-off until its deadline: the
+ * kernel's blocking wait has no timeout.
+ *
+ * A device takes the next free slot and never moves.  The index is derived
+ * data, maintained under the insert lock.  Readers take no lock: they copy
+ * the index and check it (slot numbers below `used`, each once, ids strictly
+ * increasing); a copy that fails the check -- an insert under way, or a
+ * process that wrote nonsense -- is replaced by sorting the slots themselves.
+ * An insert that died half-way leaves `seq` odd; the next insert rebuilds
+ * the index from the published slots.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SEG_MAGIC "PMEMSEG"
+enum { SEG_VERSION = 2, SEG_MAX_CAPACITY = 1 << 24 };
+
+struct segment {
+	char magic[8];
+	uint32_t version;
+	uint32_t nfields;
+	uint64_t fields_hash; /* of the field names: a library with other fields refuses the file */
+	uint64_t capacity, slot_size, index_off, slots_off, size;
+	_Atomic uint64_t seq;  /* even when the index is whole; odd while an insert changes it */
+	_Atomic uint64_t used; /* devices: slots [0, used), index[0, used) */
+};
+
+static uint64_t round64(uint64_t x)
+{
+	return (x + 63) / 64 * 64;
+}
+
+/* The layout of a segment of `capacity` slots (the fields after `capacity`). */
+static void seg_layout(uint64_t capacity, struct segment *h)
+{
+	h->capacity = capacity;
+	h->slot_size = round64(sizeof(struct device) + ID_MAX_BYTES + 1);
+	h->index_off = round64(sizeof(struct segment));
+	h->slots_off = round64(h->index_off + capacity * sizeof(uint32_t));
+	h->size = h->slots_off + capacity * h->slot_size;
+}
+
+static struct segment *hdr(const struct pmi_seg *g)
+{
+	return (struct segment *)g->map;
+}
+
+static _Atomic uint32_t *seg_index(const struct pmi_seg *g)
+{
+	return (_Atomic uint32_t *)(g->map + g->index_off);
+}
+
+static struct device *seg_slot(const struct pmi_seg *g, uint64_t i)
+{
+	return (struct device *)(g->map + g->slots_off + i * g->slot_size);
+}
+
+/* The id length of a device, read once: 0 if impossible. */
+static size_t slot_id_len(const struct device *d)
+{
+	uint32_t len = *(const volatile uint32_t *)&d->id_len;
+
+	return len <= ID_MAX_BYTES ? len : 0;
+}
+
+/* ---- Creating and opening ------------------------------------------------ */
+
+/* A new segment's size must be possible on this machine: at most half its memory. */
+static int size_possible(uint64_t size)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+
+	if (size > SIZE_MAX)
+		return EFBIG; /* more than this process could map (a 32-bit one) */
+	if (pages > 0 && page > 0 && size > (uint64_t)pages / 2 * (uint64_t)page)
+		return EFBIG;
+	return 0;
+}
+
+/*
+ * Create the segment `name` in the directory `dirfd` whole, under a
+ * temporary name, then link it in: the path is a complete segment or absent.
+ */
+static int seg_create(int dirfd, const char *name, uint64_t capacity, unsigned mode)
+{
+	static atomic_uint serial;
+	char tmp[NAME_MAX + 1];
+	struct segment layout = {0}, *h;
+	int fd, err;
+
+	seg_layout(capacity, &layout);
+	if ((err = size_possible(layout.size)) != 0)
+		return err;
+	if ((size_t)snprintf(tmp, sizeof(tmp), ".%s.%ld.%u.tmp", name, (long)getpid(),
+			     atomic_fetch_add_explicit(&serial, 1, memory_order_relaxed)) >= sizeof(tmp))
+		return ENAMETOOLONG;
+	fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+	if (fd < 0)
+		return errno;
+	/* The whole file's space up front: a page fault can never SIGBUS for want of it. */
+	if (fchmod(fd, (mode_t)mode) != 0 || (err = posix_fallocate(fd, 0, (off_t)layout.size)) != 0) {
+		err = err ? err : errno;
+		goto out;
+	}
+	h = mmap(NULL, sizeof(*h), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (h == MAP_FAILED) {
+		err = errno;
+		goto out;
+	}
+	layout.version = SEG_VERSION;
+	layout.nfields = NFIELDS;
+	layout.fields_hash = pmi_fields_hash();
+	memcpy(layout.magic, SEG_MAGIC, sizeof(layout.magic));
+	memcpy(h, &layout, sizeof(*h)); /* the rest of the file is zeros: no device yet */
+	munmap(h, sizeof(*h));
+	/* Atomic publication.  EEXIST: another process won; its segment is opened. */
+	if (linkat(dirfd, tmp, dirfd, name, 0) != 0)
+		err = errno;
+out:
+	unlinkat(dirfd, tmp, 0);
+	close(fd);
+	return err;
+}
+
+/*
+ * Whose segment: one that users other than its owner and group may write
+ * could be anyone's; one another user owns is theirs to change under us.
+ * Refused unless the caller said it trusts the file.  A reader is refused
+ * only the first: it cannot be harmed by the file, only misinformed.
+ */
+static int seg_trusted(const struct stat *st, unsigned flags)
+{
+	if (flags & PMEM_METRICS_OPEN_TRUST)
+		return 0;
+	if (st->st_mode & S_IWOTH)
+		return EPERM;
+	if (!(flags & PMEM_METRICS_OPEN_READONLY) && st->st_uid != geteuid())
+		return EPERM;
+	return 0;
+}
+
+/* Check the segment open at `g->fd` and copy out its layout; map it if writable. */
+static int seg_check(struct pmi_seg *g, unsigned flags)
+{
+	struct segment h, want;
+	struct stat st;
+	int err;
+
+	if (fstat(g->fd, &st) != 0)
+		return errno;
+	if (!S_ISREG(st.st_mode))
+		return EINVAL; /* not a regular file */
+	if ((err = seg_trusted(&st, flags)) != 0)
+		return err;
+	if ((uint64_t)st.st_size < sizeof(h) || pread(g->fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h))
+		return EBADMSG; /* truncated */
+	if (memcmp(h.magic, SEG_MAGIC, sizeof(h.magic)) != 0)
+		return EINVAL; /* not a pmem_metrics segment */
+	if (h.version != SEG_VERSION || h.nfields != NFIELDS || h.fields_hash != pmi_fields_hash())
+		return EPROTO; /* another version or field list */
+	if (h.capacity == 0 || h.capacity > SEG_MAX_CAPACITY)
+		return EBADMSG;
+	seg_layout(h.capacity, &want);
+	if (h.slot_size != want.slot_size || h.index_off != want.index_off ||
+	    h.slots_off != want.slots_off || h.size != want.size || (uint64_t)st.st_size != h.size)
+		return EBADMSG; /* corrupt, truncated or grown */
+	if (want.size > SIZE_MAX)
+		return EFBIG; /* more than this process can map (a 32-bit one) */
+	g->size = want.size;
+	g->capacity = want.capacity;
+	g->slot_size = want.slot_size;
+	g->index_off = want.index_off;
+	g->slots_off = want.slots_off;
+	g->dev = st.st_dev;
+	g->ino = st.st_ino;
+	if (g->writable) {
+		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd, 0);
+
+		if (p == MAP_FAILED)
+			return errno;
+		g->map = p;
+	}
+	return 0;
+}
+
+/* The directory part of `path` (".", if none), opened to resolve names in, and the name. */
+static int open_dir(const char *path, const char **name)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	size_t len;
+
+	if (!slash) {
+		*name = path;
+		return open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	}
+	*name = slash + 1;
+	len = slash == path ? 1 : (size_t)(slash - path);
+	if (len >= sizeof(dir)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(dir, path, len);
+	dir[len] = '\0';
+	return open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+}
+
+int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
+		 unsigned flags)
+{
+	const char *name;
+	int dirfd, err = 0;
+
+	*g = (struct pmi_seg){.fd = -1, .writable = !(flags & PMEM_METRICS_OPEN_READONLY)};
+	if (!path || !*path || capacity == 0 || capacity > SEG_MAX_CAPACITY || (mode & ~0777u))
+		return EINVAL;
+	if ((mode & 0600) != 0600 && !(flags & (PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING)))
+		return EINVAL; /* a segment its creator could not open itself */
+	dirfd = open_dir(path, &name);
+	if (dirfd < 0)
+		return errno;
+	if (!*name) {
+		close(dirfd);
+		return EISDIR;
+	}
+	/*
+	 * The directory was resolved once; the name in it is never followed if
+	 * a symbolic link, and only created (whole, then linked) if absent.
+	 */
+	for (int tries = 0;; tries++) {
+		g->fd = openat(dirfd, name, (g->writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC);
+		if (g->fd >= 0 || errno != ENOENT || (flags & (PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING)))
+			break;
+		if (tries == 8) {
+			errno = EAGAIN; /* created and removed again, over and over */
+			break;
+		}
+		err = seg_create(dirfd, name, capacity, mode);
+		if (err != 0 && err != EEXIST)
+			break;
+		err = 0;
+	}
+	if (g->fd < 0 && err == 0)
+		err = errno == EMLINK ? ELOOP : errno; /* O_NOFOLLOW on a link: ELOOP (EMLINK on BSDs) */
+	close(dirfd);
+	if (err == 0)
+		err = seg_check(g, flags);
+	if (err == 0 && !(g->path = strdup(path)))
+		err = ENOMEM;
+	for (int i = 0; err == 0 && i < 2; i++)
+		err = pthread_mutex_init(&g->thread_lock[i], NULL);
+	if (err)
+		pmi_seg_close(g);
+	return err;
+}
+
+void pmi_seg_close(struct pmi_seg *g)
+{
+	if (g->map)
+		munmap(g->map, g->size);
+	if (g->fd >= 0)
+		close(g->fd);
+	free(g->path);
+	g->map = NULL;
+	g->fd = -1;
+	g->path = NULL;
+}
+
+/* 0 while `path` still names the file we opened; ESTALE once removed or replaced. */
+int pmi_seg_check_identity(const struct pmi_seg *g)
+{
+	struct stat st;
+
+	if (lstat(g->path, &st) != 0)
+		return errno == ENOENT ? ESTALE : errno;
+	return st.st_dev == g->dev && st.st_ino == g->ino ? 0 : ESTALE;
+}
+
+/*
+ * After fork(): the child shares the parent's open file description, and so
+ * would share its locks (an OFD lock is the description's, whoever uses it).
+ * Give the child a description of its own for the same file, at the same
+ * descriptor number, and fresh thread locks (a parent's thread may have held
+ * them; it does not exist here).
+ */
+int pmi_seg_after_fork(struct pmi_seg *g)
+{
+	char proc[64];
+	int fd;
+
+	for (int i = 0; i < 2; i++)
+		g->thread_lock[i] = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", g->fd);
+	fd = open(proc, (g->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	if (dup3(fd, g->fd, O_CLOEXEC) < 0) {
+		int err = errno;
+
+		close(fd);
+		return err;
+	}
+	close(fd);
+	return 0;
+}
+
+/* ---- Locks ------------------------------------------------------------------ */
+
+static int ofd_lock(int fd, enum pmi_seg_lock which, short type)
+{
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = which, .l_len = 1};
+
+	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
+int pmi_seg_lock(struct pmi_seg *g, enum pmi_seg_lock which, const struct pmi_deadline *d)
+{
+	int err = pmi_mutex_lock_by(&g->thread_lock[which], d);
+
+	for (unsigned round = 0; err == 0; round++) {
+		err = ofd_lock(g->fd, which, F_WRLCK);
+		if (err == 0)
+			return 0;
+		if (err != EAGAIN && err != EACCES && err != EINTR)
+			break;
+		if (pmi_deadline_passed(d)) {
+			err = ETIMEDOUT; /* another process holds it (or is stopped holding it) */
+			break;
+		}
+		pmi_backoff(d, round);
+		err = 0;
+	}
+	pthread_mutex_unlock(&g->thread_lock[which]);
+	return err;
+}
+
+void pmi_seg_unlock(struct pmi_seg *g, enum pmi_seg_lock which)
+{
+	ofd_lock(g->fd, which, F_UNLCK);
+	pthread_mutex_unlock(&g->thread_lock[which]);
+}
+
+/* ---- Sorting slots by id ------------------------------------------------------ */
+
+/* What a sort compares: the ids of the slots at `base`, their lengths read once. */
+struct by_id {
+	const char *base;
+	uint64_t slot_size;
+	const uint32_t *len; /* by slot number */
+};
+
+static int slot_cmp(const struct by_id *c, uint32_t a, uint32_t b)
+{
+	const struct device *x = (const void *)(c->base + a * c->slot_size);
+	const struct device *y = (const void *)(c->base + b * c->slot_size);
+
+	return pmi_id_cmp(x->id, c->len[a], y->id, c->len[b]);
+}
+
+/*
+ * Sort `n` slot numbers by id: a heapsort, whose every access stays within
+ * `v` whatever the comparisons answer (a process scribbling on the ids while
+ * this runs can spoil the order -- found by the check after -- never send it
+ * elsewhere).
+ */
+static void sort_by_id(uint32_t *v, size_t n, const struct by_id *c)
+{
+	for (size_t end = n, start = n / 2; end > 1;) {
+		size_t root, child;
+		uint32_t t;
+
+		if (start > 0) {
+			start--; /* building the heap */
+		} else {
+			end--; /* the largest to the end */
+			t = v[end];
+			v[end] = v[0];
+			v[0] = t;
+		}
+		for (root = start; (child = 2 * root + 1) < end; root = child) {
+			if (child + 1 < end && slot_cmp(c, v[child], v[child + 1]) < 0)
+				child++;
+			if (slot_cmp(c, v[root], v[child]) >= 0)
+				break;
+			t = v[root];
+			v[root] = v[child];
+			v[child] = t;
+		}
+	}
+}
+
+/* Whether the ids of the `n` slots in `v` strictly increase (no id twice). */
+static bool increasing(const uint32_t *v, size_t n, const struct by_id *c)
+{
+	for (size_t i = 1; i < n; i++)
+		if (slot_cmp(c, v[i - 1], v[i]) >= 0)
+			return false;
+	return true;
+}
+
+/*
+ * The lengths of the ids of slots [0, n) at `base`, each read once, into
+ * `len`: EBADMSG if a slot is unpublished or its id impossible.  Each id is
+ * checked against the rules when it is copied (snapshot.c), and by a rebuild.
+ */
+static int read_lengths(const char *base, uint64_t slot_size, size_t n, uint32_t *len)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct device *d = (const void *)(base + i * slot_size);
+
+		/* Acquire pairs with the release store of `published` in seg_insert(). */
+		if (!atomic_load_explicit(&d->published, memory_order_acquire))
+			return EBADMSG;
+		if ((len[i] = (uint32_t)slot_id_len(d)) == 0)
+			return EBADMSG;
+	}
+	return 0;
+}
+
+/* ---- Inserting -------------------------------------------------------------- */
+
+/*
+ * Rebuild the index from the published slots (the caller holds the insert
+ * lock): after an insert died half-way, or when `used` is impossible.
+ * Slots are handed out in order, so the published ones come first.  0,
+ * EBADMSG if a slot is not what this library writes (or an id is there
+ * twice), ENOMEM.
+ */
+static int seg_rebuild(struct pmi_seg *g, uint64_t seq)
+{
+	struct segment *h = hdr(g);
+	_Atomic uint32_t *index = seg_index(g);
+	struct by_id c = {.base = g->map + g->slots_off, .slot_size = g->slot_size};
+	uint32_t *v, *len;
+	size_t n = 0;
+	int err = 0;
+
+	v = pmi_malloc(2 * g->capacity * sizeof(*v));
+	if (!v)
+		return ENOMEM;
+	len = v + g->capacity;
+	c.len = len;
+	atomic_store_explicit(&h->seq, seq | 1, memory_order_relaxed);
+	for (; n < g->capacity; n++) {
+		struct device *d = seg_slot(g, n);
+
+		if (!atomic_load_explicit(&d->published, memory_order_acquire))
+			break;
+		len[n] = (uint32_t)slot_id_len(d);
+		if (len[n] == 0 || pmem_metrics_id_check(d->id, len[n]) != PMEM_METRICS_ID_OK) {
+			err = EBADMSG;
+			break;
+		}
+		v[n] = (uint32_t)n;
+	}
+	if (err == 0) {
+		sort_by_id(v, n, &c);
+		if (!increasing(v, n, &c))
+			err = EBADMSG;
+	}
+	if (err == 0) {
+		for (size_t i = 0; i < n; i++)
+			atomic_store_explicit(&index[i], v[i], memory_order_relaxed);
+		/* Release pairs with the acquire loads of `used` by readers: they see the index. */
+		atomic_store_explicit(&h->used, n, memory_order_release);
+		atomic_store_explicit(&h->seq, (seq | 1) + 1, memory_order_release);
+	}
+	free(v);
+	return err;
+}
+
+/*
+ * Where `id` is among the first `used` index entries, or would go (*at;
+ * SIZE_MAX if an entry is not a device): the device, or NULL.  Without the insert lock an insert may be moving the
+ * entries: the search can then miss (the caller looks again, locked), never
+ * leave the index or report a wrong device (it compares the id itself).
+ */
+static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const char *id, size_t len,
+			       size_t *at)
+{
+	_Atomic uint32_t *index = seg_index(g);
+	size_t lo = 0, hi = used;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		uint32_t slot = atomic_load_explicit(&index[mid], memory_order_relaxed);
+		struct device *d;
+		size_t d_len;
+		int cmp;
+
+		if (slot >= used) {
+			*at = SIZE_MAX; /* not a device: corrupt, or being moved */
+			return NULL;
+		}
+		d = seg_slot(g, slot);
+		d_len = slot_id_len(d);
+		cmp = pmi_id_cmp(id, len, d->id, d_len);
+		if (cmp == 0)
+			return d;
+		if (cmp < 0)
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	*at = lo;
+	return NULL;
+}
+
+/* Insert `id` at index position `at` (the caller holds the insert lock): the device, or NULL + *err. */
+static struct device *seg_insert(struct pmi_seg *g, uint64_t seq, uint64_t used, const char *id,
+				 size_t len, size_t at, int *err)
+{
+	struct segment *h = hdr(g);
+	_Atomic uint32_t *index = seg_index(g);
+	struct device *d;
+
+	if (used >= g->capacity) {
+		*err = ENOSPC;
+		return NULL;
+	}
+	d = seg_slot(g, used);
+	for (size_t f = 0; f < NFIELDS; f++) {
+		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
+
+		atomic_store_explicit(&c->current, 0, memory_order_relaxed);
+		atomic_store_explicit(&c->old, 0, memory_order_relaxed);
+	}
+	d->id_len = (uint32_t)len;
+	memcpy(d->id, id, len);
+	d->id[len] = '\0';
+	/* Release pairs with the acquire loads in read_lengths() and seg_rebuild(). */
+	atomic_store_explicit(&d->published, 1, memory_order_release);
+	/*
+	 * The index changes now: a holder that dies from here on leaves `seq`
+	 * odd.  Only the next holder of the insert lock reads `seq` (readers
+	 * check the index itself), and the lock orders it after us: relaxed.
+	 */
+	atomic_store_explicit(&h->seq, seq + 1, memory_order_relaxed);
+	for (size_t k = used; k > at; k--)
+		atomic_store_explicit(&index[k],
+				      atomic_load_explicit(&index[k - 1], memory_order_relaxed),
+				      memory_order_relaxed);
+	pmi_pause_point("insert"); /* the index names one slot twice right here */
+	atomic_store_explicit(&index[at], (uint32_t)used, memory_order_relaxed);
+	/* Release pairs with the acquire loads of `used`: whoever sees it sees the slot and index. */
+	atomic_store_explicit(&h->used, used + 1, memory_order_release);
+	atomic_store_explicit(&h->seq, seq + 2, memory_order_release);
+	return d;
+}
+
+struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
+			     const struct pmi_deadline *dl, int *err)
+{
+	struct segment *h;
+	struct device *d;
+	uint64_t used, seq;
+	size_t at;
+
+	if (!g->writable) {
+		*err = EROFS;
+		return NULL;
+	}
+	h = hdr(g);
+	/* Acquire pairs with the release stores of `used`: published slots and their index. */
+	used = atomic_load_explicit(&h->used, memory_order_acquire);
+	if (used <= g->capacity && (d = seg_find(g, used, id, len, &at)) != NULL)
+		return d; /* the common case: no lock */
+	if ((*err = pmi_seg_lock(g, SEG_REGISTRY_LOCK, dl)) != 0)
+		return NULL;
+	seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
+	used = atomic_load_explicit(&h->used, memory_order_relaxed);
+	if ((seq & 1) || used > g->capacity) {
+		/* An insert died half-way, or someone wrote nonsense: start again from the slots. */
+		*err = seg_rebuild(g, seq);
+		seq = (seq | 1) + 1;
+		used = atomic_load_explicit(&h->used, memory_order_relaxed);
+	}
+	d = NULL;
+	if (*err == 0 && !(d = seg_find(g, used, id, len, &at)) && at == SIZE_MAX) {
+		/* The index names a slot that is no device: rebuild it and look again. */
+		*err = seg_rebuild(g, seq);
+		seq += 2;
+		used = atomic_load_explicit(&h->used, memory_order_relaxed);
+		if (*err == 0)
+			d = seg_find(g, used, id, len, &at);
+	}
+	if (*err == 0 && !d)
+		d = seg_insert(g, seq, used, id, len, at, err);
+	pmi_seg_unlock(g, SEG_REGISTRY_LOCK);
+	return d;
+}
+
+/* ---- Reading without a lock ------------------------------------------------------ */
+
+/* `used`, read once (from the mapping, or with pread when there is none): 0, or EBADMSG. */
+static int read_used(const struct pmi_seg *g, uint64_t *used)
+{
+	if (g->map) {
+		/* Acquire pairs with the release stores of `used` in seg_insert() and seg_rebuild(). */
+		*used = atomic_load_explicit(&hdr(g)->used, memory_order_acquire);
+	} else if (pread(g->fd, used, sizeof(*used), offsetof(struct segment, used)) !=
+		   (ssize_t)sizeof(*used)) {
+		return EBADMSG; /* truncated under us */
+	}
+	return *used <= g->capacity ? 0 : EBADMSG;
+}
+
+int pmi_seg_device_count(const struct pmi_seg *g, size_t *n)
+{
+	uint64_t used;
+	int err = read_used(g, &used);
+
+	*n = err ? 0 : (size_t)used;
+	return err;
+}
+
+/* pread() exactly `len` bytes at `off`: 0, or EBADMSG (the file is shorter now), or errno. */
+static int pread_all(int fd, void *buf, size_t len, uint64_t off)
+{
+	for (size_t got = 0; got < len;) {
+		ssize_t r = pread(fd, (char *)buf + got, len - got, (off_t)(off + got));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return errno;
+		if (r == 0)
+			return EBADMSG;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+int pmi_seg_view(const struct pmi_seg *g, bool through_map, struct pmi_seg_view *v)
+{
+	struct by_id c;
+	uint64_t used;
+	uint32_t *by_slot;
+	unsigned char *seen;
+	bool ok = true;
+	int err;
+
+	*v = (struct pmi_seg_view){.slot_size = g->slot_size};
+	if ((err = read_used(g, &used)) != 0)
+		return err;
+	v->n = (size_t)used;
+	/* One block: slot[n], len[n], the lengths by slot number[n], then a byte per slot. */
+	v->slot = pmi_malloc(v->n * (3 * sizeof(uint32_t) + 1) + 1);
+	if (!v->slot)
+		return ENOMEM;
+	v->len = v->slot + v->n;
+	by_slot = v->len + v->n;
+	seen = (unsigned char *)(by_slot + v->n);
+	if (through_map) {
+		_Atomic uint32_t *index = seg_index(g);
+
+		v->base = g->map + g->slots_off;
+		for (size_t i = 0; i < v->n; i++)
+			v->slot[i] = atomic_load_explicit(&index[i], memory_order_relaxed);
+	} else {
+		/*
+		 * Into private memory, with pread(): a process that truncates the
+		 * file makes this fail (EBADMSG), where touching a mapping of the
+		 * lost pages would kill us with SIGBUS.
+		 */
+		err = pread_all(g->fd, v->slot, v->n * sizeof(uint32_t), g->index_off);
+		if (err == 0 && !(v->copy = pmi_malloc(v->n * g->slot_size + 1)))
+			err = ENOMEM;
+		if (err == 0)
+			err = pread_all(g->fd, v->copy, v->n * g->slot_size, g->slots_off);
+		v->base = v->copy;
+	}
+	if (err == 0)
+		err = read_lengths(v->base, v->slot_size, v->n, by_slot);
+	if (err) {
+		pmi_seg_view_free(v);
+		return err;
+	}
+	/* The index as read: every entry a device, each once, ids strictly increasing? */
+	c = (struct by_id){.base = v->base, .slot_size = v->slot_size, .len = by_slot};
+	memset(seen, 0, v->n);
+	for (size_t i = 0; ok && i < v->n; i++) {
+		ok = v->slot[i] < v->n && !seen[v->slot[i]];
+		if (ok)
+			seen[v->slot[i]] = 1;
+	}
+	if (!ok || !increasing(v->slot, v->n, &c)) {
+		/* No: an insert under way, or nonsense.  Sort the slots themselves. */
+		for (size_t i = 0; i < v->n; i++)
+			v->slot[i] = (uint32_t)i;
+		sort_by_id(v->slot, v->n, &c);
+		if (!increasing(v->slot, v->n, &c)) {
+			pmi_seg_view_free(v);
+			return EBADMSG; /* an id twice: never reported as two devices of one name */
+		}
+	}
+	for (size_t i = 0; i < v->n; i++)
+		v->len[i] = by_slot[v->slot[i]];
+	return 0;
+}
+
+void pmi_seg_view_free(struct pmi_seg_view *v)
+{
+	free(v->slot);
+	free(v->copy);
+	v->slot = NULL;
+	v->copy = NULL;
+}

@@ -1,0 +1,423 @@
+/*
+ * snapshot.c - flushes and peeks: take, copy, publish, withdraw, commit.
+ *
+ * See pmem_metrics.h for the guarantees.  A flush holds its registry's flush
+ * lock from its take until it is published, committed, withdrawn or
+ * aborted; the copy itself takes the private registry's read lock, and no
+ * lock at all in a segment (segment.c reads it lock-free).
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pmem_metrics_snapshot {
+	size_t n;
+	struct device **devs; /* n: whose `old` a commit moves (NULL for a peek of a segment) */
+	uint64_t *seen;       /* n * NFIELDS: `current` as loaded */
+	uint64_t *diffs;      /* n * NFIELDS: seen - old, what a commit adds to `old` */
+	uint64_t agg[NFIELDS];
+	enum pmi_snapshot_state state;
+	struct pmem_metrics_registry *reg; /* whose flush it is */
+	size_t *id_at; /* n: where each device's id starts in `ids` */
+	char *ids;     /* every id, each followed by NUL: copies, never the segment's own */
+	size_t ids_len;
+};
+
+/*
+ * The open flush of this thread, if any: one at a time, in any registry (a
+ * second in the same segment, opened twice, would deadlock).
+ */
+static _Thread_local struct pmem_metrics_snapshot *held;
+
+static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len,
+						  enum pmi_snapshot_state state,
+						  struct pmem_metrics_registry *r)
+{
+	/*
+	 * One block: header, seen, diffs, devs, id_at, ids -- the uint64_t
+	 * arrays first, so they are 8-byte aligned even where pointers are 4
+	 * bytes.
+	 */
+	size_t size = sizeof(struct pmem_metrics_snapshot) + 2 * n * NFIELDS * sizeof(uint64_t) +
+		      n * (sizeof(struct device *) + sizeof(size_t)) + ids_len;
+	struct pmem_metrics_snapshot *s = pmi_malloc(size);
+
+	if (!s)
+		return NULL;
+	memset(s, 0, sizeof(*s));
+	s->n = n;
+	s->seen = (uint64_t *)(s + 1);
+	s->diffs = s->seen + n * NFIELDS;
+	s->devs = (struct device **)(s->diffs + n * NFIELDS);
+	s->id_at = (size_t *)(s->devs + n);
+	s->ids = (char *)(s->id_at + n);
+	s->ids_len = ids_len;
+	s->state = state;
+	s->reg = r;
+	return s;
+}
+
+/* Row `i` of `s`: device `d`'s id (already copied) and each of its counters, loaded once. */
+static void load_row(struct pmem_metrics_snapshot *s, size_t i, struct device *d)
+{
+	uint64_t *seen = &s->seen[i * NFIELDS];
+	uint64_t *diff = &s->diffs[i * NFIELDS];
+
+	for (size_t f = 0; f < NFIELDS; f++) {
+		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
+		/*
+		 * A flush holds the flush lock, which orders it after the last
+		 * commit, so it could load `old` relaxed; a peek holds no such
+		 * lock, so acquire pairs with the commit's release read-modify-
+		 * write, as in pmem_metrics_fetch_diff().  `current` is loaded
+		 * once; diff and aggregate both use that load.
+		 */
+		uint64_t old = atomic_load_explicit(&c->old, memory_order_acquire);
+
+		seen[f] = atomic_load_explicit(&c->current, memory_order_relaxed);
+		diff[f] = seen[f] - old;
+		s->agg[f] += diff[f];
+	}
+	if (i == 0 && s->state == SNAPSHOT_OPEN)
+		pmi_pause_point("copy"); /* half copied right here */
+}
+
+/*
+ * Devices are separate allocations (they never move), so a large snapshot
+ * walks scattered memory: ask for a device's lines a few devices ahead, so
+ * the walk overlaps the cache misses instead of waiting for each in turn.
+ */
+enum { PREFETCH_AHEAD = 16 };
+
+static void prefetch_device(const struct device *d)
+{
+#if defined(__GNUC__)
+	/* Its NFIELDS counter lines, then the line the id starts on (see the static asserts). */
+	for (size_t line = 0; line <= NFIELDS; line++)
+		__builtin_prefetch((const char *)d + 64 * line, 0, 0);
+#else
+	(void)d;
+#endif
+}
+
+int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
+		     struct pmem_metrics_snapshot **out)
+{
+	struct pmem_metrics_snapshot *s;
+	char *ids;
+
+	pthread_rwlock_rdlock(&r->lock);
+	s = snapshot_new(r->n, r->id_bytes, state, r);
+	if (!s) {
+		pthread_rwlock_unlock(&r->lock);
+		return ENOMEM;
+	}
+	ids = s->ids;
+	for (size_t i = 0; i < s->n; i++) {
+		struct device *d = r->v[i];
+
+		if (i + PREFETCH_AHEAD < s->n)
+			prefetch_device(r->v[i + PREFETCH_AHEAD]);
+		s->devs[i] = d;
+		s->id_at[i] = (size_t)(ids - s->ids);
+		memcpy(ids, d->id, d->id_len + 1);
+		ids += d->id_len + 1;
+		load_row(s, i, d);
+	}
+	pthread_rwlock_unlock(&r->lock);
+	*out = s;
+	return 0;
+}
+
+int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
+		     struct pmem_metrics_snapshot **out)
+{
+	struct pmi_seg_view v;
+	struct pmem_metrics_snapshot *s;
+	size_t ids_len = 0;
+	char *ids;
+	int err = pmi_seg_check_identity(r->seg);
+
+	/* A flush moves the baselines through the mapping; a peek reads a private copy. */
+	if (err == 0)
+		err = pmi_seg_view(r->seg, state != SNAPSHOT_PEEK, &v);
+	if (err)
+		return err;
+	for (size_t i = 0; i < v.n; i++)
+		ids_len += v.len[i] + 1;
+	s = snapshot_new(v.n, ids_len, state, r);
+	if (!s) {
+		pmi_seg_view_free(&v);
+		return ENOMEM;
+	}
+	ids = s->ids;
+	for (size_t i = 0; i < v.n; i++) {
+		struct device *d = pmi_view_device(&v, i);
+		size_t len = v.len[i];
+
+		s->devs[i] = v.copy ? NULL : d; /* a peek's copy is gone with the view */
+		s->id_at[i] = (size_t)(ids - s->ids);
+		memcpy(ids, d->id, len);
+		ids[len] = '\0';
+		/*
+		 * The copy is what gets reported, so the copy is checked: an id
+		 * this library accepts (a NUL in it would report a count under
+		 * another name), and after the one before it (never one name
+		 * twice) -- another process may write the slots as we copy.
+		 */
+		if (pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK ||
+		    (i > 0 && pmi_id_cmp(s->ids + s->id_at[i - 1], v.len[i - 1], ids, len) >= 0)) {
+			free(s);
+			pmi_seg_view_free(&v);
+			return EBADMSG;
+		}
+		ids += len + 1;
+		load_row(s, i, d);
+	}
+	pmi_seg_view_free(&v);
+	*out = s;
+	return 0;
+}
+
+int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
+					     struct pmem_metrics_snapshot **slot, int timeout_ms)
+{
+	const struct pmi_kind *kind;
+	int err;
+
+	if (!r || !slot || *slot) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (held) {
+		errno = EDEADLK;
+		return -1;
+	}
+	if ((err = pmi_ready(r)) != 0) {
+		errno = err;
+		return -1;
+	}
+	kind = pmi_kind_of(r);
+	if ((err = kind->flush_lock(r, timeout_ms)) != 0) {
+		errno = err;
+		return -1;
+	}
+	pmi_pause_point("take");
+	err = kind->load(r, SNAPSHOT_OPEN, slot);
+	if (err) {
+		kind->flush_unlock(r);
+		errno = err;
+		return -1;
+	}
+	held = *slot;
+	return 0;
+}
+
+int pmem_metrics_snapshot_take_into(struct pmem_metrics_snapshot **slot, int timeout_ms)
+{
+	return pmem_metrics_registry_snapshot_take_into(&pmi_default_registry, slot, timeout_ms);
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_take(struct pmem_metrics_registry *r)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	return pmem_metrics_registry_snapshot_take_into(r, &s, -1) == 0 ? s : NULL;
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void)
+{
+	return pmem_metrics_registry_snapshot_take(&pmi_default_registry);
+}
+
+int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
+					     struct pmem_metrics_snapshot **slot, int timeout_ms)
+{
+	int err;
+
+	(void)timeout_ms; /* a peek waits for nothing: private, a read lock held by short code; a segment, none */
+	if (!r || !slot || *slot) {
+		errno = EINVAL;
+		return -1;
+	}
+	if ((err = pmi_ready(r)) != 0 || (err = pmi_kind_of(r)->load(r, SNAPSHOT_PEEK, slot)) != 0) {
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+int pmem_metrics_snapshot_peek_into(struct pmem_metrics_snapshot **slot)
+{
+	return pmem_metrics_registry_snapshot_peek_into(&pmi_default_registry, slot, -1);
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_peek(struct pmem_metrics_registry *r)
+{
+	struct pmem_metrics_snapshot *s = NULL;
+
+	return pmem_metrics_registry_snapshot_peek_into(r, &s, -1) == 0 ? s : NULL;
+}
+
+struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void)
+{
+	return pmem_metrics_registry_snapshot_peek(&pmi_default_registry);
+}
+
+size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->n : 0;
+}
+
+const char *pmem_metrics_snapshot_id(const struct pmem_metrics_snapshot *s, size_t i)
+{
+	return s && i < s->n ? s->ids + s->id_at[i] : NULL;
+}
+
+const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len)
+{
+	if (len)
+		*len = s ? s->ids_len : 0;
+	return s ? s->ids : NULL;
+}
+
+const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->diffs : NULL;
+}
+
+const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->agg : NULL;
+}
+
+const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s)
+{
+	return s ? s->seen : NULL;
+}
+
+/* Release the flush lock that the open flush `s` holds. */
+static void flush_release(const struct pmem_metrics_snapshot *s)
+{
+	held = NULL;
+	pmi_kind_of(s->reg)->flush_unlock(s->reg);
+}
+
+/*
+ * Move every counter's `old` by the diff `s` reported: up for a commit, back
+ * down for a withdrawal.  Relative moves commute, so a withdrawal needs no
+ * flush lock: the flushes committed since keep exactly their own diffs.
+ */
+static void move_old(const struct pmem_metrics_snapshot *s, bool back)
+{
+	/*
+	 * The read lock is not needed for the devices (they never move); it
+	 * makes a commit atomic with respect to fork(), whose prepare handler
+	 * takes the default registry's write lock, so a child never sees half
+	 * of one.  (A segment's counters are shared with the child anyway.)
+	 */
+	struct pmem_metrics_registry *r = s->reg;
+
+	pthread_rwlock_rdlock(&r->lock);
+	for (size_t i = 0; i < s->n; i++) {
+		for (size_t f = 0; f < NFIELDS; f++) {
+			struct pmem_metrics_counter *c = pmi_counter(&s->devs[i]->m, f);
+			uint64_t diff = s->diffs[i * NFIELDS + f];
+
+			if (diff == 0)
+				continue;
+			/*
+			 * Release pairs with the acquire loads of `old` in
+			 * pmem_metrics_fetch_diff() and load_row(): whoever sees
+			 * the moved `old` also sees the `current` it was computed from.
+			 */
+			if (back)
+				atomic_fetch_sub_explicit(&c->old, diff, memory_order_release);
+			else
+				atomic_fetch_add_explicit(&c->old, diff, memory_order_release);
+		}
+		if (i == 0)
+			pmi_pause_point(back ? "withdraw" : "commit"); /* half moved right here */
+	}
+	pthread_rwlock_unlock(&r->lock);
+}
+
+void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
+{
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s || s->state != SNAPSHOT_OPEN)
+		return;
+	move_old(s, false);
+	s->state = SNAPSHOT_PUBLISHED;
+	flush_release(s);
+}
+
+void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot)
+{
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s)
+		return;
+	if (s->state == SNAPSHOT_OPEN) {
+		s->state = SNAPSHOT_SETTLED;
+		flush_release(s);
+	} else if (s->state == SNAPSHOT_PUBLISHED) {
+		move_old(s, true);
+		s->state = SNAPSHOT_SETTLED;
+	}
+}
+
+int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s)
+{
+	return s && s->state == SNAPSHOT_OPEN;
+}
+
+void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
+{
+	if (!s)
+		return;
+	if (s->state == SNAPSHOT_OPEN) {
+		if (held != s)
+			return; /* open in another thread: only that thread can release it */
+		s->state = SNAPSHOT_SETTLED;
+		flush_release(s);
+	}
+	free(s);
+}
+
+void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
+{
+	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
+
+	if (!s || (s->state == SNAPSHOT_OPEN && held != s))
+		return; /* nothing, or open in another thread: the slot keeps it */
+	pmem_metrics_snapshot_free(s);
+	*slot = NULL;
+}
+
+void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s)
+{
+	if (!s || s->state == SNAPSHOT_PEEK)
+		return;
+	pmem_metrics_snapshot_publish(&s);
+	pmem_metrics_snapshot_free(s);
+}
+
+void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
+{
+	if (!s || s->state == SNAPSHOT_PEEK)
+		return;
+	pmem_metrics_snapshot_free(s);
+}
+
+bool pmi_snapshot_after_fork(void)
+{
+	if (held && held->reg->seg) {
+		held->state = SNAPSHOT_SETTLED;
+		held = NULL;
+	}
+	return held != NULL;
+}

@@ -1,0 +1,90 @@
+/*
+ * wait.c - deadlines, and the bounded waits built on them.
+ *
+ * Every wait of the library that another process can prolong (a segment's
+ * locks) or that a binding must be able to interrupt (a flush waiting for
+ * another) has a deadline on the monotonic clock, so a wall-clock step
+ * can neither stretch nor cut it.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <time.h>
+
+static const long NS = 1000000000L;
+
+struct pmi_deadline pmi_deadline_in(int timeout_ms)
+{
+	struct pmi_deadline d = {.never = timeout_ms < 0};
+
+	if (d.never)
+		return d;
+	clock_gettime(CLOCK_MONOTONIC, &d.at);
+	d.at.tv_sec += timeout_ms / 1000;
+	d.at.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (d.at.tv_nsec >= NS) {
+		d.at.tv_sec++;
+		d.at.tv_nsec -= NS;
+	}
+	return d;
+}
+
+/* Nanoseconds left until the deadline (0 once passed); a large number if none. */
+static long long left_ns(const struct pmi_deadline *d)
+{
+	struct timespec now;
+	long long left;
+
+	if (d->never)
+		return (long long)1 << 62;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	left = (long long)(d->at.tv_sec - now.tv_sec) * NS + (d->at.tv_nsec - now.tv_nsec);
+	return left > 0 ? left : 0;
+}
+
+bool pmi_deadline_passed(const struct pmi_deadline *d)
+{
+	return left_ns(d) == 0;
+}
+
+void pmi_backoff(const struct pmi_deadline *d, unsigned round)
+{
+	/* 20 us, doubling up to 1 ms: a lock held for microseconds costs little wait. */
+	long long ns = 20000LL << (round < 6 ? round : 6);
+	long long left = left_ns(d);
+	struct timespec t;
+
+	if (ns > 1000000)
+		ns = 1000000;
+	if (ns > left)
+		ns = left;
+	t.tv_sec = 0;
+	t.tv_nsec = (long)ns;
+	nanosleep(&t, NULL); /* EINTR: the caller looks at the lock and the deadline again */
+}
+
+int pmi_mutex_lock_by(pthread_mutex_t *mutex, const struct pmi_deadline *d)
+{
+	int err;
+
+	if (d->never)
+		return pthread_mutex_lock(mutex);
+	err = pthread_mutex_trylock(mutex);
+	if (err != EBUSY)
+		return err;
+	if (pmi_deadline_passed(d))
+		return ETIMEDOUT;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 30) && !defined(__SANITIZE_THREAD__)
+	return pthread_mutex_clocklock(mutex, CLOCK_MONOTONIC, &d->at);
+#else
+	/* No clocklock (or TSan does not model it): poll, the deadline still monotonic. */
+	for (unsigned round = 0;; round++) {
+		pmi_backoff(d, round);
+		err = pthread_mutex_trylock(mutex);
+		if (err != EBUSY)
+			return err;
+		if (pmi_deadline_passed(d))
+			return ETIMEDOUT;
+	}
+#endif
+}
