@@ -96,14 +96,18 @@ static size_t slot_id_len(const struct device *d)
 
 /* ---- Creating and opening ------------------------------------------------ */
 
-/* A new segment's size must be possible on this machine: at most half its memory. */
+/*
+ * A new segment's size must be sane for this machine: at most a quarter of
+ * its memory (a segment under /dev/shm is memory; one elsewhere is mapped
+ * whole by every process that writes it).
+ */
 static int size_possible(uint64_t size)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
 
 	if (size > SIZE_MAX)
 		return EFBIG; /* more than this process could map (a 32-bit one) */
-	if (pages > 0 && page > 0 && size > (uint64_t)pages / 2 * (uint64_t)page)
+	if (pages > 0 && page > 0 && size > (uint64_t)pages / 4 * (uint64_t)page)
 		return EFBIG;
 	return 0;
 }

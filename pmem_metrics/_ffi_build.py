@@ -5,82 +5,55 @@ soname, ``libpmemmetrics.so.0``), which ``setup.py`` builds with ``make -C csrc`
 and installs at ``pmem_metrics/lib/``; an rpath of ``$ORIGIN/lib`` finds it
 there.  So one process has one registry, whichever language allocates.
 
-Constants are declared ``...``: the header is the only place their values live.
+The declarations are read from the header itself (``cdef_from_header``), and
+constants are declared ``...``: ``csrc/pmem_metrics.h`` is the only place a
+function's signature or a constant's value is written.
 """
 
 import os
+import re
 
 from cffi import FFI
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "csrc")
 
+
+def cdef_from_header(text: str) -> str:
+    """The CFFI declarations of the public header *text*: the one place they are written.
+
+    Integer ``#define``s and enum constants become ``#define NAME ...`` (their
+    values stay in the header), the structs are opaque, enums keep their
+    listed values, and every prototype (an inline definition too) is declared
+    as it stands.  The test-only fault-injection block is left out.
+    """
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"#ifdef PMEM_METRICS_FAULT_INJECTION.*?#endif", "", text, flags=re.S)
+    consts = re.findall(r"^#define (PMEM_METRICS_\w+)[ \t]+[0-9]+u?[ \t]*$", text, flags=re.M)
+    text = re.sub(r"^#.*?(?<!\\)$", "", text, flags=re.M | re.S)  # with continued lines
+    consts += re.findall(r"enum\s*\{\s*(PMEM_METRICS_\w+)\s*=[^}]*\}\s*;", text)
+    text = re.sub(r"enum\s*\{[^}]*\}\s*;", "", text)
+    enums = re.findall(r"enum\s+\w+\s*\{[^}]*\}\s*;", text)
+    text = re.sub(r"enum\s+\w+\s*\{[^}]*\}\s*;", "", text)
+    structs = sorted(set(re.findall(r"struct\s+(pmem_metrics\w*)", text)))
+    text = re.sub(r"struct\s+\w+\s*\{[^}]*\}\s*;", "", text)
+    text = re.sub(r"\binline\s+([^;{]*?\))\s*\{(?:[^{}]|\{[^{}]*\})*\}", r"\1;", text)
+    protos = re.findall(r"([A-Za-z_][^;{}]*?\bpmem_metrics_\w+\s*\([^;{}]*\))\s*;", text)
+    return "\n".join(
+        [f"#define {name} ..." for name in consts]
+        + [f"struct {name};" for name in structs]
+        + [" ".join(e.split()) for e in enums]
+        + [" ".join(p.split()) + ";" for p in protos]
+    )
+
+
+with open(os.path.join(CSRC, "pmem_metrics.h"), encoding="utf-8") as header:
+    HEADER_CDEF = cdef_from_header(header.read())
+
 ffi = FFI()
+ffi.cdef(HEADER_CDEF)
+# The extension's own functions (below).
 ffi.cdef(
     """
-    #define PMEM_METRICS_NFIELDS ...
-    #define PMEM_METRICS_ID_MAX_CHARS ...
-
-    struct pmem_metrics;
-    struct pmem_metrics_counter;
-    struct pmem_metrics_snapshot;
-    struct pmem_metrics_registry;
-
-    void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n);
-    void pmem_metrics_inc(struct pmem_metrics_counter *c);
-    uint64_t pmem_metrics_count(const struct pmem_metrics_counter *c);
-    uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter *c);
-
-    int pmem_metrics_id_check(const char *drive_id, size_t len);
-    const char *pmem_metrics_id_strerror(int error);
-    struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i);
-    const char *pmem_metrics_field_name(size_t i);
-    const char *pmem_metrics_field_doc(size_t i);
-
-    struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void);
-    size_t pmem_metrics_snapshot_len(const struct pmem_metrics_snapshot *s);
-    const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len);
-    const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *s);
-    const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s);
-    const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
-    void pmem_metrics_snapshot_commit(struct pmem_metrics_snapshot *s);
-
-    void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot);
-    void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot);
-    void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
-
-    #define PMEM_METRICS_OPEN_READONLY ...
-    #define PMEM_METRICS_OPEN_EXISTING ...
-    #define PMEM_METRICS_OPEN_TRUST ...
-    #define PMEM_METRICS_SEGMENT_WAIT_MS ...
-    int pmem_metrics_attach_mode(const char *path, size_t capacity, unsigned mode);
-    int pmem_metrics_segment_wait_ms(void);
-    int pmem_metrics_attach_flags(const char *path, size_t capacity, unsigned mode,
-                                  unsigned flags);
-
-    struct pmem_metrics_registry *pmem_metrics_registry_default(void);
-    struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
-                                                             unsigned mode);
-    struct pmem_metrics_registry *pmem_metrics_registry_open_flags(const char *path,
-                                                                   size_t capacity,
-                                                                   unsigned mode,
-                                                                   unsigned flags);
-    int pmem_metrics_registry_is_shared(struct pmem_metrics_registry *r);
-    int pmem_metrics_registry_is_writable(struct pmem_metrics_registry *r);
-    const char *pmem_metrics_registry_path(struct pmem_metrics_registry *r);
-    size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
-    struct pmem_metrics *pmem_metrics_registry_alloc_len(struct pmem_metrics_registry *r,
-                                                         const char *drive_id, size_t len);
-    struct pmem_metrics *pmem_metrics_registry_alloc_within(struct pmem_metrics_registry *r,
-                                                            const char *drive_id, size_t len,
-                                                            int timeout_ms);
-    size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
-    int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
-                                                 struct pmem_metrics_snapshot **slot,
-                                                 int timeout_ms);
-    int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
-                                                 struct pmem_metrics_snapshot **slot,
-                                                 int timeout_ms);
-
     long pmem_line_write(int fd, const char *buf, size_t len, int socket, size_t *sent,
                          int64_t *start);
     int pmem_line_cut(int fd, int64_t start);

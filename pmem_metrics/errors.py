@@ -89,7 +89,7 @@ SEGMENT_PROBLEMS = {
     errno.EPROTO: "a segment of another version or field list",
     errno.EBADMSG: "a truncated or corrupt segment",
     errno.ELOOP: "a symbolic link (never followed)",
-    errno.EFBIG: "larger than this process can map",
+    errno.EFBIG: "too large for this machine (over a quarter of its memory) or this process",
     errno.EBUSY: (
         "this process already used its registry (attach before any other call), "
         "or has this segment open (open_segment)"

@@ -129,3 +129,22 @@ def test_a_cpp_translation_unit_stops_with_a_clear_error(tmp_path: Path) -> None
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if ": error:" in line]
     assert len(errors) == 1 and "C11 only" in errors[0], proc.stderr  # the #error, nothing else
+
+
+def test_the_library_exports_its_header_and_the_binding_declares_all_of_it() -> None:
+    """-fvisibility=hidden: the exported symbols are the header's, and the cdef read from the
+    header declares each of them (a hand-kept copy could miss one)."""
+    from pmem_metrics._binding import lib as binding_lib
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("no nm on this machine")  # binutils comes with the C compiler
+    library = Path(pmem_metrics.get_library_dir()) / "libpmemmetrics.so"
+    out = subprocess.run(
+        [nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    names = {line.split()[-1] for line in out.splitlines() if line.split()[1:2] == ["T"]}
+    assert names, out
+    assert {n for n in names if not n.startswith("pmem_metrics_")} == set()
+    missing = {n for n in names if not hasattr(binding_lib, n)}
+    assert missing == set()
