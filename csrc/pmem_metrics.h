@@ -27,7 +27,10 @@
  *   flush is in progress, and they are never lost.
  * - pmem_metrics_alloc() looks the id up under the registry read lock; an
  *   insert takes the write lock and looks again, so two threads allocating
- *   the same id get the same pointer.
+ *   the same id get the same pointer.  In a segment the lookup takes no
+ *   lock, and an insert takes the segment's insert lock and looks again: the
+ *   same id is the same pointer in every thread, and the same counters in
+ *   every process.
  * - Flushes are serialised: pmem_metrics_snapshot_take() blocks while another
  *   snapshot is outstanding, until that one is committed or aborted.  So two
  *   flushes never report the same increment.  The registry read lock is held
@@ -69,14 +72,64 @@
  *   like Rust's BTreeMap<String, _>), searched with binary search behind a
  *   pthread rwlock (writer-preferring on glibc, so a stream of lookups
  *   cannot starve an insert or fork()) -- or, once attached, a shared
- *   segment: fixed device slots and a sorted index behind robust
- *   process-shared mutexes.  More segments can be opened as registries of
- *   their own (pmem_metrics_registry_open()).
+ *   segment: fixed device slots and a sorted index in a file, locked with
+ *   the kernel's byte-range locks and read without a lock (see "Shared
+ *   segments" below).  More segments can be opened as registries of their
+ *   own (pmem_metrics_registry_open()).
  * - The hot path is inline in this header: in an optimised build a C
  *   caller's increment compiles to one relaxed fetch-add (a `lock add` on
  *   x86-64; for the first field, whose address is the device's, also the
  *   NULL test, which the compiler cannot drop; at -O0 it is a call).  The
  *   library also exports every function as a symbol for FFI users.
+ *
+ * Shared segments
+ * ===============
+ * A segment is a regular file (normally under /dev/shm) that every process
+ * sharing it maps; a process that only reads it can open it read-only.
+ *
+ * - What is in the file: integers only -- counts, lengths, slot numbers, the
+ *   layout -- never a pointer or a library's private state (no pthread
+ *   object: glibc keeps pointers inside a robust mutex).  Every value read
+ *   from it is read once, bounded, and used from that copy.
+ * - Locks: inserting a device and flushing each take a byte-range lock of
+ *   the open file description (F_OFD_SETLK): the kernel keeps it, and drops
+ *   it when its holder's last descriptor closes, so a process that dies
+ *   holding one frees it by construction.  A wait for one polls until a
+ *   deadline: every wait on a segment is bounded (the call's timeout, or
+ *   PMEM_METRICS_SEGMENT_WAIT_MS), and a binding waits in slices.
+ * - Readers take no lock: a peek (a scrape), a device count and a flush's
+ *   copy read the slots that `used` says are published (release stores by
+ *   the inserter, acquire loads here) and check the sorted index before
+ *   they trust it (each entry a device, once; ids strictly increasing); a
+ *   bad index is sorted around, an impossible count or id is EBADMSG.  A
+ *   peek reads the file with pread() into private memory.
+ * - Identity: each flush and peek checks that the path still names the file
+ *   it opened (ESTALE once it was removed or replaced).
+ * - Whose segment: a segment owned by another user, or writable by users
+ *   other than its owner and group, is refused (EPERM) unless the caller
+ *   passes PMEM_METRICS_OPEN_TRUST; a read-only open checks only the second.
+ *
+ * Threat model.  A process that can write a segment can change the counts in
+ * it (any of them, to anything) and can delay other processes' calls on
+ * that segment, each delay bounded as above; it can make their flushes and
+ * peeks fail with a clean error (EBADMSG).  It can never make another
+ * process crash, hang without bound, read or write outside the segment, or
+ * corrupt memory that is not the segment's counters -- with one exception
+ * no file-backed design avoids: a process that shrinks the file (truncate)
+ * makes the kernel send SIGBUS to whoever touches the lost pages through a
+ * mapping, that is, to the processes that increment or flush there.  Readers
+ * (peeks, device counts, a read-only registry) read with pread() and get
+ * EBADMSG instead.  A process that can only read a segment can scrape it.
+ *
+ * What a flush promises.  Exactly once while no process is killed: every
+ * increment is reported by one flush, across every process that flushes the
+ * segment.  A flusher killed between delivering its report and committing
+ * it makes the next flush report those counts again (at least once).  A
+ * kill at any other step under-reports nothing: nothing moves before the
+ * report was delivered (publish), and an unsettled flush's lock is dropped
+ * by the kernel.  A report handed to a caller in memory (not a line) lives
+ * there: a process killed after the flush committed takes it with it, and a
+ * withdrawal cut short by a kill leaves the rest committed.
  *
  * Limitations
  * ===========
@@ -172,8 +225,10 @@ struct pmem_metrics {
  * else, and every read-modify-write of one atomic is totally ordered, so no
  * increment is ever lost.
  *
- * A NULL counter is tolerated: inc/add do nothing, count/fetch_diff return 0.
- * The test is one well-predicted branch.
+ * A NULL counter pointer is tolerated: inc/add do nothing, count/fetch_diff
+ * return 0 (one well-predicted branch).  Note that `&m->cfg_fails` of a NULL
+ * `m` is not NULL (only the first field's is): check what
+ * pmem_metrics_alloc() returned, not the counter.
  */
 inline void pmem_metrics_add(struct pmem_metrics_counter *c, uint64_t n)
 {
@@ -250,18 +305,26 @@ const char *pmem_metrics_field_doc(size_t i);
  * (0: PMEM_METRICS_SHM_DEFAULT_CAPACITY) and mode 0600 if it does not exist;
  * an existing segment keeps its own capacity.  Every process attached to one
  * segment shares its devices: the same id is the same counters, bumped with
- * the same inline atomic add, flushed exactly once across all of them.
- * Call it before the process allocates a device.  The environment variable
- * PMEM_METRICS_SHM=PATH does the same at the first registry call, and if
- * that attach fails, every registry call fails with its errno (never a
- * silent private registry).  Returns 0, or -1 with errno:
- *   EBUSY      devices exist, a flush is open, already attached, or the
- *              segment is open already (pmem_metrics_registry_open())
+ * the same inline atomic add, flushed as "What a flush promises" above says.
+ * The default registry's kind is decided once, at its first call: attach
+ * before any other call on it (pmem_metrics_alloc(), a flush, a device
+ * count, pmem_metrics_is_shared()), or it fails with EBUSY.  The
+ * environment variable PMEM_METRICS_SHM=PATH attaches at that first call,
+ * and if that attach fails, every registry call fails with its errno (never
+ * a silent private registry).  The directory part of `path` is resolved
+ * once; its last component is never followed if a symbolic link, and is
+ * created (whole, under a temporary name, then linked) only if absent.
+ * Returns 0, or -1 with errno:
+ *   EBUSY      the default registry was used already, or the segment is
+ *              open already (pmem_metrics_registry_open())
  *   EINVAL     not a regular file, or not a segment (bad magic); bad argument
- *   EPROTO     a segment of another version, ABI or field list
+ *              (a mode without 0600, which the creator itself needs)
+ *   EPROTO     a segment of another version or field list
  *   EBADMSG    a truncated or corrupt segment
+ *   EPERM      another user's, or writable by others (PMEM_METRICS_OPEN_TRUST)
  *   ELOOP      `path` is a symbolic link (never followed)
- *   EFBIG      larger than this process can map (capacity, on 32 bits)
+ *   EFBIG      a new segment over a quarter of the machine's memory, or
+ *              larger than this process can map (on 32 bits)
  *   EACCES, ENOSPC, ...  from opening, creating or reserving the file
  * Once attached, allocation fails with ENOSPC when the segment is full.
  */
@@ -375,12 +438,15 @@ size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r);
  * which knows its registry.  A thread has at most one open flush at a
  * time, in any registry: a second take fails with EDEADLK.
  *
- * In a segment, another process holds the registry mutex while it inserts
- * or copies -- or for as long as it is stopped (SIGSTOP, a debugger) in
- * the middle of that.  `timeout_ms` bounds each wait of a take (for the
- * flush lock, then for the registry mutex) and a peek's wait, as in
- * pmem_metrics_snapshot_take_into(): ETIMEDOUT, nothing held.  The calls
- * without it wait as long as it takes.
+ * In a segment, another process holds the flush lock while it flushes -- or
+ * for as long as it is stopped (SIGSTOP, a debugger) in the middle of one.
+ * `timeout_ms` bounds a take's wait for it, as in
+ * pmem_metrics_snapshot_take_into(): ETIMEDOUT, nothing held; the calls
+ * without it wait at most PMEM_METRICS_SEGMENT_WAIT_MS.  A peek waits for
+ * nothing (no lock; `timeout_ms` is accepted for symmetry), and nor does a
+ * take's copy.  Both fail with ESTALE once the segment's path no longer
+ * names its file, EBADMSG for values the segment cannot hold, and a take of
+ * a read-only registry with EROFS.
  */
 struct pmem_metrics_snapshot;
 struct pmem_metrics_snapshot *pmem_metrics_registry_snapshot_take(struct pmem_metrics_registry *r);
@@ -486,7 +552,7 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s);
  * for another flush to finish (0: do not wait; negative: wait as long as it
  * takes).  Stores the snapshot in *slot before it returns.  Returns 0, or -1
  * with *slot NULL and errno ETIMEDOUT (another flush is still outstanding;
- * in a segment, or another process holds its registry mutex that long),
+ * in a segment, in this process or another),
  * EDEADLK (this thread has one open), ENOMEM, or EINVAL (slot NULL or *slot
  * not NULL: it would lose the snapshot it holds).
  */

@@ -3,7 +3,7 @@
 The extension links against libpmemmetrics (``-lpmemmetrics``, so it needs the
 soname, ``libpmemmetrics.so.0``), which ``setup.py`` builds with ``make -C csrc``
 and installs at ``pmem_metrics/lib/``; an rpath of ``$ORIGIN/lib`` finds it
-there.  So one process has one registry, whichever language allocates.
+there.  So C and Python in one process share its registries, whichever allocates.
 
 The declarations are read from the header itself (``cdef_from_header``), and
 constants are declared ``...``: ``csrc/pmem_metrics.h`` is the only place a

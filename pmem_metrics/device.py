@@ -266,9 +266,11 @@ def attach(
     """Put this process's registry in the shared segment at *path* (created if absent).
 
     Every process attached to one segment shares its devices: the same id is
-    the same counters, flushed exactly once across all of them, and counts
-    survive a process that dies.  Call it before the first
-    :meth:`PmemMetricsPerDevice.alloc`; the environment variable
+    the same counters, flushed once across all of them (at least once where a
+    flusher is killed between its line and its commit), and counts survive a
+    process that dies.  Call it before the first
+    :meth:`PmemMetricsPerDevice.alloc` (before any other call on this
+    process's registry: its kind is decided then); the environment variable
     ``PMEM_METRICS_SHM=PATH`` does the same at the first registry call.  A new
     segment gets room for *capacity* devices (``None``: 4096) and file mode
     *mode*.  Raises :class:`SegmentError` (an ``OSError``) naming the path and
