@@ -141,11 +141,18 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
 int pmi_seg_after_fork(struct pmi_seg *g);
 
+/* A slot as copied out of a segment with pread(): its counters, and where its id went. */
+struct pmi_slot_copy {
+	uint64_t current[NFIELDS], old[NFIELDS];
+	size_t id_at;
+};
+
 /*
- * The devices of a segment in id order, read without a lock: `slot[i]` is
- * the slot number of the i-th id, `len[i]` its length (read once); `base`
- * is where slot 0 starts (the mapping, or a private copy), slots
- * `slot_size` apart.  Every value in it has been bounded.
+ * The devices of a segment in the index's order, read without a lock:
+ * position i is slot `slot[i]`, whose id is `len[i]` bytes at pmi_view_id().  Read through
+ * the mapping where the registry has one (`base`: the devices themselves,
+ * slots `slot_size` apart), else copied out with pread() (`copy`, by slot
+ * number, and `ids`).  Every value in it has been bounded.
  */
 struct pmi_seg_view {
 	size_t n;
@@ -153,11 +160,22 @@ struct pmi_seg_view {
 	uint32_t *len;
 	const char *base;
 	uint64_t slot_size;
-	char *copy; /* the private copy base points into, if any: freed with the view */
+	struct pmi_slot_copy *copy;
+	char *ids;
+	uint32_t *by_slot; /* each id's length, by slot number */
+	bool sorted;       /* by the slots' own ids, not by the index */
 };
-int pmi_seg_view(const struct pmi_seg *g, bool through_map, struct pmi_seg_view *v);
+int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v);
+/*
+ * The caller found the ids out of order along the view: sort the slots by
+ * their ids instead.  0, or EBADMSG (an id twice, or sorted already) with
+ * the view freed.
+ */
+int pmi_seg_view_sort(struct pmi_seg_view *v);
 void pmi_seg_view_free(struct pmi_seg_view *v);
+const char *pmi_view_id(const struct pmi_seg_view *v, size_t i);
 
+/* The device at position `i` of a view read through the mapping. */
 static inline struct device *pmi_view_device(const struct pmi_seg_view *v, size_t i)
 {
 	return (struct device *)(v->base + (uint64_t)v->slot[i] * v->slot_size);

@@ -377,19 +377,28 @@ void pmi_seg_unlock(struct pmi_seg *g, enum pmi_seg_lock which)
 
 /* ---- Sorting slots by id ------------------------------------------------------ */
 
-/* What a sort compares: the ids of the slots at `base`, their lengths read once. */
+/*
+ * What a sort compares: the ids of slots, their lengths read once -- in the
+ * slots at `base` (the mapping), or in private copies (`copy`, `ids`).
+ */
 struct by_id {
 	const char *base;
 	uint64_t slot_size;
 	const uint32_t *len; /* by slot number */
+	const struct pmi_slot_copy *copy;
+	const char *ids;
 };
+
+static const char *id_of(const struct by_id *c, uint32_t slot)
+{
+	if (c->copy)
+		return c->ids + c->copy[slot].id_at;
+	return ((const struct device *)(c->base + slot * c->slot_size))->id;
+}
 
 static int slot_cmp(const struct by_id *c, uint32_t a, uint32_t b)
 {
-	const struct device *x = (const void *)(c->base + a * c->slot_size);
-	const struct device *y = (const void *)(c->base + b * c->slot_size);
-
-	return pmi_id_cmp(x->id, c->len[a], y->id, c->len[b]);
+	return pmi_id_cmp(id_of(c, a), c->len[a], id_of(c, b), c->len[b]);
 }
 
 /*
@@ -666,11 +675,70 @@ static int pread_all(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int pmi_seg_view(const struct pmi_seg *g, bool through_map, struct pmi_seg_view *v)
+/* Slots read by one pread(): small enough to stay in cache, and to be reused without faults. */
+enum { COPY_CHUNK = 64 };
+
+/*
+ * Copy the first `n` slots' ids and counters, the index and each id's
+ * length (`by_slot`) out of the file with pread() -- for a registry with no
+ * mapping: a process that truncates the file makes this fail (EBADMSG),
+ * where touching a mapping of the lost pages would be a SIGBUS.
+ */
+static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v, uint32_t *by_slot)
 {
-	struct by_id c;
+	size_t cap = v->n * 16 + 1, used = 0;
+	char *chunk;
+	int err;
+
+	if ((err = pread_all(g->fd, v->slot, v->n * sizeof(uint32_t), g->index_off)) != 0)
+		return err;
+	v->copy = pmi_malloc(v->n * sizeof(*v->copy) + 1);
+	v->ids = pmi_malloc(cap);
+	chunk = pmi_malloc(COPY_CHUNK * g->slot_size);
+	if (!v->copy || !v->ids || !chunk)
+		err = ENOMEM;
+	for (size_t s0 = 0; err == 0 && s0 < v->n; s0 += COPY_CHUNK) {
+		size_t k = v->n - s0 < COPY_CHUNK ? v->n - s0 : COPY_CHUNK;
+
+		err = pread_all(g->fd, chunk, k * g->slot_size, g->slots_off + s0 * g->slot_size);
+		for (size_t j = 0; err == 0 && j < k; j++) {
+			struct device *d = (struct device *)(chunk + j * g->slot_size);
+			struct pmi_slot_copy *c = &v->copy[s0 + j];
+			size_t len = slot_id_len(d);
+
+			if (!atomic_load_explicit(&d->published, memory_order_relaxed) || len == 0) {
+				err = EBADMSG; /* below `used`, every slot is a device */
+				break;
+			}
+			if (used + len > cap) {
+				char *more = pmi_realloc(v->ids, cap = 2 * cap + len);
+
+				if (!more) {
+					err = ENOMEM;
+					break;
+				}
+				v->ids = more;
+			}
+			memcpy(v->ids + used, d->id, len);
+			c->id_at = used;
+			used += len;
+			by_slot[s0 + j] = (uint32_t)len;
+			for (size_t f = 0; f < NFIELDS; f++) {
+				struct pmem_metrics_counter *ctr = pmi_counter(&d->m, f);
+
+				/* Private memory: the order of these loads no longer matters. */
+				c->old[f] = atomic_load_explicit(&ctr->old, memory_order_relaxed);
+				c->current[f] = atomic_load_explicit(&ctr->current, memory_order_relaxed);
+			}
+		}
+	}
+	free(chunk);
+	return err;
+}
+
+int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v)
+{
 	uint64_t used;
-	uint32_t *by_slot;
 	unsigned char *seen;
 	bool ok = true;
 	int err;
@@ -684,60 +752,77 @@ int pmi_seg_view(const struct pmi_seg *g, bool through_map, struct pmi_seg_view 
 	if (!v->slot)
 		return ENOMEM;
 	v->len = v->slot + v->n;
-	by_slot = v->len + v->n;
-	seen = (unsigned char *)(by_slot + v->n);
-	if (through_map) {
+	v->by_slot = v->len + v->n;
+	seen = (unsigned char *)(v->by_slot + v->n);
+	if (g->map) {
 		_Atomic uint32_t *index = seg_index(g);
 
 		v->base = g->map + g->slots_off;
 		for (size_t i = 0; i < v->n; i++)
 			v->slot[i] = atomic_load_explicit(&index[i], memory_order_relaxed);
+		err = read_lengths(v->base, v->slot_size, v->n, v->by_slot);
 	} else {
-		/*
-		 * Into private memory, with pread(): a process that truncates the
-		 * file makes this fail (EBADMSG), where touching a mapping of the
-		 * lost pages would kill us with SIGBUS.
-		 */
-		err = pread_all(g->fd, v->slot, v->n * sizeof(uint32_t), g->index_off);
-		if (err == 0 && !(v->copy = pmi_malloc(v->n * g->slot_size + 1)))
-			err = ENOMEM;
-		if (err == 0)
-			err = pread_all(g->fd, v->copy, v->n * g->slot_size, g->slots_off);
-		v->base = v->copy;
+		err = copy_slots(g, v, v->by_slot);
 	}
-	if (err == 0)
-		err = read_lengths(v->base, v->slot_size, v->n, by_slot);
 	if (err) {
 		pmi_seg_view_free(v);
 		return err;
 	}
-	/* The index as read: every entry a device, each once, ids strictly increasing? */
-	c = (struct by_id){.base = v->base, .slot_size = v->slot_size, .len = by_slot};
+	/*
+	 * The index as read: every entry a device, each once?  Whether the ids
+	 * strictly increase along it is checked on the copies the caller makes
+	 * (the walk it does anyway); if not, it calls pmi_seg_view_sort().
+	 */
 	memset(seen, 0, v->n);
 	for (size_t i = 0; ok && i < v->n; i++) {
 		ok = v->slot[i] < v->n && !seen[v->slot[i]];
 		if (ok)
 			seen[v->slot[i]] = 1;
 	}
-	if (!ok || !increasing(v->slot, v->n, &c)) {
-		/* No: an insert under way, or nonsense.  Sort the slots themselves. */
-		for (size_t i = 0; i < v->n; i++)
-			v->slot[i] = (uint32_t)i;
-		sort_by_id(v->slot, v->n, &c);
-		if (!increasing(v->slot, v->n, &c)) {
-			pmi_seg_view_free(v);
-			return EBADMSG; /* an id twice: never reported as two devices of one name */
-		}
+	if (!ok)
+		return pmi_seg_view_sort(v);
+	for (size_t i = 0; i < v->n; i++)
+		v->len[i] = v->by_slot[v->slot[i]];
+	return 0;
+}
+
+int pmi_seg_view_sort(struct pmi_seg_view *v)
+{
+	struct by_id c = {.base = v->base, .slot_size = v->slot_size, .len = v->by_slot,
+			  .copy = v->copy, .ids = v->ids};
+
+	if (v->sorted) {
+		pmi_seg_view_free(v);
+		return EBADMSG; /* sorted already, and still not in order: the ids changed as we read */
+	}
+	v->sorted = true;
+	for (size_t i = 0; i < v->n; i++)
+		v->slot[i] = (uint32_t)i;
+	sort_by_id(v->slot, v->n, &c);
+	if (!increasing(v->slot, v->n, &c)) {
+		pmi_seg_view_free(v);
+		return EBADMSG; /* an id twice: never reported as two devices of one name */
 	}
 	for (size_t i = 0; i < v->n; i++)
-		v->len[i] = by_slot[v->slot[i]];
+		v->len[i] = v->by_slot[v->slot[i]];
 	return 0;
+}
+
+const char *pmi_view_id(const struct pmi_seg_view *v, size_t i)
+{
+	struct by_id c = {.base = v->base, .slot_size = v->slot_size, .copy = v->copy, .ids = v->ids};
+
+	return id_of(&c, v->slot[i]);
 }
 
 void pmi_seg_view_free(struct pmi_seg_view *v)
 {
+	if (!v->slot)
+		return; /* freed already */
 	free(v->slot);
 	free(v->copy);
+	free(v->ids);
 	v->slot = NULL;
 	v->copy = NULL;
+	v->ids = NULL;
 }

@@ -59,6 +59,17 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len,
 	return s;
 }
 
+/* Row `i` of `s` from counters already copied out of a segment (by pmi_seg_view()). */
+static void load_values(struct pmem_metrics_snapshot *s, size_t i, const uint64_t *current,
+			const uint64_t *old)
+{
+	for (size_t f = 0; f < NFIELDS; f++) {
+		s->seen[i * NFIELDS + f] = current[f];
+		s->diffs[i * NFIELDS + f] = current[f] - old[f];
+		s->agg[f] += current[f] - old[f];
+	}
+}
+
 /* Row `i` of `s`: device `d`'s id (already copied) and each of its counters, loaded once. */
 static void load_row(struct pmem_metrics_snapshot *s, size_t i, struct device *d)
 {
@@ -131,18 +142,59 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 	return 0;
 }
 
+/*
+ * Copy the view `v` into `s`, in its order: EAGAIN if its ids do not
+ * strictly increase (the index is being changed, or is nonsense), EBADMSG
+ * for an id this library would not accept.
+ */
+static int copy_view(struct pmem_metrics_snapshot *s, const struct pmi_seg_view *v)
+{
+	char *ids = s->ids;
+
+	memset(s->agg, 0, sizeof(s->agg));
+	for (size_t i = 0; i < v->n; i++) {
+		size_t len = v->len[i];
+
+		if (!v->copy && i + PREFETCH_AHEAD < v->n)
+			prefetch_device(pmi_view_device(v, i + PREFETCH_AHEAD));
+		s->id_at[i] = (size_t)(ids - s->ids);
+		memcpy(ids, pmi_view_id(v, i), len);
+		ids[len] = '\0';
+		/*
+		 * The copy is what gets reported, so the copy is checked: an id
+		 * this library accepts (a NUL in it would report a count under
+		 * another name), and after the one before it (never one name
+		 * twice) -- another process may write the slots as we copy.
+		 */
+		if (pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK)
+			return EBADMSG;
+		if (i > 0 && pmi_id_cmp(s->ids + s->id_at[i - 1], v->len[i - 1], ids, len) >= 0)
+			return EAGAIN;
+		ids += len + 1;
+		if (v->copy) {
+			const struct pmi_slot_copy *c = &v->copy[v->slot[i]];
+
+			s->devs[i] = NULL; /* a copy: nothing to commit to */
+			load_values(s, i, c->current, c->old);
+		} else {
+			s->devs[i] = pmi_view_device(v, i);
+			load_row(s, i, s->devs[i]);
+		}
+	}
+	return 0;
+}
+
 int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
 		     struct pmem_metrics_snapshot **out)
 {
 	struct pmi_seg_view v;
 	struct pmem_metrics_snapshot *s;
 	size_t ids_len = 0;
-	char *ids;
 	int err = pmi_seg_check_identity(r->seg);
 
-	/* A flush moves the baselines through the mapping; a peek reads a private copy. */
+	/* Through the mapping where there is one (a flush moves baselines there), else copied. */
 	if (err == 0)
-		err = pmi_seg_view(r->seg, state != SNAPSHOT_PEEK, &v);
+		err = pmi_seg_view(r->seg, &v);
 	if (err)
 		return err;
 	for (size_t i = 0; i < v.n; i++)
@@ -152,29 +204,14 @@ int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 		pmi_seg_view_free(&v);
 		return ENOMEM;
 	}
-	ids = s->ids;
-	for (size_t i = 0; i < v.n; i++) {
-		struct device *d = pmi_view_device(&v, i);
-		size_t len = v.len[i];
-
-		s->devs[i] = v.copy ? NULL : d; /* a peek's copy is gone with the view */
-		s->id_at[i] = (size_t)(ids - s->ids);
-		memcpy(ids, d->id, len);
-		ids[len] = '\0';
-		/*
-		 * The copy is what gets reported, so the copy is checked: an id
-		 * this library accepts (a NUL in it would report a count under
-		 * another name), and after the one before it (never one name
-		 * twice) -- another process may write the slots as we copy.
-		 */
-		if (pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK ||
-		    (i > 0 && pmi_id_cmp(s->ids + s->id_at[i - 1], v.len[i - 1], ids, len) >= 0)) {
-			free(s);
-			pmi_seg_view_free(&v);
-			return EBADMSG;
-		}
-		ids += len + 1;
-		load_row(s, i, d);
+	/* Out of order: the index is being changed, or is nonsense.  Sort, and copy again. */
+	while ((err = copy_view(s, &v)) == EAGAIN)
+		if ((err = pmi_seg_view_sort(&v)) != 0)
+			break;
+	if (err) {
+		free(s);
+		pmi_seg_view_free(&v); /* if pmi_seg_view_sort() has not, giving up */
+		return err == EAGAIN ? EBADMSG : err;
 	}
 	pmi_seg_view_free(&v);
 	*out = s;
