@@ -102,7 +102,8 @@
  *   the inserter, acquire loads here) and check the sorted index before
  *   they trust it (each entry a device, once; ids strictly increasing); a
  *   bad index is sorted around, an impossible count or id is EBADMSG.  A
- *   peek reads the file with pread() into private memory.
+ *   registry opened read-only (PMEM_METRICS_OPEN_READONLY) has no mapping:
+ *   it reads the file with pread() into private memory.
  * - Identity: each flush and peek checks that the path still names the file
  *   it opened (ESTALE once it was removed or replaced).
  * - Whose segment: a segment owned by another user, or writable by users
@@ -117,9 +118,10 @@
  * corrupt memory that is not the segment's counters -- with one exception
  * no file-backed design avoids: a process that shrinks the file (truncate)
  * makes the kernel send SIGBUS to whoever touches the lost pages through a
- * mapping, that is, to the processes that increment or flush there.  Readers
- * (peeks, device counts, a read-only registry) read with pread() and get
- * EBADMSG instead.  A process that can only read a segment can scrape it.
+ * mapping, that is, to the processes that increment or flush there (and so
+ * also read there).  A read-only registry reads with pread() and gets
+ * EBADMSG instead: an exporter that only scrapes survives it.  A process
+ * that can only read a segment can scrape it.
  *
  * What a flush promises.  Exactly once while no process is killed: every
  * increment is reported by one flush, across every process that flushes the
