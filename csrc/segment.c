@@ -550,6 +550,32 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const cha
 	return NULL;
 }
 
+/*
+ * Whether the first `used` index entries name devices with strictly
+ * increasing ids (the caller holds the insert lock).  A miss by seg_find()
+ * is only an absence if so: an index that another process scrambled, with
+ * every entry in range, can hide an id that is there, which an insert would
+ * then add a second time (and readers refuse a segment with an id twice).
+ */
+static bool index_in_order(const struct pmi_seg *g, uint64_t used)
+{
+	_Atomic uint32_t *index = seg_index(g);
+	const struct device *prev = NULL;
+
+	for (uint64_t i = 0; i < used; i++) {
+		uint32_t slot = atomic_load_explicit(&index[i], memory_order_relaxed);
+		const struct device *d;
+
+		if (slot >= used)
+			return false;
+		d = seg_slot(g, slot);
+		if (prev && pmi_id_cmp(prev->id, slot_id_len(prev), d->id, slot_id_len(d)) >= 0)
+			return false;
+		prev = d;
+	}
+	return true;
+}
+
 /* Insert `id` at index position `at` (the caller holds the insert lock): the device, or NULL + *err. */
 static struct device *seg_insert(struct pmi_seg *g, uint64_t seq, uint64_t used, const char *id,
 				 size_t len, size_t at, int *err)
@@ -620,8 +646,9 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 		used = atomic_load_explicit(&h->used, memory_order_relaxed);
 	}
 	d = NULL;
-	if (*err == 0 && !(d = seg_find(g, used, id, len, &at)) && at == SIZE_MAX) {
-		/* The index names a slot that is no device: rebuild it and look again. */
+	if (*err == 0 && !(d = seg_find(g, used, id, len, &at)) &&
+	    (at == SIZE_MAX || !index_in_order(g, used))) {
+		/* The index names a slot that is no device, or is out of order: rebuild it and look again. */
 		*err = seg_rebuild(g, seq);
 		seq += 2;
 		used = atomic_load_explicit(&h->used, memory_order_relaxed);
