@@ -168,8 +168,8 @@ struct pmi_seg_view {
 int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v);
 /*
  * The caller found the ids out of order along the view: sort the slots by
- * their ids instead.  0, or EBADMSG (an id twice, or sorted already) with
- * the view freed.
+ * their ids instead.  0, or EBADMSG (sorted already: the ids change as they
+ * are read) with the view freed.
  */
 int pmi_seg_view_sort(struct pmi_seg_view *v);
 void pmi_seg_view_free(struct pmi_seg_view *v);

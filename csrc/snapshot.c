@@ -13,11 +13,19 @@
 #include <string.h>
 
 struct pmem_metrics_snapshot {
-	size_t n;
-	struct device **devs; /* n: whose `old` a commit moves (NULL for a peek of a segment) */
-	uint64_t *seen;       /* n * NFIELDS: `current` as loaded */
-	uint64_t *diffs;      /* n * NFIELDS: seen - old, what a commit adds to `old` */
+	size_t n;         /* devices reported: one per id */
+	uint64_t *seen;   /* n * NFIELDS: `current` as loaded */
+	uint64_t *diffs;  /* n * NFIELDS: seen - old */
 	uint64_t agg[NFIELDS];
+	/*
+	 * What a commit moves: m devices, each `old` by its own diffs.  One per
+	 * id (moves == diffs), except in a segment whose damaged index let one
+	 * id into two slots: both are reported as one device, and each moves
+	 * by what it held.  `devs` are NULL for a peek of a copy.
+	 */
+	size_t m;
+	struct device **devs;
+	uint64_t *moves;
 	enum pmi_snapshot_state state;
 	struct pmem_metrics_registry *reg; /* whose flush it is */
 	size_t *id_at; /* n: where each device's id starts in `ids` */
@@ -31,26 +39,30 @@ struct pmem_metrics_snapshot {
  */
 static _Thread_local struct pmem_metrics_snapshot *held;
 
-static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len,
+/* A snapshot of up to `n` devices; `merging`: with moves of their own (see above). */
+static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool merging,
 						  enum pmi_snapshot_state state,
 						  struct pmem_metrics_registry *r)
 {
 	/*
-	 * One block: header, seen, diffs, devs, id_at, ids -- the uint64_t
-	 * arrays first, so they are 8-byte aligned even where pointers are 4
-	 * bytes.
+	 * One block: header, seen, diffs, moves, devs, id_at, ids -- the
+	 * uint64_t arrays first, so they are 8-byte aligned even where pointers
+	 * are 4 bytes.
 	 */
-	size_t size = sizeof(struct pmem_metrics_snapshot) + 2 * n * NFIELDS * sizeof(uint64_t) +
+	size_t arrays = merging ? 3 : 2;
+	size_t size = sizeof(struct pmem_metrics_snapshot) +
+		      arrays * n * NFIELDS * sizeof(uint64_t) +
 		      n * (sizeof(struct device *) + sizeof(size_t)) + ids_len;
 	struct pmem_metrics_snapshot *s = pmi_malloc(size);
 
 	if (!s)
 		return NULL;
 	memset(s, 0, sizeof(*s));
-	s->n = n;
+	s->n = s->m = n;
 	s->seen = (uint64_t *)(s + 1);
 	s->diffs = s->seen + n * NFIELDS;
-	s->devs = (struct device **)(s->diffs + n * NFIELDS);
+	s->moves = merging ? s->diffs + n * NFIELDS : s->diffs;
+	s->devs = (struct device **)(s->seen + arrays * n * NFIELDS);
 	s->id_at = (size_t *)(s->devs + n);
 	s->ids = (char *)(s->id_at + n);
 	s->ids_len = ids_len;
@@ -59,23 +71,9 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len,
 	return s;
 }
 
-/* Row `i` of `s` from counters already copied out of a segment (by pmi_seg_view()). */
-static void load_values(struct pmem_metrics_snapshot *s, size_t i, const uint64_t *current,
-			const uint64_t *old)
+/* Device `d`'s counters, each loaded once: `current` into seen[f], current - old into diff[f]. */
+static void load_counters(struct device *d, uint64_t *seen, uint64_t *diff)
 {
-	for (size_t f = 0; f < NFIELDS; f++) {
-		s->seen[i * NFIELDS + f] = current[f];
-		s->diffs[i * NFIELDS + f] = current[f] - old[f];
-		s->agg[f] += current[f] - old[f];
-	}
-}
-
-/* Row `i` of `s`: device `d`'s id (already copied) and each of its counters, loaded once. */
-static void load_row(struct pmem_metrics_snapshot *s, size_t i, struct device *d)
-{
-	uint64_t *seen = &s->seen[i * NFIELDS];
-	uint64_t *diff = &s->diffs[i * NFIELDS];
-
 	for (size_t f = 0; f < NFIELDS; f++) {
 		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
 		/*
@@ -89,10 +87,7 @@ static void load_row(struct pmem_metrics_snapshot *s, size_t i, struct device *d
 
 		seen[f] = atomic_load_explicit(&c->current, memory_order_relaxed);
 		diff[f] = seen[f] - old;
-		s->agg[f] += diff[f];
 	}
-	if (i == 0 && s->state == SNAPSHOT_OPEN)
-		pmi_pause_point("copy"); /* half copied right here */
 }
 
 /*
@@ -120,7 +115,7 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 	char *ids;
 
 	pthread_rwlock_rdlock(&r->lock);
-	s = snapshot_new(r->n, r->id_bytes, state, r);
+	s = snapshot_new(r->n, r->id_bytes, false, state, r);
 	if (!s) {
 		pthread_rwlock_unlock(&r->lock);
 		return ENOMEM;
@@ -135,7 +130,11 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 		s->id_at[i] = (size_t)(ids - s->ids);
 		memcpy(ids, d->id, d->id_len + 1);
 		ids += d->id_len + 1;
-		load_row(s, i, d);
+		load_counters(d, &s->seen[i * NFIELDS], &s->diffs[i * NFIELDS]);
+		for (size_t f = 0; f < NFIELDS; f++)
+			s->agg[f] += s->diffs[i * NFIELDS + f];
+		if (i == 0 && state == SNAPSHOT_OPEN)
+			pmi_pause_point("copy"); /* half copied right here */
 	}
 	pthread_rwlock_unlock(&r->lock);
 	*out = s;
@@ -143,44 +142,72 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 }
 
 /*
- * Copy the view `v` into `s`, in its order: EAGAIN if its ids do not
- * strictly increase (the index is being changed, or is nonsense), EBADMSG
- * for an id this library would not accept.
+ * Copy the view `v` into `s`, in its order: EAGAIN if its ids decrease
+ * somewhere (the index is being changed, or is nonsense), EBADMSG for an id
+ * this library would not accept.  Slots of one id (a damaged index let an
+ * insert add it twice) are one device, the sum of their counts.
  */
 static int copy_view(struct pmem_metrics_snapshot *s, const struct pmi_seg_view *v)
 {
 	char *ids = s->ids;
+	size_t rows = 0;
 
 	memset(s->agg, 0, sizeof(s->agg));
 	for (size_t i = 0; i < v->n; i++) {
 		size_t len = v->len[i];
+		uint64_t *seen = &s->seen[rows * NFIELDS], *diff = &s->moves[i * NFIELDS];
+		uint64_t loaded[NFIELDS];
+		int order = -1; /* the previous id against this one: before it, as it should be */
 
 		if (!v->copy && i + PREFETCH_AHEAD < v->n)
 			prefetch_device(pmi_view_device(v, i + PREFETCH_AHEAD));
-		s->id_at[i] = (size_t)(ids - s->ids);
-		memcpy(ids, pmi_view_id(v, i), len);
-		ids[len] = '\0';
 		/*
 		 * The copy is what gets reported, so the copy is checked: an id
 		 * this library accepts (a NUL in it would report a count under
-		 * another name), and after the one before it (never one name
-		 * twice) -- another process may write the slots as we copy.
+		 * another name), and not before the one before it -- another
+		 * process may write the slots as we copy.
 		 */
+		memcpy(ids, pmi_view_id(v, i), len);
+		ids[len] = '\0';
 		if (pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK)
 			return EBADMSG;
-		if (i > 0 && pmi_id_cmp(s->ids + s->id_at[i - 1], v->len[i - 1], ids, len) >= 0)
+		if (rows > 0)
+			order = pmi_id_cmp(s->ids + s->id_at[rows - 1], v->len[i - 1], ids, len);
+		if (order > 0)
 			return EAGAIN;
-		ids += len + 1;
 		if (v->copy) {
 			const struct pmi_slot_copy *c = &v->copy[v->slot[i]];
 
 			s->devs[i] = NULL; /* a copy: nothing to commit to */
-			load_values(s, i, c->current, c->old);
+			for (size_t f = 0; f < NFIELDS; f++) {
+				loaded[f] = c->current[f];
+				diff[f] = c->current[f] - c->old[f];
+			}
 		} else {
 			s->devs[i] = pmi_view_device(v, i);
-			load_row(s, i, s->devs[i]);
+			load_counters(s->devs[i], loaded, diff);
 		}
+		if (order == 0) { /* the id again: the same device, in a second slot */
+			seen -= NFIELDS;
+			for (size_t f = 0; f < NFIELDS; f++) {
+				seen[f] += loaded[f];
+				s->diffs[(rows - 1) * NFIELDS + f] += diff[f];
+			}
+		} else {
+			s->id_at[rows] = (size_t)(ids - s->ids);
+			ids += len + 1;
+			memcpy(seen, loaded, sizeof(loaded));
+			memcpy(&s->diffs[rows * NFIELDS], diff, sizeof(loaded));
+			rows++;
+		}
+		for (size_t f = 0; f < NFIELDS; f++)
+			s->agg[f] += diff[f];
+		if (i == 0 && s->state == SNAPSHOT_OPEN)
+			pmi_pause_point("copy"); /* half copied right here */
 	}
+	s->n = rows;
+	s->m = v->n;
+	s->ids_len = (size_t)(ids - s->ids);
 	return 0;
 }
 
@@ -199,7 +226,7 @@ int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 		return err;
 	for (size_t i = 0; i < v.n; i++)
 		ids_len += v.len[i] + 1;
-	s = snapshot_new(v.n, ids_len, state, r);
+	s = snapshot_new(v.n, ids_len, true, state, r);
 	if (!s) {
 		pmi_seg_view_free(&v);
 		return ENOMEM;
@@ -358,16 +385,16 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 	struct pmem_metrics_registry *r = s->reg;
 
 	pthread_rwlock_rdlock(&r->lock);
-	for (size_t i = 0; i < s->n; i++) {
+	for (size_t i = 0; i < s->m; i++) {
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmi_counter(&s->devs[i]->m, f);
-			uint64_t diff = s->diffs[i * NFIELDS + f];
+			uint64_t diff = s->moves[i * NFIELDS + f];
 
 			if (diff == 0)
 				continue;
 			/*
 			 * Release pairs with the acquire loads of `old` in
-			 * pmem_metrics_fetch_diff() and load_row(): whoever sees
+			 * pmem_metrics_fetch_diff() and load_counters(): whoever sees
 			 * the moved `old` also sees the `current` it was computed from.
 			 */
 			if (back)
