@@ -112,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=float("inf"),
         help="seconds to run (default: until Ctrl-C)",
     )
+    e.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a segment that is not there yet (until --duration), instead of failing",
+    )
     e.add_argument("--prometheus-port", type=_port, help="serve the counters for Prometheus")
     e.add_argument(
         "--prometheus-addr", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
@@ -133,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prometheus_port is not None:
             prometheus = (args.prometheus_port, args.prometheus_addr)
         if args.command == "export":
-            return export(args.shm, args.metrics_path, args.interval, args.duration, prometheus)
+            return export(
+                args.shm, args.metrics_path, args.interval, args.duration, prometheus, args.wait
+            )
         return demo(
             args.devices,
             args.duration,

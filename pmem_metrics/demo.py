@@ -19,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 from ._workers import Processes, Threads
 from .device import PmemMetricsPerDevice, attach
 from .registry import Registry
-from .writer import METRICS, MetricsWriter
+from .writer import METRICS
 
 _MAX_WORKERS = 4
 """The demo's worker threads, whatever the number of devices: each bumps a share of them."""
@@ -103,9 +103,13 @@ class CtrlC:
 
 
 def write_lines(
-    ctrl_c: CtrlC, start: float, interval: float, duration: float, writer: MetricsWriter = METRICS
+    ctrl_c: CtrlC,
+    start: float,
+    interval: float,
+    duration: float,
+    write: Callable[[], bool] = METRICS.write,
 ) -> int:
-    """*writer* writes a line at every multiple of *interval* before *duration*; then wait.
+    """*write* writes a line at every multiple of *interval* before *duration*; then wait.
 
     Late beats are written all the same, so the count of lines is exact
     (``MetricsWriter.start_periodic`` instead skips them); a Ctrl-C ends it
@@ -115,15 +119,22 @@ def write_lines(
     while (lines + 1) * interval < duration:
         if ctrl_c.sleep_until(start + (lines + 1) * interval):
             break
-        lines += writer.write()
+        lines += write()
     ctrl_c.sleep_until(start + duration)
     return lines
 
 
 def serve_prometheus(
-    port: int, addr: str, who: str = "demo", segments: Mapping[str, Registry] | None = None
+    port: int,
+    addr: str,
+    who: str = "demo",
+    segments: Mapping[str, Registry] | None = None,
+    reopen: bool = False,
 ) -> None:
-    """Serve the counters (of *segments*, if given) for Prometheus on addr:port while *who* runs."""
+    """Serve the counters (of *segments*, if given) for Prometheus on addr:port while *who* runs.
+
+    *reopen*: as for :class:`pmem_metrics.prometheus.PmemCollector`.
+    """
     try:
         from prometheus_client import CollectorRegistry, start_http_server
 
@@ -134,7 +145,7 @@ def serve_prometheus(
             "pip install '.[prometheus]' (from a checkout)"
         ) from None
     registry = CollectorRegistry()
-    register(registry, segments)
+    register(registry, segments, reopen=reopen)
     server, _ = start_http_server(port, addr=addr, registry=registry)
     bound = server.server_address[1]
     print(

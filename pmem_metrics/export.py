@@ -1,28 +1,128 @@
 """The exporter: ``python -m pmem_metrics export --shm PATH [--shm PATH ...]``.
 
 It opens existing shared segments (without attaching itself to any, and
-never creating one: a mistyped path is an error, not a new file) and reports
-every device of every process in them: Firecracker metrics lines every
-``--interval`` seconds (and a final one), and/or a Prometheus endpoint, until
-Ctrl-C or ``--duration``.  It creates no device of its own.
+never creating one: a mistyped path is an error, not a new file; with
+``--wait`` it waits for the segment to appear) and reports every device of
+every process in them: Firecracker metrics lines every ``--interval``
+seconds (and a final one), and/or a Prometheus endpoint, until Ctrl-C or
+``--duration``.  It creates no device of its own.
 
 Lines are flushes: they report each count once, across every process that
-flushes the segment.  A line has no room to say which segment it is from, so
+flushes the segment.  A flush moves the segment's baselines, so lines need
+write access to it.  A line has no room to say which segment it is from, so
 lines need exactly one ``--shm``.  Prometheus reads (it resets nothing) any
 number: every series is labelled ``segment`` with the path it was given as
 (one segment given twice, under two names, is read once, under the first).
+An exporter that only serves Prometheus opens its segments read-only, so
+read permission is all it needs (a 0640 segment scraped by its group).
+
+The exporter follows its paths: when a segment is removed or replaced (its
+process restarted, say), a scrape reports ``pmem_segment_up`` 0 until a
+segment is at the path again, then the new one under the same label; lines
+come from the new segment once there is one (the old one's counts since its
+last line are not reported).  An old segment stays open in the process: the
+C library never frees a registry.
 """
 
 from __future__ import annotations
 
-import os
+import errno
 import sys
 import time
 from collections.abc import Sequence
 
 from .demo import CtrlC, serve_prometheus, write_lines
+from .errors import SegmentError, SegmentReplacedError
 from .registry import Registry, open_segment
 from .writer import MetricsWriter
+
+POLL_INTERVAL = 0.2
+"""Seconds between two looks at a path that ``--wait`` waits on."""
+
+_ME = "python -m pmem_metrics export"
+
+
+def _missing(path: str) -> SystemExit:
+    return SystemExit(
+        f"{_ME}: no segment at {path!r} (a process creates it when it attaches; "
+        "--wait waits for one)"
+    )
+
+
+def _open(path: str, readonly: bool, ctrl_c: CtrlC, wait_until: float | None) -> Registry | None:
+    """The segment at *path*, never created; ``None`` after a Ctrl-C.
+
+    A missing segment is an error, unless *wait_until* (``time.monotonic()``)
+    is given: then the path is looked at every :data:`POLL_INTERVAL` until
+    a segment is there, or the time is up (an error too).
+    """
+    announced = False
+    while True:
+        try:
+            # create=False, not a check for the file first: a segment removed
+            # between the check and the open would be created by the open.
+            return open_segment(path, readonly=readonly, create=False)
+        except SegmentError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        if wait_until is None:
+            raise _missing(path)
+        if not announced:
+            print(f"export: waiting for a segment at {path!r}", file=sys.stderr, flush=True)
+            announced = True
+        if time.monotonic() >= wait_until:
+            raise SystemExit(f"{_ME}: still no segment at {path!r} at the end of --duration")
+        if ctrl_c.sleep_until(min(wait_until, time.monotonic() + POLL_INTERVAL)):
+            return None
+
+
+class _Lines:
+    """The metrics lines of the segment at one path, from whichever segment is there now."""
+
+    def __init__(self, path: str, writer: MetricsWriter) -> None:
+        self._path = path
+        self._writer = writer
+        self._gone = False  # the path had no segment at the last look (said once on stderr)
+
+    def write(self) -> bool:
+        """Write a line; ``False`` (none written) while the path has no segment.
+
+        When the segment was replaced, the path is opened again and the line
+        comes from the new segment.
+        """
+        for _ in range(2):  # the segment, then the one that replaced it
+            try:
+                return self._writer.write()
+            except SegmentReplacedError:
+                if not self._reopen():
+                    break
+        return False  # no segment yet; or replaced once more already: the next line reopens it
+
+    def _reopen(self) -> bool:
+        try:
+            # The old registry stays open (and mapped) until the process
+            # ends: the C library never frees one.  Its counts since its
+            # last line are not reported.
+            registry = open_segment(self._path, create=False)
+        except SegmentError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            if not self._gone:
+                print(
+                    f"export: the segment at {self._path!r} was removed; waiting for a new one",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._gone = True
+            return False
+        self._writer.set_registry(registry)
+        self._gone = False
+        print(
+            f"export: the segment at {self._path!r} was replaced; lines come from the new one",
+            file=sys.stderr,
+            flush=True,
+        )
+        return True
 
 
 def export(
@@ -31,40 +131,52 @@ def export(
     interval: float,
     duration: float,
     prometheus: tuple[int, str] | None,
+    wait: bool = False,
 ) -> int:
     """Run the exporter; return the process exit status (130 after a Ctrl-C).
 
-    Lines go to *metrics_path*, or to stdout unless only Prometheus was asked for.
+    Lines go to *metrics_path*, or to stdout unless only Prometheus was asked
+    for.  With *wait*, a segment not there yet is waited for (within
+    *duration*), not an error.
     """
     lines_wanted = metrics_path is not None or prometheus is None
     paths = list(dict.fromkeys(shms))
     if lines_wanted and len(paths) != 1:
         raise SystemExit(
-            "python -m pmem_metrics export: metrics lines report one segment; "
+            f"{_ME}: metrics lines report one segment; "
             "give one --shm, or several with --prometheus-port and no --metrics-path"
         )
     if lines_wanted and metrics_path is None and sys.stdout is None:
         raise SystemExit("python -m pmem_metrics: stdout is closed; give --metrics-path")
     for path in paths:
-        if not path or not os.path.lexists(path):
-            raise SystemExit(
-                f"python -m pmem_metrics export: no segment at {path!r} "
-                "(a process creates it when it attaches)"
-            )
-    segments: dict[str, Registry] = {}
-    for path in paths:
-        registry = open_segment(path)  # a SegmentError names the path and the problem
-        if registry not in segments.values():
-            segments[path] = registry
-    writer = MetricsWriter(segments[paths[0]])
-    if lines_wanted:
-        writer.init(metrics_path if metrics_path is not None else sys.stdout)
-    if prometheus is not None:
-        serve_prometheus(*prometheus, who="export", segments=segments)
+        if not path:
+            raise _missing(path)
     with CtrlC() as ctrl_c:
         start = time.monotonic()
-        lines = write_lines(ctrl_c, start, interval, duration, writer)
-        lines += writer.write()
+        segments: dict[str, Registry] = {}
+        for path in paths:
+            # Lines flush, which writes to the segment; Prometheus only reads.
+            registry = _open(path, not lines_wanted, ctrl_c, start + duration if wait else None)
+            if registry is None:
+                print(f"export: interrupted while waiting for {path!r}", file=sys.stderr)
+                return 130
+            if registry not in segments.values():
+                segments[path] = registry
+        lines = 0
+        follower = None
+        if lines_wanted:
+            writer = MetricsWriter(segments[paths[0]])
+            writer.init(metrics_path if metrics_path is not None else sys.stdout)
+            follower = _Lines(paths[0], writer)
+        if prometheus is not None:
+            serve_prometheus(*prometheus, who="export", segments=segments, reopen=True)
+        if follower is not None:
+            # Beats count from now: the wait for a segment must not make them late.
+            opened = time.monotonic()
+            lines = write_lines(ctrl_c, opened, interval, start + duration - opened, follower.write)
+            lines += follower.write()
+        else:
+            ctrl_c.sleep_until(start + duration)
     what = f"{lines} metrics lines from {paths[0]}" if lines_wanted else "served"
     print(
         f"export: {what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s",

@@ -16,7 +16,10 @@ see :func:`pmem_metrics.open_segment`), every series also gets a ``segment``
 label, the registry's key: ``pmem_activate_fails_total{drive_id="drv0",segment="vm-1"}``,
 and a gauge ``pmem_segment_up{segment="vm-1"}`` says whether the scrape could
 read it (1) or not (0, the error logged): one corrupt segment does not fail
-the scrape of the others.
+the scrape of the others.  With ``reopen=True``, a segment whose path comes
+to name another file (removed and created again: a restarted VM, say) is
+opened again by that path, and its name's series are the new segment's
+from then on (what the exporter does).
 
 There is no unlabelled aggregate series: ``sum(pmem_activate_fails_total)``
 in PromQL is that, and an extra series in the same family would be counted
@@ -46,10 +49,10 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
         "pmem_metrics.prometheus needs prometheus_client: pip install '.[prometheus]'"
     ) from e
 
-from ._binding import DEFAULT_REGISTRY, FIELD_DOCS, FIELDS, CData
+from ._binding import FIELD_DOCS, FIELDS
 from ._snapshot import Snapshot, peek
-from .errors import PmemMetricsError
-from .registry import Registry
+from .errors import PmemMetricsError, SegmentReplacedError
+from .registry import Registry, open_segment
 
 _log = logging.getLogger("pmem_metrics")
 
@@ -57,6 +60,16 @@ SCRAPE_TIMEOUT = 5.0
 """Seconds one scrape waits, in all, for segments whose registry lock another process holds."""
 
 __all__ = ["PmemCollector", "register"]
+
+
+class _Source:
+    """One registry a collector reads, and the label values its series get."""
+
+    __slots__ = ("labels", "registry")
+
+    def __init__(self, labels: tuple[str, ...], registry: Registry) -> None:
+        self.labels = labels
+        self.registry = registry  # replaced by the one its path names now, on reopening
 
 
 class PmemCollector(Collector):
@@ -67,12 +80,26 @@ class PmemCollector(Collector):
     ``segment`` with its registry's name.  A segment whose registry lock
     another process holds (stopped in the middle of an insert, say) is waited
     for until *timeout* seconds into the scrape, then counts as unreadable.
+
+    *reopen*: a segment whose path no longer names the file it opened
+    (:class:`~pmem_metrics.SegmentReplacedError`: removed, or replaced) is
+    opened again, once per scrape, as ``open_segment(path, readonly=...,
+    create=False)`` (read-only if it was; never created, never trusted), and
+    read under the same name from then on; until a segment is there again,
+    it is unreadable (``pmem_segment_up`` 0).  Without *reopen* it stays
+    unreadable.
+
     Raises ``TypeError`` for *segments* that do not map ``str`` to
-    ``Registry``, ``ValueError`` for a *timeout* that is not a positive number.
+    ``Registry`` or a *reopen* that is not a ``bool``, ``ValueError`` for a
+    *timeout* that is not a positive number.
     """
 
     def __init__(
-        self, segments: Mapping[str, Registry] | None = None, *, timeout: float = SCRAPE_TIMEOUT
+        self,
+        segments: Mapping[str, Registry] | None = None,
+        *,
+        timeout: float = SCRAPE_TIMEOUT,
+        reopen: bool = False,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
@@ -84,13 +111,15 @@ class PmemCollector(Collector):
             and all(isinstance(k, str) and isinstance(v, Registry) for k, v in segments.items())
         ):
             raise TypeError("segments must map str to pmem_metrics.Registry")
+        if not isinstance(reopen, bool):
+            raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
         self._labels = ["drive_id"] if segments is None else ["drive_id", "segment"]
-        # (the extra label values, the C registry) of each registry to read
-        self._sources: list[tuple[tuple[str, ...], CData]] = (
-            [((), DEFAULT_REGISTRY)]
+        self._sources = (
+            [_Source((), Registry.default())]
             if segments is None
-            else [((name,), r._r) for name, r in segments.items()]
+            else [_Source((name,), r) for name, r in segments.items()]
         )
+        self._reopen = reopen
 
     def describe(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The families, without samples: registering reads no counter."""
@@ -101,9 +130,10 @@ class PmemCollector(Collector):
         families = [self._family(name) for name in FIELDS]
         up = self._up()
         deadline = time.monotonic() + self._timeout  # each segment still gets one try
-        for extra, r in self._sources:
+        for source in self._sources:
+            extra = source.labels
             try:
-                snap = peek(r, deadline)
+                snap = self._peek(source, deadline)
             except (PmemMetricsError, OSError, ValueError) as e:
                 if not up:
                     raise  # the default registry alone: the scrape fails, as it should
@@ -118,6 +148,29 @@ class PmemCollector(Collector):
             if up:
                 up[0].add_metric(list(extra), 1)
         return iter([*families, *up])
+
+    def _peek(self, source: _Source, deadline: float) -> Snapshot:
+        """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
+        old = source.registry
+        try:
+            return peek(old._r, deadline)
+        except SegmentReplacedError:
+            if not self._reopen or old.path is None:
+                raise
+        # ENOENT (a SegmentError) until a new segment is there.  The old
+        # registry stays open, and mapped if it was, until the process ends:
+        # the C library never frees a registry.
+        new = open_segment(old.path, readonly=old.readonly, create=False)
+        snap = peek(new._r, deadline)
+        # Concurrent scrapes may both get here: opening one file twice gives
+        # the same registry, and the assignment is atomic, so either wins.
+        source.registry = new
+        _log.warning(
+            "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
+            source.labels[0],
+            old.path,
+        )
+        return snap
 
     def _up(self) -> list[GaugeMetricFamily]:
         if len(self._labels) == 1:
@@ -134,14 +187,15 @@ def register(
     segments: Mapping[str, Registry] | None = None,
     *,
     timeout: float = SCRAPE_TIMEOUT,
+    reopen: bool = False,
 ) -> PmemCollector:
     """Register a :class:`PmemCollector` of *segments* with *registry*; return it.
 
-    *registry* is prometheus_client's (its default one if None); *segments*
-    and *timeout* as for :class:`PmemCollector` (None: this process's
-    default registry).
+    *registry* is prometheus_client's (its default one if None); *segments*,
+    *timeout* and *reopen* as for :class:`PmemCollector` (None: this
+    process's default registry).
     """
-    collector = PmemCollector(segments, timeout=timeout)
+    collector = PmemCollector(segments, timeout=timeout, reopen=reopen)
     target: Any = REGISTRY if registry is None else registry
     target.register(collector)
     return collector

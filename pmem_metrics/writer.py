@@ -67,6 +67,21 @@ class MetricsWriter:
         self._exit_hook = False  # _stop_at_exit is registered with atexit
         _WRITERS.add(self)
 
+    def set_registry(self, registry: Registry) -> None:
+        """Flush *registry* for every line from now on, instead of the one flushed so far.
+
+        For a writer that follows a segment's path: when the segment was
+        replaced (a line failed with :class:`~pmem_metrics.SegmentReplacedError`),
+        the exporter opens the path again and hands the new one here.  The
+        old registry's counts since its last line are not reported.  A line
+        being written meanwhile (by the periodic thread) flushes one or the
+        other, whole.  Raises ``TypeError`` for what is not a ``Registry``.
+        """
+        if not isinstance(registry, Registry):
+            what = type(registry).__name__
+            raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
+        self._r = registry._r  # read once per line, by _write
+
     @property
     def initialized(self) -> bool:
         """Whether :meth:`init` has succeeded."""

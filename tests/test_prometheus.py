@@ -126,3 +126,23 @@ def test_a_scrape_does_not_wait_for_a_flush(uid: str) -> None:
     finally:
         withdraw(slot)
     assert samples["samples"]["pmem_activate_fails_total", uid + "held"] == 2
+
+
+def test_a_collector_reopens_a_replaced_segment_only_when_asked(tmp_path: Path) -> None:
+    from pmem_metrics import open_segment
+
+    path = tmp_path / "seg"
+    open_segment(path).alloc("old").cfg_fails.add(1)
+    registries = {}
+    for reopen in (False, True):
+        registries[reopen] = CollectorRegistry()
+        seg = open_segment(path, readonly=True)
+        register(registries[reopen], {"vm": seg}, reopen=reopen)
+    path.unlink()
+    open_segment(path).alloc("new").cfg_fails.add(2)
+    kept = generate_latest(registries[False]).decode()
+    followed = generate_latest(registries[True]).decode()
+    assert 'pmem_segment_up{segment="vm"} 0.0' in kept and "cfg_fails_total{" not in kept
+    assert 'pmem_segment_up{segment="vm"} 1.0' in followed
+    assert 'pmem_cfg_fails_total{drive_id="new",segment="vm"} 2.0' in followed
+    assert "old" not in followed
