@@ -237,9 +237,13 @@ def registry_error(err: int, r: CData, doing: str, message: str) -> PmemMetricsE
 
 
 def segment_args(
-    path: str | os.PathLike[str], capacity: int | None, mode: int
+    path: str | os.PathLike[str], capacity: int | None, mode: int, *, trust: bool = True
 ) -> tuple[bytes, int, int]:
-    """The C arguments for a segment at *path*: TypeError or ValueError for bad ones."""
+    """The C arguments for a segment at *path*: TypeError or ValueError for bad ones.
+
+    *trust* false: a *mode* that lets others write is refused too (opening
+    would refuse the segment it had just created, and leave it behind).
+    """
     for what, value in (("capacity", capacity), ("mode", mode)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -249,6 +253,11 @@ def segment_args(
         raise ValueError(
             f"mode must be permission bits (0 to 0o777) that let the owner read and write "
             f"the segment (0o600), not {mode:#o}"
+        )
+    if not trust and mode & 0o002:
+        raise ValueError(
+            f"mode {mode:#o} lets other users write the segment, which opening it refuses "
+            "(trust=True to create and use such a segment)"
         )
     raw = os.fsencode(path)
     if not raw or b"\0" in raw:
@@ -279,12 +288,13 @@ def attach(
     a segment is attached, and the system's errors from opening or creating it;
     ``TypeError`` or ``ValueError`` for a bad argument (an empty path, a
     *capacity* out of 1 to 2**24, a *mode* beyond 0o777 or without 0o600,
-    which the creator itself needs).  A segment owned by another user, or
+    which the creator itself needs, or, unless *trust*, with 0o002, which
+    would make a segment opening refuses).  A segment owned by another user, or
     writable by users other than its owner and group, is refused with
     :class:`UntrustedSegmentError` unless *trust* is true.  To read or flush
     a segment without attaching this process, see :func:`open_segment`.
     """
-    raw, size, bits = segment_args(path, capacity, mode)
+    raw, size, bits = segment_args(path, capacity, mode, trust=trust)
     flags = lib.PMEM_METRICS_OPEN_TRUST if trust else 0
     if lib.pmem_metrics_attach_flags(raw, size, bits, flags) != 0:
         raise segment_error(ffi.errno, os.fsdecode(raw), "attach")

@@ -131,7 +131,8 @@ def open_segment(
     Raises what :func:`attach` raises, except ``EBUSY`` (but for a segment
     open read-only here already, opened again for writing).
     """
-    raw, size, bits = segment_args(path, capacity, mode)
+    # Only a call that may create the segment can make one it would refuse.
+    raw, size, bits = segment_args(path, capacity, mode, trust=trust or readonly or not create)
     flags = (
         (lib.PMEM_METRICS_OPEN_READONLY if readonly else 0)
         | (0 if create else lib.PMEM_METRICS_OPEN_EXISTING)
