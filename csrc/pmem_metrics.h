@@ -320,7 +320,9 @@ const char *pmem_metrics_field_doc(size_t i);
  *   EBUSY      the default registry was used already, or the segment is
  *              open already (pmem_metrics_registry_open())
  *   EINVAL     not a regular file, or not a segment (bad magic); bad argument
- *              (a mode without 0600, which the creator itself needs)
+ *              (a mode without 0600, which the creator itself needs, or,
+ *              without PMEM_METRICS_OPEN_TRUST, with 0002, which opening
+ *              would refuse: checked before anything is created)
  *   EPROTO     a segment of another version or field list
  *   EBADMSG    a truncated or corrupt segment
  *   EPERM      another user's, or writable by others (PMEM_METRICS_OPEN_TRUST)
@@ -589,6 +591,77 @@ int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s);
  * another thread stays in *slot.  NULL slot: no-op.
  */
 void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot);
+
+/* ---- Writing metrics lines ---------------------------------------------- */
+
+/*
+ * A line goes out whole, or is cut back, or its fragment is closed off, so
+ * that every line a reader parses is whole, even with several writers (in
+ * any processes) on one file or pipe.  What a call did is stored in the
+ * caller's memory (*sent, *start) before it returns, so a binding whose
+ * code can be interrupted as a call returns never loses track of it:
+ *
+ *   size_t sent = 0; int64_t start = -1;
+ *   while (sent < len)                        (pipes: a chunk at a time)
+ *           if (pmem_metrics_line_write(fd, line + sent, len - sent,
+ *                                       &sent, &start) < 0) { ... }
+ *   (on a failure, before the next line:
+ *    pmem_metrics_line_cut(fd, start, &sent); sent > 0 afterwards: a
+ *    fragment stays, and the next line must start with
+ *    PMEM_METRICS_LINE_CUT)
+ *
+ * Regular files: each call holds an exclusive, non-blocking flock(2) on the
+ * descriptor's open file description while it looks at the file and
+ * appends or truncates, so writers using this library never slip between
+ * another's check and its append or cut.  Writers that do not take the
+ * lock, and processes sharing one open file description (a forked child),
+ * are not excluded.
+ */
+
+/*
+ * What closes off a fragment: ASCII CAN, then a newline.  The CAN makes the
+ * fragment's line invalid JSON even when all that is missing of it is its
+ * newline; the newline ends it.  (pmem_metrics/_sink.py's CUT is the same.)
+ */
+#define PMEM_METRICS_LINE_CUT "\x18\n"
+
+/*
+ * Write (part of) one metrics line: `len` bytes at `buf`, the part of the
+ * line that is not out yet.  What got out is added to *sent before this
+ * returns; *start (if still -1) is set to the offset of the line's first
+ * byte in a regular file.  Returns the bytes of `buf` written, or -1 with
+ * errno.
+ *
+ * A regular file gets the whole of `buf` in this one call (partial writes
+ * are continued), under the file's lock; first, if the file does not end in
+ * a newline (another writer's fragment) and `buf` does not start with
+ * PMEM_METRICS_LINE_CUT, that marker goes out with it (not counted in
+ * *sent), so the line starts on a line of its own.  How the file ends is
+ * read with pread(2), through /proc/self/fd for a descriptor opened for
+ * writing only; a file that cannot be read is taken to end with a newline.
+ * errno EAGAIN: another writer holds the lock, nothing was written (try
+ * again); EIO: *sent > 0 but the line's first part no longer ends the file.
+ *
+ * Anything else gets one write(2) (a socket: send(2) with MSG_NOSIGNAL |
+ * MSG_DONTWAIT, so it never blocks).  A reader that went away gives EPIPE,
+ * never a SIGPIPE death: SIGPIPE is blocked for the call, and one it raised
+ * is taken back.  EINTR, EAGAIN: nothing written, try again (once writable).
+ */
+long pmem_metrics_line_write(int fd, const char *buf, size_t len, size_t *sent, int64_t *start);
+
+/*
+ * Take a line that did not go out whole back out of the regular file `fd`:
+ * truncate it to `start` if the file still ends exactly where the line's
+ * *sent bytes do (a writer that appended since must keep its line), and
+ * put a descriptor without O_APPEND back at `start`.  Returns 1 when it cut
+ * (*sent is set to 0, before it returns: nothing of the line is left),
+ * 0 when nothing of the line is in the file (start < 0, *sent == 0) or it
+ * must stay: another writer appended after it, or holds the lock now (the
+ * fragment is then closed off by the next line, which starts with
+ * PMEM_METRICS_LINE_CUT).  -1 with errno on failure (*sent unchanged unless
+ * the truncation itself succeeded).  Never waits.
+ */
+int pmem_metrics_line_cut(int fd, int64_t start, size_t *sent);
 
 #ifdef PMEM_METRICS_FAULT_INJECTION
 /*

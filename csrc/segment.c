@@ -249,8 +249,9 @@ int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigne
 	*g = (struct pmi_seg){.fd = -1, .writable = !(flags & PMEM_METRICS_OPEN_READONLY)};
 	if (!path || !*path || capacity == 0 || capacity > SEG_MAX_CAPACITY || (mode & ~0777u))
 		return EINVAL;
-	if ((mode & 0600) != 0600 && !(flags & (PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING)))
-		return EINVAL; /* a segment its creator could not open itself */
+	if (!(flags & (PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING)) &&
+	    ((mode & 0600) != 0600 || ((mode & S_IWOTH) && !(flags & PMEM_METRICS_OPEN_TRUST))))
+		return EINVAL; /* a segment its creator could not open, or would refuse as untrusted */
 	dirfd = open_dir(path, &name);
 	if (dirfd < 0)
 		return errno;

@@ -72,10 +72,10 @@ class _Lib:
     def pmem_metrics_registry_snapshot_peek_into(
         self, r: CData, slot: CData, timeout_ms: int, /
     ) -> int: ...
-    def pmem_line_write(
-        self, fd: int, buf: CData, len: int, socket: bool, sent: CData, start: CData, /
+    def pmem_metrics_line_write(
+        self, fd: int, buf: CData, len: int, sent: CData, start: CData, /
     ) -> int: ...
-    def pmem_line_cut(self, fd: int, start: int, /) -> int: ...
+    def pmem_metrics_line_cut(self, fd: int, start: int, sent: CData, /) -> int: ...
 
 ffi: _FFI
 lib: _Lib

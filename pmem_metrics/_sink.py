@@ -4,7 +4,10 @@ A line goes out whole or is cut back.  The writer calls ``write()`` with a
 fresh :class:`Progress`; if anything fails before the flush is published, a
 line that went out whole is published all the same, and any other is cut
 back (``sink.cut``), both while the flush is still held.  The next line
-closes off whatever fragment could not be cut back.
+closes off whatever fragment could not be cut back.  The system calls are
+``pmem_metrics_line_write`` and ``pmem_metrics_line_cut`` (csrc/line.c),
+which also keep several writers on one file or pipe from spoiling each
+other's lines.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ CUT = "\x18\n"
 
 The CAN makes the fragment's line invalid JSON even when all that was cut
 was the final newline, so a reader that skips lines that do not parse never
-counts a cut line."""
+counts a cut line.  (C: ``PMEM_METRICS_LINE_CUT``.)"""
+
+_LOCK_POLL = 0.001
+"""Seconds between tries while another writer holds a regular file's lock (for microseconds)."""
 
 
 class Progress:
@@ -41,16 +47,16 @@ class Progress:
     ``sent[0] == length`` means the line went out whole: it stands, whatever
     was raised after.  ``start[0]`` is where it began in a regular file (-1
     until a byte of it is out), where a line that did not go out whole is
-    cut back to.
+    cut back to; a cut sets ``sent[0]`` back to 0.
     """
 
-    __slots__ = ("length", "sent", "start", "was_torn")
+    __slots__ = ("lead", "length", "sent", "start")
 
     def __init__(self) -> None:
         self.sent = ffi.new("size_t[1]")  # bytes out
         self.start = ffi.new("int64_t[1]", [-1])
         self.length = -1  # bytes in the line, once encoded
-        self.was_torn = False  # it starts with CUT, closing off an earlier fragment
+        self.lead = ""  # what it starts with to end what came before: "", "\n" or CUT
 
 
 class FdSink:
@@ -58,9 +64,15 @@ class FdSink:
 
     If a line fails part way, for whatever reason (an OSError, a timeout, or
     an exception from a signal handler), a regular file is cut back to where
-    the line began.  Where that is impossible (a pipe), the next line starts
-    with :data:`CUT`, so the fragment stays a line of its own that does not
-    parse, and never spoils the next one.  Anything but a regular file is
+    the line began, unless another writer appended since.  Where it cannot
+    be (that, or a pipe), the next line starts with :data:`CUT`, so the
+    fragment stays a line of its own that does not parse, and never spoils
+    the next one.  Several writers may share a file or pipe: a line to a
+    regular file that another writer left ending mid-line starts with
+    :data:`CUT` (C checks how the file ends before each line), and the first
+    line to anything else starts with a newline, ending any fragment a
+    killed predecessor left (an empty line, which readers skip).  Anything
+    but a regular file is
     written in chunks of at most ``PIPE_BUF`` bytes, each once the descriptor
     is writable, so a line waits for a destination that does not drain only
     until its deadline (non-blocking descriptors and sockets included; a
@@ -85,14 +97,14 @@ class FdSink:
         self.name = name  # for error messages
         self.stream = stream
         self.regular = stat.S_ISREG(mode)
-        self.socket = stat.S_ISSOCK(mode)
         self._last: Progress | None = None  # the line before this one, as far as it got
-        # A file that ends mid-line (a writer killed while writing, say)
-        # gets its fragment closed off before our first line.
-        self._ends_mid_line = self.regular and _ends_mid_line(fd, name)
+        # What our first line starts with: a regular file is looked at before
+        # each line (in C); anything else may hold a fragment of a writer
+        # killed before we came, which a newline ends.
+        self._first = "" if self.regular else "\n"
         # Cuts a regular file back: a C callable, so the writer's cleanup
         # reaches the system call with no Python frame on the way.
-        self.cut = functools.partial(lib.pmem_line_cut, fd) if self.regular else None
+        self.cut = functools.partial(lib.pmem_metrics_line_cut, fd) if self.regular else None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> FdSink:
@@ -108,16 +120,15 @@ class FdSink:
                 e.errno, f"cannot open metrics destination {os.fspath(path)!r}: {why}"
             ) from e
         os.set_blocking(fd, True)
-        return cls(fd, os.fspath(path))
+        return cls(_readable(fd, path), os.fspath(path))
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Write *line* whole, by *deadline* (``time.monotonic()``) where it can block."""
-        torn = self._ends_mid_line or self._torn_after(self._last)
-        data = ((CUT if torn else "") + line).encode("utf-8")
-        progress.was_torn = torn
+        lead = self._lead_after(self._last)
+        data = (lead + line).encode("utf-8")
+        progress.lead = lead
         progress.length = len(data)
         self._last = progress  # from here on, the next line settles after this one
-        self._ends_mid_line = False
         if self.stream is not None:
             self._flush_stream()
         buf = ffi.from_buffer(data)
@@ -127,27 +138,23 @@ class FdSink:
                 self._wait_writable(deadline)
             at = progress.sent[0]
             n = min(chunk, len(data) - at)
-            if (
-                lib.pmem_line_write(
-                    self.fd, buf + at, n, self.socket, progress.sent, progress.start
-                )
-                < 0
-            ):
+            if lib.pmem_metrics_line_write(self.fd, buf + at, n, progress.sent, progress.start) < 0:
                 err = ffi.errno
                 # EINTR: a signal; its handler has run (or raised) as the call returned.
                 if err not in (errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK):
                     raise OSError(err, os.strerror(err), self.name)
+                if self.regular:  # EAGAIN: another writer holds the file's lock
+                    self._wait_lock(deadline)
 
-    def _torn_after(self, last: Progress | None) -> bool:
-        """Whether a fragment of the line *last* (or of one before it) still needs closing off."""
-        if last is None or last.sent[0] == last.length:
-            return False  # none, or it went out whole
+    def _lead_after(self, last: Progress | None) -> str:
+        """What the next line starts with, to end the line *last* (or one before it) left."""
+        if last is None:
+            return self._first
+        if last.sent[0] == last.length:
+            return ""  # it went out whole
         if last.sent[0] == 0:
-            return last.was_torn  # none of it went out: as things stood before it
-        start = last.start[0]
-        if self.regular and start >= 0 and os.fstat(self.fd).st_size == start:
-            return last.was_torn  # it was cut back: as things stood before it
-        return True
+            return last.lead  # none of it went out, or it was cut back: as things stood
+        return CUT
 
     def _flush_stream(self) -> None:
         # The stream's own write can meet a reader that left: EPIPE, not a SIGPIPE death.
@@ -164,6 +171,13 @@ class FdSink:
             if signal.SIGPIPE not in mask:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
+    def _wait_lock(self, deadline: float) -> None:
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                errno.ETIMEDOUT, "another metrics writer held the file's lock too long", self.name
+            )
+        time.sleep(min(_LOCK_POLL, max(0.0, deadline - time.monotonic())))
+
     def _wait_writable(self, deadline: float) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLOUT)
@@ -174,21 +188,25 @@ class FdSink:
                 )
 
 
-def _ends_mid_line(fd: int, path: str) -> bool:
-    """Whether the regular file open at *fd* is not empty and does not end with a newline."""
+def _readable(fd: int, path: str | os.PathLike[str]) -> int:
+    """*fd*, or, for a regular file, the same file opened for reading and appending.
+
+    Before each line C reads the file's last byte (``pread``); a descriptor
+    it can read saves it opening the file anew through /proc for that.
+    """
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return False
-        try:
-            last = os.pread(fd, 1, size - 1)
-        except OSError:  # opened for writing only: read the file by its name
-            with open(path, "rb") as f:
-                f.seek(size - 1)
-                last = f.read(1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return fd
+        rw = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
     except OSError:
-        return False  # unreadable: nothing to close off that we could know of
-    return last != b"\n"
+        return fd  # no read permission, say: C falls back
+    again = os.fstat(rw)
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):  # replaced meanwhile
+        os.close(rw)
+        return fd
+    os.close(fd)
+    return rw
 
 
 class FileSink:

@@ -163,7 +163,7 @@ class MetricsWriter:
                 if progress.sent[0] == progress.length:
                     publish(slot)
                 elif sink.cut is not None:
-                    sink.cut(progress.start[0])
+                    sink.cut(progress.start[0], progress.sent)
             finally:
                 dispose(slot)
             raise

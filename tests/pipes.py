@@ -36,12 +36,18 @@ class FifoReader:
                 time.sleep(0.005)  # no writer (EOF) right now
 
     def lines(self, n: int, timeout: float = 30) -> list[str]:
-        """The first *n* complete lines, waiting for them up to *timeout* seconds."""
+        """The first *n* complete lines that are not empty, waiting up to *timeout* seconds.
+
+        Empty lines are skipped, as a metrics reader does: a writer's first
+        line to a pipe starts with a newline, which ends any fragment a
+        killed writer left.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if self.data.count(b"\n") >= n:
-                    return self.data.decode().splitlines(keepends=True)[:n]
+                lines = [x for x in self.data.decode().splitlines(keepends=True) if x != "\n"]
+            if sum(x.endswith("\n") for x in lines) >= n:
+                return lines[:n]
             time.sleep(0.005)
         raise AssertionError(f"fewer than {n} lines within {timeout} s: {bytes(self.data)[:200]!r}")
 

@@ -52,7 +52,8 @@ def wait_for_a_line(proc: subprocess.Popen[str], out: Path, timeout: float = 60)
 
 
 def check_lines(text: str, devices: int, stderr: str) -> list[dict]:
-    lines = text.splitlines()
+    # (Readers skip empty lines: the first line to a pipe starts with a newline.)
+    lines = [line for line in text.splitlines() if line]
     objs = [json.loads(line) for line in lines]
     for obj in objs:
         assert next(iter(obj)) == "utc_timestamp_ms"

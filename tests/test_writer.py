@@ -366,6 +366,8 @@ def drain_and_parse(fd, write):
     assert lines[-1] == ""
     parsed = []
     for line in lines[:-1]:
+        if not line:
+            continue  # empty: the newline a writer's first line to a pipe starts with
         try:
             parsed.append(json.loads(line)["pmem_drive-0000"]["cfg_fails"])
         except ValueError:

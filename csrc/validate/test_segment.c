@@ -352,10 +352,34 @@ static bool another_user_is_refused(const void *arg)
 	return pmem_metrics_attach(seg_path("good"), 0) == -1 && errno == EACCES;
 }
 
+/* A mode others may write is refused before anything is made, unless trusted; and refused on opening. */
+static bool a_mode_for_all_is_refused_unless_trusted(const void *arg)
+{
+	struct pmem_metrics_registry *r;
+	struct stat st;
+
+	(void)arg;
+	errno = 0;
+	if (pmem_metrics_attach_mode(seg_path("for-all"), 0, 0666) != -1 || errno != EINVAL ||
+	    lstat(seg_path("for-all"), &st) != -1 || errno != ENOENT)
+		return false;
+	errno = 0;
+	if (pmem_metrics_registry_open(seg_path("for-all"), 0, 0600 | 0066) != NULL || errno != EINVAL)
+		return false;
+	r = pmem_metrics_registry_open_flags(seg_path("for-all"), 0, 0666, PMEM_METRICS_OPEN_TRUST);
+	if (!r || stat(seg_path("for-all"), &st) != 0 || (st.st_mode & 0777) != 0666)
+		return false;
+	errno = 0; /* made, and now refused to those who do not say they trust it */
+	return pmem_metrics_registry_open(seg_path("for-all"), 0, 0600) == NULL && errno == EPERM &&
+	       pmem_metrics_registry_open_flags(seg_path("for-all"), 0, 0600,
+						PMEM_METRICS_OPEN_TRUST) == r;
+}
+
 static void test_a_segment_is_the_creators_alone(void)
 {
 	struct stat st;
 
+	CHECK(in_child(a_mode_for_all_is_refused_unless_trusted, NULL) == 0);
 	CHECK(stat(seg_path("good"), &st) == 0 && (st.st_mode & 0777) == 0600);
 	if (geteuid() == 0) /* as root, become someone else; as anyone else, root would pass */
 		CHECK(in_child(another_user_is_refused, NULL) == 0);
