@@ -116,7 +116,7 @@ struct pmi_seg {
 	int fd;          /* open for the registry's life: its locks and reads */
 	bool writable;   /* opened read-write and mapped; else read by pread() only */
 	char *map;       /* the file, MAP_SHARED read-write; NULL when read-only */
-	uint64_t size, capacity, slot_size, index_off, slots_off;
+	uint64_t size, capacity, slot_size, index_off, slots_off, claims_off, claim_size;
 	dev_t dev; /* the file's identity: one registry per segment per process */
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */
@@ -126,9 +126,13 @@ struct pmi_seg {
 	 * one, which share the description; these exclude the threads first.
 	 */
 	pthread_mutex_t thread_lock[2];
+	_Atomic uint32_t mine; /* the claims this process holds (their locks do not exclude it) */
 };
 
 enum pmi_seg_lock { SEG_REGISTRY_LOCK = 0, SEG_FLUSH_LOCK = 1 };
+
+/* Flushes of one segment whose reports can be on their way at once (segment.c, "Claims"). */
+enum { SEG_CLAIMS = 4 };
 
 int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
 		 unsigned flags);
@@ -140,6 +144,18 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 			     const struct pmi_deadline *d, int *err);
 int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
 int pmi_seg_after_fork(struct pmi_seg *g);
+/*
+ * With the flush lock held: undo the claims of flushes whose processes died,
+ * and take a free claim record: its number, or -1 if every one is in use.
+ */
+int pmi_seg_claim_open(struct pmi_seg *g);
+/* Write into claim `k` what moving `m` devices' baselines by `moves` will take, and make it active. */
+int pmi_seg_claim_record(struct pmi_seg *g, int k, struct device *const *devs,
+			 const uint64_t *moves, size_t m);
+/* Move the baselines by what claim `k` took: up, or back down (what had moved). */
+void pmi_seg_claim_apply(struct pmi_seg *g, int k, bool back);
+/* The claim's report was delivered, or its moves undone: let claim `k` go. */
+void pmi_seg_claim_close(struct pmi_seg *g, int k);
 
 /* A slot as copied out of a segment with pread(): its counters, and where its id went. */
 struct pmi_slot_copy {

@@ -54,7 +54,35 @@ struct segment {
 	uint64_t capacity, slot_size, index_off, slots_off, size;
 	_Atomic uint64_t seq;  /* even when the index is whole; odd while an insert changes it */
 	_Atomic uint64_t used; /* devices: slots [0, used), index[0, used) */
+	uint64_t claims_off, claim_size; /* SEG_CLAIMS records of flushes under way */
 };
+
+/*
+ * A claim: what one flush under way took (see "Claims" below).  `state` is
+ * CLAIM_ACTIVE from before its `old` moved until its report was delivered
+ * or its moves undone; then anything else.
+ */
+struct claim_entry {
+	uint32_t slot;
+	uint32_t unused;
+	uint64_t diff[NFIELDS];
+};
+
+struct claim {
+	_Atomic uint64_t state;
+	uint64_t n;
+	/*
+	 * How far its baselines moved: 2i + 1 while entry i moves, 2(i + 1) once
+	 * it has; (mark + 1) / 2 entries are to be moved back for it.
+	 */
+	_Atomic uint64_t mark;
+	struct claim_entry e[];
+};
+
+#define CLAIM_ACTIVE 0x434c41494d414354u /* "CLAIMACT": no zeroed or stray word means it */
+
+/* Byte-range lock offsets: inserts, flushes, then one per claim, held by its owner. */
+enum { CLAIM_LOCK_BASE = 8 };
 
 static uint64_t round64(uint64_t x)
 {
@@ -68,7 +96,9 @@ static void seg_layout(uint64_t capacity, struct segment *h)
 	h->slot_size = round64(sizeof(struct device) + ID_MAX_BYTES + 1);
 	h->index_off = round64(sizeof(struct segment));
 	h->slots_off = round64(h->index_off + capacity * sizeof(uint32_t));
-	h->size = h->slots_off + capacity * h->slot_size;
+	h->claims_off = h->slots_off + capacity * h->slot_size;
+	h->claim_size = round64(sizeof(struct claim) + capacity * sizeof(struct claim_entry));
+	h->size = h->claims_off + SEG_CLAIMS * h->claim_size;
 }
 
 static struct segment *hdr(const struct pmi_seg *g)
@@ -197,7 +227,8 @@ static int seg_check(struct pmi_seg *g, unsigned flags)
 		return EBADMSG;
 	seg_layout(h.capacity, &want);
 	if (h.slot_size != want.slot_size || h.index_off != want.index_off ||
-	    h.slots_off != want.slots_off || h.size != want.size || (uint64_t)st.st_size != h.size)
+	    h.slots_off != want.slots_off || h.claims_off != want.claims_off ||
+	    h.claim_size != want.claim_size || h.size != want.size || (uint64_t)st.st_size != h.size)
 		return EBADMSG; /* corrupt, truncated or grown */
 	if (want.size > SIZE_MAX)
 		return EFBIG; /* more than this process can map (a 32-bit one) */
@@ -206,6 +237,8 @@ static int seg_check(struct pmi_seg *g, unsigned flags)
 	g->slot_size = want.slot_size;
 	g->index_off = want.index_off;
 	g->slots_off = want.slots_off;
+	g->claims_off = want.claims_off;
+	g->claim_size = want.claim_size;
 	g->dev = st.st_dev;
 	g->ino = st.st_ino;
 	if (g->writable) {
@@ -326,6 +359,7 @@ int pmi_seg_after_fork(struct pmi_seg *g)
 
 	for (int i = 0; i < 2; i++)
 		g->thread_lock[i] = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	atomic_store_explicit(&g->mine, 0, memory_order_relaxed); /* the parent's claims stay its own */
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", g->fd);
 	fd = open(proc, (g->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
 	if (fd < 0)
@@ -342,9 +376,9 @@ int pmi_seg_after_fork(struct pmi_seg *g)
 
 /* ---- Locks ------------------------------------------------------------------ */
 
-static int ofd_lock(int fd, enum pmi_seg_lock which, short type)
+static int ofd_lock(int fd, int byte, short type)
 {
-	struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = which, .l_len = 1};
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
 
 	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
 }
@@ -461,7 +495,7 @@ static int read_lengths(const char *base, uint64_t slot_size, size_t n, uint32_t
  * Slots are handed out in order, so the published ones come first.  0,
  * EBADMSG if a slot is not what this library writes, ENOMEM.
  */
-static int seg_rebuild(struct pmi_seg *g, uint64_t seq)
+static int seg_rebuild(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 {
 	struct segment *h = hdr(g);
 	_Atomic uint32_t *index = seg_index(g);
@@ -495,6 +529,7 @@ static int seg_rebuild(struct pmi_seg *g, uint64_t seq)
 			atomic_store_explicit(&index[i], v[i], memory_order_relaxed);
 		/* Release pairs with the acquire loads of `used` by readers: they see the index. */
 		atomic_store_explicit(&h->used, n, memory_order_release);
+		*used = n; /* not read back: another process may write anything there */
 		atomic_store_explicit(&h->seq, (seq | 1) + 1, memory_order_release);
 	}
 	free(v);
@@ -511,7 +546,7 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const cha
 			       size_t *at)
 {
 	_Atomic uint32_t *index = seg_index(g);
-	size_t lo = 0, hi = used;
+	size_t lo = 0, hi = used <= g->capacity ? used : g->capacity; /* the caller's `used` is bounded; so is this */
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -535,6 +570,24 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const cha
 			lo = mid + 1;
 	}
 	*at = lo;
+	return NULL;
+}
+
+/*
+ * Look for `id` in the first `used` slots themselves, in slot order: for
+ * when the index cannot be rebuilt (a slot that is no device), so that an
+ * id allocated before is still found.  The device, or NULL.
+ */
+static struct device *seg_scan(const struct pmi_seg *g, uint64_t used, const char *id, size_t len)
+{
+	for (uint64_t i = 0; i < used && i < g->capacity; i++) {
+		struct device *d = seg_slot(g, i);
+
+		if (!atomic_load_explicit(&d->published, memory_order_acquire))
+			break;
+		if (slot_id_len(d) == len && memcmp(d->id, id, len) == 0)
+			return d;
+	}
 	return NULL;
 }
 
@@ -603,9 +656,8 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 	used = atomic_load_explicit(&h->used, memory_order_relaxed);
 	if ((seq & 1) || used > g->capacity) {
 		/* An insert died half-way, or someone wrote nonsense: start again from the slots. */
-		*err = seg_rebuild(g, seq);
+		*err = seg_rebuild(g, seq, &used);
 		seq = (seq | 1) + 1;
-		used = atomic_load_explicit(&h->used, memory_order_relaxed);
 	}
 	d = NULL;
 	/*
@@ -617,13 +669,14 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 	 */
 	if (*err == 0 && !(d = seg_find(g, used, id, len, &at)) && at == SIZE_MAX) {
 		/* The index names a slot that is no device: rebuild it and look again. */
-		*err = seg_rebuild(g, seq);
+		*err = seg_rebuild(g, seq, &used);
 		seq += 2;
-		used = atomic_load_explicit(&h->used, memory_order_relaxed);
 		if (*err == 0)
 			d = seg_find(g, used, id, len, &at);
 	}
-	if (*err == 0 && !d)
+	if (*err == EBADMSG && (d = seg_scan(g, used, id, len)) != NULL)
+		*err = 0; /* no index to be had (a slot is not a device), but the id is there */
+	else if (*err == 0 && !d)
 		d = seg_insert(g, seq, used, id, len, at, err);
 	pmi_seg_unlock(g, SEG_REGISTRY_LOCK);
 	return d;
@@ -816,4 +869,139 @@ void pmi_seg_view_free(struct pmi_seg_view *v)
 	v->slot = NULL;
 	v->copy = NULL;
 	v->ids = NULL;
+}
+
+/* ---- Claims: flushes that hold no lock while their report is delivered ---------- */
+
+/*
+ * A flush takes the flush lock only to copy the counters and move their
+ * baselines (`old`) up by what it took, and writes what it took -- its claim
+ * -- into a record of the segment first, holding that record's byte-range
+ * lock for as long as the report is on its way.  Other flushes go on
+ * meanwhile: they report only what came after.  Delivered: the record is
+ * let go.  Not delivered: the flush moves the baselines back down (relative
+ * moves commute with the flushes in between) and lets it go.  Killed at any
+ * step with the record active: the kernel drops its lock, and the next flush
+ * finds it so and moves the baselines back for it -- so those counts are
+ * reported again (at least once), never lost.  A kill half-way through
+ * moving makes the next flush move back what had not moved yet as well:
+ * reported twice, again never lost.
+ */
+
+static struct claim *claim_at(const struct pmi_seg *g, int k)
+{
+	return (struct claim *)(g->map + g->claims_off + (uint64_t)k * g->claim_size);
+}
+
+/*
+ * Move the baselines of claim `c`'s entries up (back: down again) by their
+ * diffs, marking how far it got; back, only what had moved (the mark may
+ * say one entry more: it is moved back whole -- reported twice, never lost).
+ */
+static void claim_move(const struct pmi_seg *g, struct claim *c, bool back)
+{
+	uint64_t n = *(volatile uint64_t *)&c->n;
+
+	if (n > g->capacity)
+		n = g->capacity;
+	if (back) {
+		uint64_t moved = (atomic_load_explicit(&c->mark, memory_order_relaxed) + 1) / 2;
+
+		n = moved < n ? moved : n;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		uint32_t slot = *(volatile uint32_t *)&c->e[i].slot;
+		struct device *d;
+
+		if (slot >= g->capacity)
+			continue; /* not a device: nothing of ours moved there */
+		d = seg_slot(g, slot);
+		if (!back)
+			atomic_store_explicit(&c->mark, 2 * i + 1, memory_order_relaxed);
+		for (size_t f = 0; f < NFIELDS; f++) {
+			_Atomic uint64_t *old = &pmi_counter(&d->m, f)->old;
+			uint64_t diff = *(volatile uint64_t *)&c->e[i].diff[f];
+
+			/*
+			 * Release pairs with the acquire loads of `old` by readers:
+			 * whoever sees it moved sees the `current` it came from.
+			 */
+			if (diff && back)
+				atomic_fetch_sub_explicit(old, diff, memory_order_release);
+			else if (diff)
+				atomic_fetch_add_explicit(old, diff, memory_order_release);
+		}
+		if (!back)
+			atomic_store_explicit(&c->mark, 2 * (i + 1), memory_order_relaxed);
+		if (i == 0)
+			pmi_pause_point(back ? "withdraw" : "commit"); /* half moved right here */
+	}
+}
+
+void pmi_seg_claim_apply(struct pmi_seg *g, int k, bool back)
+{
+	claim_move(g, claim_at(g, k), back);
+}
+
+int pmi_seg_claim_open(struct pmi_seg *g)
+{
+	uint32_t mine = atomic_load_explicit(&g->mine, memory_order_relaxed);
+	int free_k = -1;
+
+	for (int k = 0; k < SEG_CLAIMS; k++) {
+		struct claim *c = claim_at(g, k);
+
+		if (mine & (1u << k))
+			continue; /* a flush of this process, under way */
+		if (ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_WRLCK) != 0)
+			continue; /* a flush of another process, under way */
+		if (atomic_load_explicit(&c->state, memory_order_acquire) == CLAIM_ACTIVE) {
+			/* Its owner died with its report on the way, or before: report it again. */
+			claim_move(g, c, true);
+			atomic_store_explicit(&c->state, 0, memory_order_release);
+		}
+		if (free_k < 0) {
+			free_k = k; /* keep its lock: ours now */
+			continue;
+		}
+		ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_UNLCK);
+	}
+	if (free_k >= 0)
+		atomic_fetch_or_explicit(&g->mine, 1u << free_k, memory_order_relaxed);
+	return free_k;
+}
+
+int pmi_seg_claim_record(struct pmi_seg *g, int k, struct device *const *devs,
+			 const uint64_t *moves, size_t m)
+{
+	struct claim *c = claim_at(g, k);
+	uint64_t n = 0;
+	const char *slots = g->map + g->slots_off;
+
+	for (size_t i = 0; i < m; i++) {
+		const uint64_t *diff = &moves[i * NFIELDS];
+		bool any = false;
+
+		for (size_t f = 0; f < NFIELDS; f++)
+			any |= diff[f] != 0;
+		if (!any)
+			continue;
+		if (n == g->capacity)
+			return EBADMSG; /* more devices than slots: cannot be */
+		c->e[n].slot = (uint32_t)(((const char *)devs[i] - slots) / g->slot_size);
+		memcpy(c->e[n].diff, diff, sizeof(c->e[n].diff));
+		n++;
+	}
+	c->n = n;
+	atomic_store_explicit(&c->mark, 0, memory_order_relaxed);
+	/* Release: whoever finds it active finds its entries (claim_move()). */
+	atomic_store_explicit(&c->state, CLAIM_ACTIVE, memory_order_release);
+	return 0;
+}
+
+void pmi_seg_claim_close(struct pmi_seg *g, int k)
+{
+	atomic_store_explicit(&claim_at(g, k)->state, 0, memory_order_release);
+	atomic_fetch_and_explicit(&g->mine, ~(1u << k), memory_order_relaxed);
+	ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_UNLCK);
 }

@@ -26,6 +26,13 @@ struct pmem_metrics_snapshot {
 	size_t m;
 	struct device **devs;
 	uint64_t *moves;
+	/*
+	 * In a segment: the claim record that holds what this flush moved at
+	 * its take (segment.c, "Claims"), so that it holds no flush lock while
+	 * its report is on its way; -1 if it holds the flush lock instead (a
+	 * private registry, or every record in use) and moves at its publish.
+	 */
+	int claim;
 	enum pmi_snapshot_state state;
 	struct pmem_metrics_registry *reg; /* whose flush it is */
 	size_t *id_at; /* n: where each device's id starts in `ids` */
@@ -38,6 +45,7 @@ struct pmem_metrics_snapshot {
  * second in the same segment, opened twice, would deadlock).
  */
 static _Thread_local struct pmem_metrics_snapshot *held;
+
 
 /* A snapshot of up to `n` devices; `merging`: with moves of their own (see above). */
 static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool merging,
@@ -59,6 +67,7 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool
 		return NULL;
 	memset(s, 0, sizeof(*s));
 	s->n = s->m = n;
+	s->claim = -1;
 	s->seen = (uint64_t *)(s + 1);
 	s->diffs = s->seen + n * NFIELDS;
 	s->moves = merging ? s->diffs + n * NFIELDS : s->diffs;
@@ -245,6 +254,29 @@ int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 	return 0;
 }
 
+/*
+ * A flush of a segment, its copy made under the flush lock: record what it
+ * took in a claim, move the baselines now, and let the flush lock go, so
+ * other processes' flushes need not wait for this one's report to reach its
+ * reader.  With every claim record in use, it keeps the flush lock instead.
+ */
+static void claim(struct pmem_metrics_snapshot *s)
+{
+	struct pmi_seg *g = s->reg->seg;
+	int k = pmi_seg_claim_open(g);
+
+	if (k < 0)
+		return;
+	if (pmi_seg_claim_record(g, k, s->devs, s->moves, s->m) != 0) {
+		pmi_seg_claim_close(g, k);
+		return;
+	}
+	s->claim = k;
+	pmi_pause_point("claim"); /* recorded, nothing moved yet */
+	pmi_seg_claim_apply(g, k, false);
+	pmi_kind_of(s->reg)->flush_unlock(s->reg);
+}
+
 int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 					     struct pmem_metrics_snapshot **slot, int timeout_ms)
 {
@@ -276,6 +308,8 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	held = *slot;
+	if (r->seg)
+		claim(*slot);
 	return 0;
 }
 
@@ -362,11 +396,24 @@ const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot 
 	return s ? s->seen : NULL;
 }
 
-/* Release the flush lock that the open flush `s` holds. */
-static void flush_release(const struct pmem_metrics_snapshot *s)
+/* The open flush `s` is settled: let go of its claim, or of the flush lock it holds. */
+static void flush_release(struct pmem_metrics_snapshot *s)
 {
 	held = NULL;
-	pmi_kind_of(s->reg)->flush_unlock(s->reg);
+	if (s->claim >= 0)
+		pmi_seg_claim_close(s->reg->seg, s->claim);
+	else
+		pmi_kind_of(s->reg)->flush_unlock(s->reg);
+	s->claim = -1;
+}
+
+/* An open flush whose report was not delivered: nothing moves for good, and it is let go. */
+static void abandon(struct pmem_metrics_snapshot *s)
+{
+	if (s->claim >= 0)
+		pmi_seg_claim_apply(s->reg->seg, s->claim, true); /* it moved at its take: back down */
+	s->state = SNAPSHOT_SETTLED;
+	flush_release(s);
 }
 
 /*
@@ -414,7 +461,8 @@ void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
 
 	if (!s || s->state != SNAPSHOT_OPEN)
 		return;
-	move_old(s, false);
+	if (s->claim < 0)
+		move_old(s, false); /* a claim moved at its take */
 	s->state = SNAPSHOT_PUBLISHED;
 	flush_release(s);
 }
@@ -426,8 +474,7 @@ void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot)
 	if (!s)
 		return;
 	if (s->state == SNAPSHOT_OPEN) {
-		s->state = SNAPSHOT_SETTLED;
-		flush_release(s);
+		abandon(s);
 	} else if (s->state == SNAPSHOT_PUBLISHED) {
 		move_old(s, true);
 		s->state = SNAPSHOT_SETTLED;
@@ -446,8 +493,7 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
 	if (s->state == SNAPSHOT_OPEN) {
 		if (held != s)
 			return; /* open in another thread: only that thread can release it */
-		s->state = SNAPSHOT_SETTLED;
-		flush_release(s);
+		abandon(s);
 	}
 	free(s);
 }
