@@ -10,6 +10,9 @@ is a ratio of two timings made in this one run, each in fresh processes
 - peek (the copy a scrape reads: lock-free, with pread(), in a segment) of
   19 / 1,000 / 10,000 devices, segment vs private (no target: compare the
   ratio with an earlier version's run of this file);
+- lines one process writes to a file in a second while another process's
+  line is stuck on a full pipe, against the same with no stuck line (target
+  >= 0.5x: a stuck report holds no lock);
 - two processes bumping different devices of one segment vs one process
   (target >= 1.8x the throughput, on a machine with two free cores);
 - prometheus_client's multiprocess mode (its mmap files) with 2 and 8
@@ -70,6 +73,24 @@ def worker(kind: str, arg: str, seg: str) -> object:
         from pmem_metrics._snapshot import peek
 
         return _best(lambda: peek(DEFAULT_REGISTRY), 20)
+    if kind == "lines":  # lines written to a file in `arg` seconds (opened, not attached)
+        registry = p.open_segment(seg)
+        registry.alloc(f"lines-{os.getpid()}").cfg_fails.inc()
+        writer = p.MetricsWriter(registry)
+        writer.init(seg + f".lines{os.getpid()}", timeout=5)
+        end, n = time.perf_counter() + float(arg), 0
+        while time.perf_counter() < end:
+            writer.write()
+            n += 1
+        return n
+    if kind == "stuck":  # a line to a full pipe (`arg`): it blocks, holding its flush
+        registry = p.open_segment(seg)
+        registry.alloc("stuck").cfg_fails.inc()
+        writer = p.MetricsWriter(registry)
+        writer.init(arg, timeout=60)
+        print(json.dumps("writing"), flush=True)
+        writer.write()
+        return "wrote"
     if kind == "spin":  # increments made in `arg` seconds, on a device of its own
         inc = p.PmemMetricsPerDevice.alloc(f"spin-{os.getpid()}").activate_fails.inc
         end, n = time.perf_counter() + float(arg), 0
@@ -141,6 +162,30 @@ def main() -> None:
         own = os.path.join(scratch, f"peek{n}")
         private, shared = run("peek", str(n), ""), run("peek", str(n), own)
         rows.append((f"peek {n} devices, segment / private", shared / private, 0, "info"))
+
+    # A process whose line is stuck on a full pipe, and one writing lines to a file.
+    stuck_seg = os.path.join(scratch, "stuck")
+    alone = run("lines", "1.0", stuck_seg)
+    fifo = os.path.join(scratch, "fifo")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"\n" * 4096)
+    except BlockingIOError:
+        pass
+    stuck = subprocess.Popen(
+        [sys.executable, __file__, "stuck", fifo, stuck_seg], stdout=subprocess.PIPE, text=True
+    )
+    assert stuck.stdout is not None and json.loads(stuck.stdout.readline()) == "writing"
+    time.sleep(0.5)  # into its blocked write (a benchmark may wait; a test may not)
+    beside = run("lines", "1.0", stuck_seg)
+    stuck.kill()
+    stuck.wait()
+    os.close(reader)
+    os.close(filler)
+    rows.append(("lines written beside a stuck one / alone", beside / alone, 0.5, ">="))
 
     def throughput(procs: int, shared: bool) -> float:
         spin = os.path.join(scratch, f"spin{procs}") if shared else ""

@@ -255,15 +255,15 @@ int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 }
 
 /*
- * A flush of a segment, its copy made under the flush lock: record what it
- * took in a claim, move the baselines now, and let the flush lock go, so
- * other processes' flushes need not wait for this one's report to reach its
- * reader.  With every claim record in use, it keeps the flush lock instead.
+ * A flush of a segment, its copy made under the flush lock in claim record
+ * `k`'s name: record what it took there, move the baselines now, and let the
+ * flush lock go, so other processes' flushes need not wait for this one's
+ * report to reach its reader.  With no record (k < 0: every one in use), it
+ * keeps the flush lock instead.
  */
-static void claim(struct pmem_metrics_snapshot *s)
+static void claim(struct pmem_metrics_snapshot *s, int k)
 {
 	struct pmi_seg *g = s->reg->seg;
-	int k = pmi_seg_claim_open(g);
 
 	if (k < 0)
 		return;
@@ -281,7 +281,7 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 					     struct pmem_metrics_snapshot **slot, int timeout_ms)
 {
 	const struct pmi_kind *kind;
-	int err;
+	int err, k;
 
 	if (!r || !slot || *slot) {
 		errno = EINVAL;
@@ -301,15 +301,18 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	pmi_pause_point("take");
+	/* First: flushes whose processes died give back what they took (segment.c). */
+	k = r->seg ? pmi_seg_claim_open(r->seg) : -1;
 	err = kind->load(r, SNAPSHOT_OPEN, slot);
 	if (err) {
+		if (k >= 0)
+			pmi_seg_claim_close(r->seg, k);
 		kind->flush_unlock(r);
 		errno = err;
 		return -1;
 	}
 	held = *slot;
-	if (r->seg)
-		claim(*slot);
+	claim(*slot, k);
 	return 0;
 }
 

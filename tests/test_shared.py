@@ -538,3 +538,77 @@ except p.SegmentTimeoutError as e:
         "True True cannot allocate 'new' in the metrics segment: another process held its lock "
         "past the bound (stopped, or stuck?)\n"
     )
+
+
+STUCK_WRITER = """
+import sys, pmem_metrics as p
+seg = p.open_segment(sys.argv[1])
+seg.alloc("stuck").cfg_fails.add(5)
+w = p.MetricsWriter(seg)
+w.init(sys.argv[2], timeout=120)  # a pipe whose reader reads nothing
+print("writing", flush=True)
+w.write()  # takes the flush, then blocks in the pipe
+print("wrote", flush=True)
+"""
+
+
+def test_a_writer_stuck_on_its_pipe_holds_up_no_other_process(tmp_path: Path) -> None:
+    """One process's line blocked on a full pipe: another process's lines go out meanwhile,
+    and every count is in exactly one line once the pipe drains."""
+    import select
+    import time
+
+    seg_path, fifo = tmp_path / "seg", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:  # fill the pipe: the stuck writer's line cannot go in
+            os.write(filler, b"\n" * 4096)
+    except BlockingIOError:
+        pass
+    seg = open_segment(seg_path)
+    stuck = subprocess.Popen(
+        [sys.executable, "-c", STUCK_WRITER, str(seg_path), str(fifo)],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stuck.stdout is not None and stuck.stdout.readline() == "writing\n"
+        # Wait until its flush is taken (its claim moved the 5 away), without a timing guess.
+        other = seg.alloc("other")
+        deadline = time.monotonic() + 60
+        while seg.alloc("stuck").cfg_fails.fetch_diff() != 0:
+            assert time.monotonic() < deadline and stuck.poll() is None
+            time.sleep(0.01)
+        other.cfg_fails.add(3)
+        out = py(
+            f"""
+import pmem_metrics as p
+w = p.MetricsWriter(p.open_segment({str(seg_path)!r}))
+w.init({str(tmp_path / "lines")!r}, timeout=5)
+print(w.write())
+""",
+            tmp_path,
+        )
+        assert out == "True\n"  # went out while the other line was still stuck
+        assert stuck.poll() is None
+        written = [json.loads(line) for line in (tmp_path / "lines").read_text().splitlines()]
+        assert [line["pmem_other"]["cfg_fails"] for line in written] == [3]
+        assert written[0]["pmem_stuck"]["cfg_fails"] == 0  # the stuck line has it
+        # Drain the pipe: the stuck line goes out, with its 5.
+        os.close(filler)
+        data = b""
+        while True:  # until every writer is gone (end of file)
+            assert time.monotonic() < deadline + 60
+            if select.select([reader], [], [], 0.1)[0]:
+                chunk = os.read(reader, 1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+        assert stuck.wait(60) == 0
+    finally:
+        stuck.kill()
+        os.close(reader)
+    lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    assert [line["pmem_stuck"]["cfg_fails"] for line in lines] == [5]
+    assert seg.flush_metrics()["pmem"]["cfg_fails"] == 0  # nothing left, nothing twice

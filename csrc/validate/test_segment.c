@@ -868,6 +868,87 @@ static void test_a_stopped_process_holds_nobody_for_longer_than_they_wait(void)
 	CHECK(in_child(others_wait_for_it_within_their_timeouts, NULL) == 0);
 }
 
+/* ---- Flushes whose reports are on their way ------------------------------------------ */
+
+/*
+ * A flush with its report on the way (taken, not yet published) holds no
+ * lock: others flush meanwhile and report only what came after; killed
+ * before it publishes, what it took is reported again by the next flush.
+ */
+static bool reports_on_their_way(const void *arg)
+{
+	int before = check_failures, status, out[2];
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("on-the-way"), 0, 0600);
+	struct pmem_metrics_snapshot *s = NULL, *mine = NULL;
+	struct pmem_metrics *m = r ? pmem_metrics_registry_alloc(r, "x") : NULL;
+	char ready;
+	pid_t pid, holders[4];
+
+	(void)arg;
+	CHECK(m && pipe(out) == 0);
+	if (check_failures != before)
+		return false;
+	pmem_metrics_add(&m->cfg_fails, 5);
+	pid = fork();
+	if (pid == 0) { /* takes the 5, then hangs on to its report until it is killed */
+		struct pmem_metrics_snapshot *c = NULL;
+
+		if (pmem_metrics_registry_snapshot_take_into(r, &c, 0) != 0 ||
+		    pmem_metrics_snapshot_diffs(c)[1] != 5 || write(out[1], "t", 1) != 1)
+			_exit(1);
+		pause();
+		_exit(2);
+	}
+	CHECK(read(out[0], &ready, 1) == 1);
+	pmem_metrics_add(&m->cfg_fails, 2);
+	/* Not held up by the report on its way, nor reporting any of it. */
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 0) == 0 && pmem_metrics_snapshot_diffs(s)[1] == 2);
+	pmem_metrics_snapshot_commit(s);
+	s = NULL;
+	kill(pid, SIGKILL); /* never delivered: the 5 must come back */
+	CHECK(waitpid(pid, &status, 0) == pid && WIFSIGNALED(status));
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 0) == 0 && pmem_metrics_snapshot_diffs(s)[1] == 5);
+	pmem_metrics_snapshot_commit(s);
+	s = NULL;
+	CHECK(pmem_metrics_fetch_diff(&m->cfg_fails) == 0);
+
+	/* One report on its way per claim record; one more flush holds the lock, as before. */
+	for (int i = 0; i < 4; i++) {
+		holders[i] = fork();
+		if (holders[i] == 0) {
+			struct pmem_metrics_snapshot *c = NULL;
+
+			if (pmem_metrics_registry_snapshot_take_into(r, &c, 0) != 0 || write(out[1], "t", 1) != 1)
+				_exit(1);
+			pause();
+			_exit(2);
+		}
+		CHECK(read(out[0], &ready, 1) == 1);
+	}
+	CHECK(pmem_metrics_registry_snapshot_take_into(r, &mine, 0) == 0); /* holds the flush lock */
+	errno = 0;
+	pid = fork();
+	if (pid == 0) {
+		struct pmem_metrics_snapshot *c = NULL;
+
+		_exit(pmem_metrics_registry_snapshot_take_into(r, &c, 0) == -1 && errno == ETIMEDOUT ? 0 : 1);
+	}
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	pmem_metrics_snapshot_commit(mine);
+	for (int i = 0; i < 4; i++) {
+		kill(holders[i], SIGKILL);
+		CHECK(waitpid(holders[i], &status, 0) == holders[i] && WIFSIGNALED(status));
+	}
+	close(out[0]);
+	close(out[1]);
+	return check_failures == before;
+}
+
+static void test_a_report_on_its_way_holds_no_other_flush(void)
+{
+	CHECK(in_child(reports_on_their_way, NULL) == 0);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -888,6 +969,7 @@ int main(void)
 	RUN(test_a_process_can_hold_several_registries);
 	RUN(test_a_process_ignoring_the_locks_cannot_crash_the_others);
 	RUN(test_a_stopped_process_holds_nobody_for_longer_than_they_wait);
+	RUN(test_a_report_on_its_way_holds_no_other_flush);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);
