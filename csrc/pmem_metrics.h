@@ -32,7 +32,8 @@
  *   same id is the same pointer in every thread, and the same counters in
  *   every process.
  * - Flushes are serialised: pmem_metrics_snapshot_take() blocks while another
- *   snapshot is outstanding, until that one is committed or aborted.  So two
+ *   snapshot is outstanding, until that one is committed or aborted (in a
+ *   segment, only while another copies: see "Reports on their way").  So two
  *   flushes never report the same increment.  The registry read lock is held
  *   only while the snapshot is copied, never while the report is written.
  *   pmem_metrics_snapshot_take_into() waits at most a given time, so a
@@ -101,7 +102,10 @@
  *   copy read the slots that `used` says are published (release stores by
  *   the inserter, acquire loads here) and check the sorted index before
  *   they trust it (each entry a device, once; ids strictly increasing); a
- *   bad index is sorted around, an impossible count or id is EBADMSG.  A
+ *   bad index is sorted around, an impossible count or id is EBADMSG.  (An
+ *   index another process scrambled can make an insert miss an id and add
+ *   it in a second slot: the slots of one id are reported as one device,
+ *   each committed by what it held; a device count counts slots.)  A
  *   registry opened read-only (PMEM_METRICS_OPEN_READONLY) has no mapping:
  *   it reads the file with pread() into private memory.
  * - Identity: each flush and peek checks that the path still names the file
@@ -125,13 +129,24 @@
  *
  * What a flush promises.  Exactly once while no process is killed: every
  * increment is reported by one flush, across every process that flushes the
- * segment.  A flusher killed between delivering its report and committing
- * it makes the next flush report those counts again (at least once).  A
- * kill at any other step under-reports nothing: nothing moves before the
- * report was delivered (publish), and an unsettled flush's lock is dropped
- * by the kernel.  A report handed to a caller in memory (not a line) lives
- * there: a process killed after the flush committed takes it with it, and a
- * withdrawal cut short by a kill leaves the rest committed.
+ * segment.  A flusher killed between delivering its report and publishing
+ * it makes a later flush report those counts again (at least once).  A
+ * kill at any other step under-reports nothing.
+ *
+ * Reports on their way.  A flush of a segment holds the segment's flush
+ * lock only while it copies: it writes what it took into one of a few claim
+ * records in the file (holding that record's byte-range lock), moves the
+ * baselines, and lets the lock go, so a report stuck on its way (a pipe
+ * nobody drains) holds up no other process's flushes; they report what came
+ * after.  Published, the claim is let go; withdrawn, the baselines move back
+ * first.  A flusher killed with its claim active has its lock dropped by the
+ * kernel, and the next flush moves the baselines back for it (its record
+ * says how far they had moved; at most one device's counts more than had
+ * moved are reported twice).  With every claim record in use (four), a flush
+ * holds the lock until it is published, as a private registry's does.
+ * A report handed to a caller in memory (not a line) lives there: a process
+ * killed after the flush was published takes it with it, and a withdrawal
+ * of a published report cut short by a kill leaves the rest published.
  *
  * Limitations
  * ===========
