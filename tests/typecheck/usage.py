@@ -39,3 +39,9 @@ seg_text: str = seg.flush_metrics_json()
 capacity: int | None = seg.capacity
 seg_writer = MetricsWriter(seg)
 by_segment = register(None, {"vm-1": seg, "default": Registry.default()})
+readonly_seg: Registry = open_segment(
+    "/dev/shm/pmem-typecheck", readonly=True, create=False, trust=False
+)
+is_readonly: bool = readonly_seg.readonly
+seg_writer.set_registry(seg)
+following = register(None, {"vm-1": readonly_seg}, reopen=True)
