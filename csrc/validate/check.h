@@ -66,4 +66,13 @@ static inline bool check_aggregate_is_sum(const struct pmem_metrics_snapshot *s)
 	return memcmp(sum, agg, sizeof(sum)) == 0;
 }
 
+/* UNDER_TSAN: defined when built with ThreadSanitizer (gcc or clang). */
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+
 #endif /* PMEM_METRICS_CHECK_H */

@@ -32,14 +32,6 @@
 #include "check.h"
 #include "pmem_metrics.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-
 #define ROUNDS 200
 #define HDR_USED 72 /* the segment header's device count */
 

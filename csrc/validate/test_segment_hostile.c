@@ -31,14 +31,6 @@
 #include "check.h"
 #include "pmem_metrics.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-
 #define NF PMEM_METRICS_NFIELDS
 /* The longest any child may take (it is killed by SIGALRM then: a failure). */
 #define CHILD_BOUND_S 60
