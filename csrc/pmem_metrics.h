@@ -687,10 +687,12 @@ void pmem_metrics_fault_fail_alloc(unsigned n);
 
 /*
  * Test builds only: call hook(where) in the middle of an insert ("insert",
- * with the registry write-locked and the array half updated), of a flush
- * ("take", holding the flush lock, before the copy; "copy", after the first
- * device's counters were loaded) and of a commit or withdrawal ("commit",
- * "withdraw", after the first device).  NULL turns it off.
+ * with the registry write-locked and the array, or a segment's index, half
+ * updated), of a flush ("take", holding the flush lock, before the copy;
+ * "copy", after the first device's counters were loaded; in a segment,
+ * "claim", its claim recorded and nothing moved yet) and of a commit or
+ * withdrawal ("commit", "withdraw", after the first device; a segment's
+ * flush commits at its take).  NULL turns it off.
  */
 void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));
 #endif

@@ -430,7 +430,7 @@ static bool carry_on_after_a_death(const void *arg)
 
 static void test_a_process_killed_at_each_step_wedges_nobody(void)
 {
-	static const char *const steps[] = {"insert", "take", "copy", "commit"};
+	static const char *const steps[] = {"insert", "take", "copy", "claim", "commit"};
 
 	for (uint64_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
 		uint64_t deaths = i + 1;

@@ -518,7 +518,7 @@ static bool survive(const void *arg)
 
 static void test_a_process_killed_at_any_pause_loses_no_count(void)
 {
-	static const char *const steps[] = {"insert", "take", "copy", "commit", "withdraw"};
+	static const char *const steps[] = {"insert", "take", "copy", "claim", "commit", "withdraw"};
 
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
 		bool delivered = strcmp(steps[i], "commit") == 0 || strcmp(steps[i], "withdraw") == 0;
