@@ -130,7 +130,9 @@ import os, sys
 # Everything the exporter will import, while the interpreter's own files (which
 # may be where the other user cannot read, under /root) are still readable;
 # then become that user, before the exporter opens anything.
-import encodings.idna, pmem_metrics.cli, pmem_metrics.prometheus, prometheus_client
+# (3.13's argparse imports locale lazily, through gettext.)
+import encodings.idna, gettext, locale, pmem_metrics.cli, pmem_metrics.prometheus
+import prometheus_client, prometheus_client.exposition
 os.setgroups([{GROUP}])
 os.setgid({NOBODY})
 os.setuid({NOBODY})
