@@ -242,7 +242,7 @@ static int seg_check(struct pmi_seg *g, unsigned flags)
 	g->dev = st.st_dev;
 	g->ino = st.st_ino;
 	if (g->writable) {
-		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd, 0);
+		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, g->fd, 0);
 
 		if (p == MAP_FAILED)
 			return errno;
@@ -638,22 +638,30 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 {
 	struct segment *h;
 	struct device *d;
-	uint64_t used, seq;
-	size_t at;
+	uint64_t used, seq, seen_seq, seen_used;
+	size_t at = SIZE_MAX;
+	bool search;
 
 	if (!g->writable) {
 		*err = EROFS;
 		return NULL;
 	}
 	h = hdr(g);
-	/* Acquire pairs with the release stores of `used`: published slots and their index. */
-	used = atomic_load_explicit(&h->used, memory_order_acquire);
-	if (used <= g->capacity && (d = seg_find(g, used, id, len, &at)) != NULL)
+	/* Acquire pairs with the release stores of `seq` and `used`: published slots and their index. */
+	seen_seq = atomic_load_explicit(&h->seq, memory_order_acquire);
+	seen_used = atomic_load_explicit(&h->used, memory_order_acquire);
+	if (seen_used <= g->capacity && (d = seg_find(g, seen_used, id, len, &at)) != NULL)
 		return d; /* the common case: no lock */
 	if ((*err = pmi_seg_lock(g, SEG_REGISTRY_LOCK, dl)) != 0)
 		return NULL;
 	seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
 	used = atomic_load_explicit(&h->used, memory_order_relaxed);
+	/*
+	 * Unless an insert began since `seen_seq` was even (each leaves it 2
+	 * higher, and only ever under this lock), the index the search above
+	 * missed in is the index now, and its `at` stands: no second search.
+	 */
+	search = seq != seen_seq || (seq & 1) || used != seen_used || at == SIZE_MAX;
 	if ((seq & 1) || used > g->capacity) {
 		/* An insert died half-way, or someone wrote nonsense: start again from the slots. */
 		*err = seg_rebuild(g, seq, &used);
@@ -667,7 +675,7 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 	 * would make every insert O(devices), so instead a second slot of an
 	 * id is reported with the first, as one device (snapshot.c).
 	 */
-	if (*err == 0 && !(d = seg_find(g, used, id, len, &at)) && at == SIZE_MAX) {
+	if (*err == 0 && search && !(d = seg_find(g, used, id, len, &at)) && at == SIZE_MAX) {
 		/* The index names a slot that is no device: rebuild it and look again. */
 		*err = seg_rebuild(g, seq, &used);
 		seq += 2;
@@ -948,23 +956,38 @@ int pmi_seg_claim_open(struct pmi_seg *g)
 	uint32_t mine = atomic_load_explicit(&g->mine, memory_order_relaxed);
 	int free_k = -1;
 
+	/*
+	 * Only an active record can be a dead flusher's, and only a lock
+	 * tells: one try each (one system call; it fails while the owner
+	 * lives).  Then the first record that is not active and whose lock is
+	 * free is ours -- one more (an owner between taking its lock and
+	 * marking the record active holds it: the next one is tried).
+	 */
 	for (int k = 0; k < SEG_CLAIMS; k++) {
 		struct claim *c = claim_at(g, k);
 
-		if (mine & (1u << k))
-			continue; /* a flush of this process, under way */
+		if ((mine & (1u << k)) ||
+		    atomic_load_explicit(&c->state, memory_order_relaxed) != CLAIM_ACTIVE)
+			continue;
 		if (ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_WRLCK) != 0)
-			continue; /* a flush of another process, under way */
+			continue; /* a flush of another process, its report on the way */
+		/* Acquire pairs with the release store that made it active: its entries. */
 		if (atomic_load_explicit(&c->state, memory_order_acquire) == CLAIM_ACTIVE) {
 			/* Its owner died with its report on the way, or before: report it again. */
 			claim_move(g, c, true);
 			atomic_store_explicit(&c->state, 0, memory_order_release);
 		}
-		if (free_k < 0) {
+		if (free_k < 0)
 			free_k = k; /* keep its lock: ours now */
+		else
+			ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_UNLCK);
+	}
+	for (int k = 0; free_k < 0 && k < SEG_CLAIMS; k++) {
+		if ((mine & (1u << k)) ||
+		    atomic_load_explicit(&claim_at(g, k)->state, memory_order_relaxed) == CLAIM_ACTIVE)
 			continue;
-		}
-		ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_UNLCK);
+		if (ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_WRLCK) == 0)
+			free_k = k;
 	}
 	if (free_k >= 0)
 		atomic_fetch_or_explicit(&g->mine, 1u << free_k, memory_order_relaxed);
