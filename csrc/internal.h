@@ -116,14 +116,16 @@ struct pmi_seg {
 	int fd;          /* open for the registry's life: its locks and reads */
 	bool writable;   /* opened read-write and mapped; else read by pread() only */
 	char *map;       /* the file, MAP_SHARED read-write; NULL when read-only */
-	uint64_t size, capacity, slot_size, index_off, slots_off, claims_off, claim_size;
+	uint64_t size, capacity, slot_size, index_off, slots_off, claims_off, claim_size, procs_off;
+	uint64_t token; /* writable: this process's name in the insert lock (segment.c) */
 	dev_t dev; /* the file's identity: one registry per segment per process */
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */
 	/*
-	 * A segment's locks are byte-range locks of the open file description
-	 * (F_OFD_SETLK): they exclude other processes, not the threads of this
-	 * one, which share the description; these exclude the threads first.
+	 * A segment's locks exclude other processes, not the threads of this
+	 * one (byte-range locks of the open file description, which the
+	 * threads share; the insert lock's word names the process): these
+	 * exclude the threads first.
 	 */
 	pthread_mutex_t thread_lock[2];
 	_Atomic uint32_t mine; /* the claims this process holds (their locks do not exclude it) */
@@ -133,6 +135,8 @@ enum pmi_seg_lock { SEG_REGISTRY_LOCK = 0, SEG_FLUSH_LOCK = 1 };
 
 /* Flushes of one segment whose reports can be on their way at once (segment.c, "Claims"). */
 enum { SEG_CLAIMS = 4 };
+/* Processes that can have one segment open for writing at once (segment.c, the insert lock). */
+enum { SEG_PROCS = 4096 };
 
 int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
 		 unsigned flags);

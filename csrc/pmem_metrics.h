@@ -92,11 +92,15 @@
  *   layout -- never a pointer or a library's private state (no pthread
  *   object: glibc keeps pointers inside a robust mutex).  Every value read
  *   from it is read once, bounded, and used from that copy.
- * - Locks: inserting a device and flushing each take a byte-range lock of
- *   the open file description (F_OFD_SETLK): the kernel keeps it, and drops
- *   it when its holder's last descriptor closes, so a process that dies
- *   holding one frees it by construction.  A wait for one polls until a
- *   deadline: every wait on a segment is bounded (the call's timeout, or
+ * - Locks: flushing takes a byte-range lock of the open file description
+ *   (F_OFD_SETLK): the kernel keeps it, and drops it when its holder's last
+ *   descriptor closes, so a process that dies holding one frees it by
+ *   construction.  Inserting a device takes a lock word that names its
+ *   holder by a process slot, which that process holds the same way for as
+ *   long as it has the segment open for writing (at most 4096 processes at
+ *   once: EUSERS): a waiter that finds the slot's lock free takes a dead
+ *   holder's lock over.  A wait polls until a deadline: every wait on a
+ *   segment is bounded (the call's timeout, or
  *   PMEM_METRICS_SEGMENT_WAIT_MS), and a binding waits in slices.
  * - Readers take no lock: a peek (a scrape), a device count and a flush's
  *   copy read the slots that `used` says are published (release stores by
@@ -344,6 +348,7 @@ const char *pmem_metrics_field_doc(size_t i);
  *   ELOOP      `path` is a symbolic link (never followed)
  *   EFBIG      a new segment over a quarter of the machine's memory, or
  *              larger than this process can map (on 32 bits)
+ *   EUSERS     4096 processes have the segment open for writing already
  *   EACCES, ENOSPC, ...  from opening, creating or reserving the file
  * Once attached, allocation fails with ENOSPC when the segment is full.
  */

@@ -5,23 +5,28 @@
  * writes it (increments, inserts, flushes) and read with pread() by the
  * others:
  *
- *   struct segment          what the file is, its layout, and two counters:
- *                           `seq` (odd while an insert is under way) and
- *                           `used` (the number of devices)
+ *   struct segment          what the file is, its layout, and three words:
+ *                           `seq` (odd while an insert is under way), `used`
+ *                           (the number of devices) and the insert lock's
+ *                           holder
+ *   uint32_t procs[4096]    incarnation numbers of the process slots
  *   uint32_t index[cap]     slot numbers of the devices, in id order
  *   slots[cap]              struct device each, with room for the longest id
+ *   claims[4]               what flushes on their way took
  *
  * Nothing in the file is a pointer or a library's private state: only
- * integers, each read once, bounded, and then used from that copy.  Its two
- * locks are not in the file at all: they are byte-range locks of the open
- * file description (fcntl F_OFD_SETLK) on bytes 0 (inserts) and 1
- * (flushes), which the kernel drops when the holder's last descriptor goes
- * -- a process that dies holding one frees it by construction, and there is
- * no lock word another process could corrupt.  (Process-shared pthread
- * mutexes keep their holders' robust-list pointers inside the mutex, in the
- * file: whoever can write the file could make the next unlock write where it
- * likes.)  A lock wait polls with a short back-off until its deadline: the
- * kernel's blocking wait has no timeout.
+ * integers, each read once, bounded, and then used from that copy.
+ * (Process-shared pthread mutexes keep their holders' robust-list pointers
+ * inside the mutex, in the file: whoever can write the file could make the
+ * next unlock write where it likes.)  The flush lock and the claims' locks
+ * are byte-range locks of the open file description (fcntl F_OFD_SETLK),
+ * which the kernel drops when the holder's last descriptor goes: a process
+ * that dies holding one frees it by construction.  The insert lock, taken
+ * for every new id, is a word that names its holder by a process slot,
+ * whose liveness is again such a byte-range lock (see "Locks"): one
+ * compare-and-swap each way instead of two system calls.  A lock wait polls
+ * with a short back-off until its deadline: the kernel's blocking wait has
+ * no timeout.
  *
  * A device takes the next free slot and never moves.  The index is derived
  * data, maintained under the insert lock.  Readers take no lock: they copy
@@ -55,6 +60,9 @@ struct segment {
 	_Atomic uint64_t seq;  /* even when the index is whole; odd while an insert changes it */
 	_Atomic uint64_t used; /* devices: slots [0, used), index[0, used) */
 	uint64_t claims_off, claim_size; /* SEG_CLAIMS records of flushes under way */
+	uint64_t procs_off;              /* SEG_PROCS incarnation numbers (uint32_t) */
+	/* The insert lock: 0, or the holder's token, (process slot + 1) << 32 | incarnation. */
+	_Atomic uint64_t insert_owner;
 };
 
 /*
@@ -81,8 +89,12 @@ struct claim {
 
 #define CLAIM_ACTIVE 0x434c41494d414354u /* "CLAIMACT": no zeroed or stray word means it */
 
-/* Byte-range lock offsets: inserts, flushes, then one per claim, held by its owner. */
-enum { CLAIM_LOCK_BASE = 8 };
+/*
+ * Byte-range lock offsets: flushes, then one per claim (held by its owner),
+ * then one per process slot (held by a process for as long as it has the
+ * segment open for writing).
+ */
+enum { CLAIM_LOCK_BASE = 8, PROC_LOCK_BASE = 64 };
 
 static uint64_t round64(uint64_t x)
 {
@@ -94,7 +106,8 @@ static void seg_layout(uint64_t capacity, struct segment *h)
 {
 	h->capacity = capacity;
 	h->slot_size = round64(sizeof(struct device) + ID_MAX_BYTES + 1);
-	h->index_off = round64(sizeof(struct segment));
+	h->procs_off = round64(sizeof(struct segment));
+	h->index_off = round64(h->procs_off + SEG_PROCS * sizeof(uint32_t));
 	h->slots_off = round64(h->index_off + capacity * sizeof(uint32_t));
 	h->claims_off = h->slots_off + capacity * h->slot_size;
 	h->claim_size = round64(sizeof(struct claim) + capacity * sizeof(struct claim_entry));
@@ -228,6 +241,7 @@ static int seg_check(struct pmi_seg *g, unsigned flags)
 	seg_layout(h.capacity, &want);
 	if (h.slot_size != want.slot_size || h.index_off != want.index_off ||
 	    h.slots_off != want.slots_off || h.claims_off != want.claims_off ||
+	    h.procs_off != want.procs_off ||
 	    h.claim_size != want.claim_size || h.size != want.size || (uint64_t)st.st_size != h.size)
 		return EBADMSG; /* corrupt, truncated or grown */
 	if (want.size > SIZE_MAX)
@@ -238,6 +252,7 @@ static int seg_check(struct pmi_seg *g, unsigned flags)
 	g->index_off = want.index_off;
 	g->slots_off = want.slots_off;
 	g->claims_off = want.claims_off;
+	g->procs_off = want.procs_off;
 	g->claim_size = want.claim_size;
 	g->dev = st.st_dev;
 	g->ino = st.st_ino;
@@ -272,6 +287,8 @@ static int open_dir(const char *path, const char **name)
 	dir[len] = '\0';
 	return open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
 }
+
+static int claim_proc(struct pmi_seg *g); /* see "Locks" */
 
 int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
 		 unsigned flags)
@@ -318,6 +335,8 @@ int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigne
 		err = ENOMEM;
 	for (int i = 0; err == 0 && i < 2; i++)
 		err = pthread_mutex_init(&g->thread_lock[i], NULL);
+	if (err == 0 && g->writable)
+		err = claim_proc(g);
 	if (err)
 		pmi_seg_close(g);
 	return err;
@@ -371,7 +390,7 @@ int pmi_seg_after_fork(struct pmi_seg *g)
 		return err;
 	}
 	close(fd);
-	return 0;
+	return g->writable ? claim_proc(g) : 0; /* the parent's slot stays the parent's */
 }
 
 /* ---- Locks ------------------------------------------------------------------ */
@@ -381,6 +400,95 @@ static int ofd_lock(int fd, int byte, short type)
 	struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
 
 	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
+static _Atomic uint32_t *incarnation(const struct pmi_seg *g, uint64_t k)
+{
+	return (_Atomic uint32_t *)(g->map + g->procs_off) + k;
+}
+
+/*
+ * The insert lock is a word in the file that names its holder, taken and
+ * let go with one compare-and-swap each (a byte-range lock would cost two
+ * system calls an insert).  The name is a process slot and the slot's
+ * incarnation: a process that opens the segment for writing takes a free
+ * slot by its byte-range lock, which it holds until its descriptor goes,
+ * and counts the slot's incarnation up.  A waiter finding the word held
+ * asks whether its holder lives: the slot's lock still held by someone,
+ * with the same incarnation.  If not, the holder died (or the word is
+ * nonsense), and the waiter takes the lock over; an insert it cut short
+ * left `seq` odd, and is rebuilt.  Nothing in the word is a pointer: a
+ * process that writes nonsense there delays inserts until the wait's
+ * deadline, or lets two run at once (the index can then be spoilt, which
+ * readers check), never more.
+ */
+static int claim_proc(struct pmi_seg *g)
+{
+	uint64_t start = (uint64_t)getpid() % SEG_PROCS;
+
+	for (uint64_t i = 0; i < SEG_PROCS; i++) {
+		uint64_t k = (start + i) % SEG_PROCS;
+		uint32_t inc;
+
+		if (ofd_lock(g->fd, PROC_LOCK_BASE + (int)k, F_WRLCK) != 0)
+			continue;
+		inc = atomic_fetch_add_explicit(incarnation(g, k), 1, memory_order_relaxed) + 1;
+		g->token = (k + 1) << 32 | inc;
+		return 0;
+	}
+	return EUSERS; /* SEG_PROCS processes have it open for writing */
+}
+
+/* Whether the insert lock's holder `owner` lives (a process slot still held, same incarnation). */
+static bool holder_alive(const struct pmi_seg *g, uint64_t owner)
+{
+	uint64_t k = (owner >> 32) - 1;
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
+
+	if (k >= SEG_PROCS)
+		return false; /* no slot at all: nonsense */
+	if (atomic_load_explicit(incarnation(g, k), memory_order_relaxed) != (uint32_t)owner)
+		return false; /* the slot has had another process since */
+	fl.l_start = PROC_LOCK_BASE + (off_t)k;
+	if (fcntl(g->fd, F_OFD_GETLK, &fl) != 0)
+		return true; /* cannot tell: wait (until the deadline) */
+	return fl.l_type != F_UNLCK;
+}
+
+static int insert_lock(struct pmi_seg *g, const struct pmi_deadline *d)
+{
+	_Atomic uint64_t *owner = &hdr(g)->insert_owner;
+	int err = pmi_mutex_lock_by(&g->thread_lock[SEG_REGISTRY_LOCK], d);
+
+	for (unsigned round = 0; err == 0; round++) {
+		uint64_t held = 0;
+
+		/* Acquire pairs with the release in insert_unlock(): the last insert's writes. */
+		if (atomic_compare_exchange_strong_explicit(owner, &held, g->token, memory_order_acquire,
+							    memory_order_relaxed))
+			return 0;
+		/* Ours (this process's threads are excluded above: stale), or a dead holder's. */
+		if ((held == g->token || !holder_alive(g, held)) &&
+		    atomic_compare_exchange_strong_explicit(owner, &held, g->token,
+							    memory_order_acquire, memory_order_relaxed))
+			return 0;
+		if (pmi_deadline_passed(d))
+			err = ETIMEDOUT; /* another process holds it (or is stopped holding it) */
+		else
+			pmi_backoff(d, round);
+	}
+	pthread_mutex_unlock(&g->thread_lock[SEG_REGISTRY_LOCK]);
+	return err;
+}
+
+static void insert_unlock(struct pmi_seg *g)
+{
+	uint64_t mine = g->token;
+
+	/* Release pairs with the acquire in insert_lock(): the next holder sees this insert. */
+	atomic_compare_exchange_strong_explicit(&hdr(g)->insert_owner, &mine, 0,
+						memory_order_release, memory_order_relaxed);
+	pthread_mutex_unlock(&g->thread_lock[SEG_REGISTRY_LOCK]);
 }
 
 int pmi_seg_lock(struct pmi_seg *g, enum pmi_seg_lock which, const struct pmi_deadline *d)
@@ -652,7 +760,7 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 	seen_used = atomic_load_explicit(&h->used, memory_order_acquire);
 	if (seen_used <= g->capacity && (d = seg_find(g, seen_used, id, len, &at)) != NULL)
 		return d; /* the common case: no lock */
-	if ((*err = pmi_seg_lock(g, SEG_REGISTRY_LOCK, dl)) != 0)
+	if ((*err = insert_lock(g, dl)) != 0)
 		return NULL;
 	seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
 	used = atomic_load_explicit(&h->used, memory_order_relaxed);
@@ -686,7 +794,7 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 		*err = 0; /* no index to be had (a slot is not a device), but the id is there */
 	else if (*err == 0 && !d)
 		d = seg_insert(g, seq, used, id, len, at, err);
-	pmi_seg_unlock(g, SEG_REGISTRY_LOCK);
+	insert_unlock(g);
 	return d;
 }
 

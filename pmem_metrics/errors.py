@@ -102,6 +102,7 @@ SEGMENT_PROBLEMS = {
     errno.EROFS: "opened read-only: it can be read, not flushed or allocated in",
     errno.ETIMEDOUT: "another process held its lock past the bound (stopped, or stuck?)",
     errno.ENOENT: "no such segment",
+    errno.EUSERS: "4096 processes have it open for writing already",
 }
 
 SEGMENT_ERRORS: dict[int, type[SegmentError]] = {
