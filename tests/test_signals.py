@@ -471,8 +471,10 @@ while time.monotonic() < end:
         interrupts += 1
         # A second interrupt inside the cleanup of the first (README, Signals).
         doubles += isinstance(e.__context__, KeyboardInterrupt)
-        # Where the signal was taken (the frame under the handler's own).
-        where = traceback.extract_tb(e.__traceback__)[-2]
+        # Where the signal was taken: the frame under the handler's own.  A
+        # second SIGINT can run the handler again inside the first, before
+        # `raised` counts it: skip every frame of the handler, not just one.
+        where = [f for f in traceback.extract_tb(e.__traceback__) if f.name != "on_sigint"][-1]
         returning = where.name in ("flush_in", "flush_metrics", "flush_metrics_json")
         if where.filename == "<string>" or (returning and where.line.startswith("return")):
             escaped += 1  # after the flush returned: the 3.9/3.10 window
