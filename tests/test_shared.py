@@ -462,17 +462,22 @@ print("inserted", flush=True)
 """
 
 
-def test_a_process_stopped_holding_the_lock_stalls_no_scrape_flush_or_ctrl_c(
-    tmp_path: Path,
-) -> None:
+def start_holder(seg_path: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    """HOLDER on the segment at *seg_path*, with the fault build: it stops inside an insert."""
     lib = fault_library(tmp_path) / "libpmemmetrics.so"
-    seg_path = tmp_path / "seg"
-    seg = open_segment(seg_path)
-    seg.alloc("early").cfg_fails.add(2)
-    holder = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(seg_path), str(lib)], cwd=tmp_path, text=True,
         stdout=subprocess.PIPE, env={**os.environ, "LD_LIBRARY_PATH": str(lib.parent)},
     )  # fmt: skip
+
+
+def test_a_process_stopped_holding_the_lock_stalls_no_scrape_flush_or_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    seg_path = tmp_path / "seg"
+    seg = open_segment(seg_path)
+    seg.alloc("early").cfg_fails.add(2)
+    holder = start_holder(seg_path, tmp_path)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         # Scrapes and flushes take no insert lock: the stopped process holds them up not at all.
@@ -511,13 +516,9 @@ def test_a_process_stopped_holding_the_lock_stalls_no_scrape_flush_or_ctrl_c(
 
 
 def test_a_stopped_inserter_times_out_a_new_id_within_the_bound(tmp_path: Path) -> None:
-    lib = fault_library(tmp_path) / "libpmemmetrics.so"
     seg_path = tmp_path / "seg"
     open_segment(seg_path).alloc("early")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(seg_path), str(lib)], cwd=tmp_path, text=True,
-        stdout=subprocess.PIPE, env={**os.environ, "LD_LIBRARY_PATH": str(lib.parent)},
-    )  # fmt: skip
+    holder = start_holder(seg_path, tmp_path)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         out = py(
