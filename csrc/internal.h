@@ -147,6 +147,7 @@ void pmi_seg_unlock(struct pmi_seg *g, enum pmi_seg_lock which);
 struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 			     const struct pmi_deadline *d, int *err);
 int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
+struct device *pmi_seg_find(const struct pmi_seg *g, const char *id, size_t len, int *err);
 int pmi_seg_after_fork(struct pmi_seg *g);
 /*
  * With the flush lock held: undo the claims of flushes whose processes died,
@@ -251,6 +252,8 @@ struct pmem_metrics_registry {
 struct pmi_kind {
 	struct device *(*alloc)(struct pmem_metrics_registry *r, const char *id, size_t len,
 				int timeout_ms, int *err);
+	struct device *(*find)(struct pmem_metrics_registry *r, const char *id, size_t len,
+			       int *err);
 	int (*device_count)(struct pmem_metrics_registry *r, size_t *n);
 	int (*flush_lock)(struct pmem_metrics_registry *r, int timeout_ms);
 	void (*flush_unlock)(struct pmem_metrics_registry *r);

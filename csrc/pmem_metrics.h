@@ -305,6 +305,13 @@ enum pmem_metrics_id_error pmem_metrics_id_check(const char *drive_id, size_t le
 /* The rule behind an enum pmem_metrics_id_error, as an English phrase. */
 const char *pmem_metrics_id_strerror(int error);
 
+/*
+ * The metrics of the device `drive_id` if it exists, creating nothing: NULL
+ * with errno ENOENT if no device has that id, EINVAL for an id that
+ * pmem_metrics_id_check() rejects.
+ */
+struct pmem_metrics *pmem_metrics_find(const char *drive_id);
+
 /* Number of devices allocated so far. */
 size_t pmem_metrics_device_count(void);
 
@@ -452,6 +459,15 @@ struct pmem_metrics *pmem_metrics_registry_alloc_within(struct pmem_metrics_regi
 							int timeout_ms);
 
 /*
+ * As pmem_metrics_find(), in `r`, for an id of `len` bytes.  In a segment it
+ * takes no lock and finds an id that is there whatever other processes
+ * insert meanwhile; EROFS in a read-only registry (it has no mapping for a
+ * pointer to point into: read counts with a peek).
+ */
+struct pmem_metrics *pmem_metrics_registry_find(struct pmem_metrics_registry *r,
+						const char *drive_id, size_t len);
+
+/*
  * Number of devices; 0 with errno set on failure (EBADMSG: a count the
  * segment cannot hold).  In a segment, read without a lock.
  */
@@ -500,6 +516,12 @@ struct pmem_metrics_snapshot *pmem_metrics_snapshot_take(void);
  * waits for a flush, and a flush never waits for it) and it is not a flush.
  * Free it with pmem_metrics_snapshot_free().  Returns NULL with errno ENOMEM
  * when out of memory.
+ *
+ * This is how to read every device's counts without taking them: the ids
+ * (pmem_metrics_snapshot_len/_id/_ids), the cumulative counts
+ * (pmem_metrics_snapshot_counts()) and what the next flush would report
+ * (pmem_metrics_snapshot_diffs()), from one load of each counter, while the
+ * flushes report exactly what they would have without it.
  */
 struct pmem_metrics_snapshot *pmem_metrics_snapshot_peek(void);
 

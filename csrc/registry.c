@@ -145,6 +145,20 @@ static struct device *private_alloc(struct pmem_metrics_registry *r, const char 
 	return d;
 }
 
+static struct device *private_find_id(struct pmem_metrics_registry *r, const char *id,
+				      size_t len, int *err)
+{
+	struct device *d;
+	size_t at;
+
+	pthread_rwlock_rdlock(&r->lock);
+	d = private_find(r, id, len, &at);
+	pthread_rwlock_unlock(&r->lock);
+	if (!d)
+		*err = ENOENT;
+	return d;
+}
+
 static int private_device_count(struct pmem_metrics_registry *r, size_t *n)
 {
 	pthread_rwlock_rdlock(&r->lock);
@@ -175,6 +189,12 @@ static struct device *segment_alloc(struct pmem_metrics_registry *r, const char 
 	return pmi_seg_alloc(r->seg, id, len, &d, err);
 }
 
+static struct device *segment_find(struct pmem_metrics_registry *r, const char *id, size_t len,
+				   int *err)
+{
+	return pmi_seg_find(r->seg, id, len, err);
+}
+
 static int segment_device_count(struct pmem_metrics_registry *r, size_t *n)
 {
 	return pmi_seg_device_count(r->seg, n);
@@ -196,6 +216,7 @@ static void segment_flush_unlock(struct pmem_metrics_registry *r)
 
 static const struct pmi_kind private_kind = {
 	.alloc = private_alloc,
+	.find = private_find_id,
 	.device_count = private_device_count,
 	.flush_lock = private_flush_lock,
 	.flush_unlock = private_flush_unlock,
@@ -204,6 +225,7 @@ static const struct pmi_kind private_kind = {
 
 static const struct pmi_kind segment_kind = {
 	.alloc = segment_alloc,
+	.find = segment_find,
 	.device_count = segment_device_count,
 	.flush_lock = segment_flush_lock,
 	.flush_unlock = segment_flush_unlock,
@@ -443,6 +465,37 @@ struct pmem_metrics *pmem_metrics_alloc_len(const char *drive_id, size_t len)
 struct pmem_metrics *pmem_metrics_alloc(const char *drive_id)
 {
 	return pmem_metrics_registry_alloc(&pmi_default_registry, drive_id);
+}
+
+struct pmem_metrics *pmem_metrics_registry_find(struct pmem_metrics_registry *r,
+						const char *drive_id, size_t len)
+{
+	struct device *d;
+	int err;
+
+	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if ((err = pmi_ready(r)) != 0) {
+		errno = err;
+		return NULL;
+	}
+	d = pmi_kind_of(r)->find(r, drive_id, len, &err);
+	if (!d) {
+		errno = err;
+		return NULL;
+	}
+	return &d->m;
+}
+
+struct pmem_metrics *pmem_metrics_find(const char *drive_id)
+{
+	if (!drive_id) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return pmem_metrics_registry_find(&pmi_default_registry, drive_id, strlen(drive_id));
 }
 
 size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r)

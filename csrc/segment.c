@@ -798,6 +798,61 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 	return d;
 }
 
+/*
+ * Look `id` up without the insert lock, creating nothing: the device, or
+ * NULL with *err ENOENT (not there) or EROFS (no mapping to point into).
+ * A miss counts as an absence only if no insert ran across the search (the
+ * sequence number even and unchanged, as a seqlock reader checks it);
+ * after a few that did, or an index that is not in order, the slots
+ * themselves are scanned, so an id that is there is found whatever another
+ * process does to the index.
+ */
+struct device *pmi_seg_find(const struct pmi_seg *g, const char *id, size_t len, int *err)
+{
+	const struct segment *h;
+	uint64_t used = 0;
+	size_t at;
+
+	if (!g->map) {
+		*err = EROFS;
+		return NULL;
+	}
+	h = hdr(g);
+	for (int tries = 0; tries < 4; tries++) {
+		/* Acquire pairs with the release stores of `seq` and `used` by inserts. */
+		uint64_t seq = atomic_load_explicit(&h->seq, memory_order_acquire);
+		struct device *d;
+
+		used = atomic_load_explicit(&h->used, memory_order_acquire);
+		if (used > g->capacity) {
+			*err = EBADMSG;
+			return NULL;
+		}
+		if ((d = seg_find(g, used, id, len, &at)) != NULL)
+			return d;
+		if (at == SIZE_MAX)
+			break; /* an entry that is no device: scan */
+		/* The index loads above happen before the second load of `seq`. */
+		atomic_thread_fence(memory_order_acquire);
+		if (!(seq & 1) && atomic_load_explicit(&h->seq, memory_order_relaxed) == seq) {
+			*err = ENOENT;
+			return NULL;
+		}
+	}
+	used = atomic_load_explicit(&h->used, memory_order_acquire);
+	if (used > g->capacity) {
+		*err = EBADMSG;
+		return NULL;
+	}
+	{
+		struct device *d = seg_scan(g, used, id, len);
+
+		if (!d)
+			*err = ENOENT;
+		return d;
+	}
+}
+
 /* ---- Reading without a lock ------------------------------------------------------ */
 
 /* `used`, read once (from the mapping, or with pread when there is none): 0, or EBADMSG. */

@@ -240,6 +240,28 @@ static void test_abort_keeps_counts_and_a_second_take_is_edeadlk(void)
 	CHECK(pmem_metrics_fetch_diff(c) == 1);
 }
 
+static void test_find_looks_up_and_creates_nothing(void)
+{
+	size_t n = pmem_metrics_device_count();
+	struct pmem_metrics *m;
+
+	errno = 0;
+	CHECK(pmem_metrics_find("reg-find") == NULL && errno == ENOENT);
+	CHECK(pmem_metrics_device_count() == n); /* nothing created */
+	m = pmem_metrics_alloc("reg-find");
+	CHECK(m != NULL && pmem_metrics_find("reg-find") == m);
+	CHECK(pmem_metrics_registry_find(pmem_metrics_registry_default(), "reg-findx", 8) == m);
+	errno = 0;
+	CHECK(pmem_metrics_find("") == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_find(NULL) == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_registry_find(NULL, "reg-find", 8) == NULL && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_find("reg-\x01") == NULL && errno == EINVAL);
+	CHECK(pmem_metrics_device_count() == n + 1);
+}
+
 static void test_a_peek_reads_counts_and_changes_nothing(void)
 {
 	struct pmem_metrics *m = pmem_metrics_alloc("reg-peek");
@@ -366,6 +388,7 @@ int main(void)
 {
 	RUN(test_fields_from_the_x_macro);
 	RUN(test_alloc_is_idempotent);
+	RUN(test_find_looks_up_and_creates_nothing);
 	RUN(test_counter_semantics_and_wrap);
 	RUN(test_id_rules);
 	RUN(test_bad_ids_are_refused_and_change_nothing);

@@ -746,6 +746,98 @@ static bool readers_survive_a_scribbler(const void *arg)
 	return check_failures == before;
 }
 
+/* ---- Looking an id up without creating it ------------------------------------------- */
+
+struct inserter {
+	struct pmem_metrics_registry *r;
+	atomic_bool stop;
+	int inserted;
+};
+
+/* Inserts new ids that sort before, among and after the ones looked up, so the index moves. */
+static void *insert_new_ids(void *arg)
+{
+	struct inserter *in = arg;
+
+	for (int i = 0; i < 3000 && !atomic_load(&in->stop); i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "%c%04d", "akz"[i % 3], i);
+		if (pmem_metrics_registry_alloc(in->r, id))
+			in->inserted++;
+	}
+	return NULL;
+}
+
+static bool find_in_a_segment(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("find"), 4096, 0600);
+	struct pmem_metrics_registry *ro;
+	struct pmem_metrics *b, *m;
+	struct inserter in = {.r = r};
+	unsigned missed = 0;
+	size_t n;
+	pthread_t t;
+
+	(void)arg;
+	b = r ? pmem_metrics_registry_alloc(r, "b") : NULL;
+	m = r ? pmem_metrics_registry_alloc(r, "m") : NULL;
+	CHECK(b && m);
+	if (check_failures != before)
+		return false;
+	n = pmem_metrics_registry_device_count(r);
+	errno = 0;
+	CHECK(pmem_metrics_registry_find(r, "c", 1) == NULL && errno == ENOENT);
+	CHECK(pmem_metrics_registry_device_count(r) == n); /* nothing created */
+	CHECK(pmem_metrics_registry_find(r, "b", 1) == b);
+
+	/* Inserts moving the index under the lookups never make an id that is there go missing. */
+	pthread_create(&t, NULL, insert_new_ids, &in);
+	for (int i = 0; i < 200000 && in.inserted < 3000; i++) {
+		missed += pmem_metrics_registry_find(r, "b", 1) != b;
+		missed += pmem_metrics_registry_find(r, "m", 1) != m;
+	}
+	atomic_store(&in.stop, true);
+	pthread_join(t, NULL);
+	CHECK(missed == 0);
+	CHECK(in.inserted > 0 && pmem_metrics_registry_find(r, "z0002", 5) != NULL);
+
+	/* A scrambled index (another process's doing) still finds what is there. */
+	CHECK(scribbler_map(seg_path("find")));
+	if (check_failures != before)
+		return false;
+	scrib.index[0] = 0x7fffffffu; /* an entry that is no device */
+	CHECK(pmem_metrics_registry_find(r, "m", 1) == m);
+	*(volatile uint64_t *)scrib.used = UINT64_MAX; /* a count the segment cannot hold */
+	errno = 0;
+	CHECK(pmem_metrics_registry_find(r, "m", 1) == NULL && errno == EBADMSG);
+
+	/* A segment for the read-only registry below, which has no mapping to point into. */
+	ro = pmem_metrics_registry_open_flags(seg_path("find-ro"), 4, 0600, 0); /* read below */
+	CHECK(ro && pmem_metrics_registry_alloc(ro, "x"));
+	return check_failures == before;
+}
+
+static bool find_in_a_read_only_segment(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *ro;
+
+	(void)arg;
+	ro = pmem_metrics_registry_open_flags(seg_path("find-ro"), 0, 0600, PMEM_METRICS_OPEN_READONLY);
+	CHECK(ro != NULL);
+	errno = 0;
+	CHECK(ro && pmem_metrics_registry_find(ro, "x", 1) == NULL && errno == EROFS);
+	return check_failures == before;
+}
+
+static void test_find_looks_up_without_creating(void)
+{
+	CHECK(in_child(find_in_a_segment, NULL) == 0);
+	CHECK(in_child(find_in_a_read_only_segment, NULL) == 0);
+}
+
 /* Numbers and ids that do not add up are refused, not reported; an id twice is one device. */
 static bool ids_are_checked_not_trusted(const void *arg)
 {
@@ -970,6 +1062,7 @@ int main(void)
 	RUN(test_a_process_ignoring_the_locks_cannot_crash_the_others);
 	RUN(test_a_stopped_process_holds_nobody_for_longer_than_they_wait);
 	RUN(test_a_report_on_its_way_holds_no_other_flush);
+	RUN(test_find_looks_up_without_creating);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);
