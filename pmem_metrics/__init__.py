@@ -11,6 +11,9 @@ against it in the same process shares them.
 >>> flush_metrics_json()  # doctest: +SKIP
 '{"pmem_drv0":{"activate_fails":1,"cfg_fails":0,"event_fails":0,"queue_event_count":3},"pmem":{...}}'
 
+The module-level calls (:func:`flush_metrics`, :func:`read`, :func:`get`,
+...) are the methods of the process's default registry
+(:meth:`Registry.default`); :func:`open_segment` gives a shared segment's.
 See :mod:`pmem_metrics.flush` for the format and the flush guarantees, and
 :mod:`pmem_metrics.capi` for linking C code against the same library.
 """
@@ -19,7 +22,7 @@ from importlib.metadata import version as _version
 
 from ._binding import FIELD_DOCS, FIELDS, ID_MAX_CHARS
 from .capi import get_include, get_library_dir
-from .device import Counter, PmemMetricsPerDevice, attach, device_count, is_shared
+from .device import Counter, PmemMetricsPerDevice
 from .errors import (
     AlreadyInitializedError,
     FlushInProgressError,
@@ -37,9 +40,22 @@ from .errors import (
     UntrustedSegmentError,
     WriterStateError,
 )
-from .flush import Flush, flush_metrics, flush_metrics_json
-from .registry import Registry, open_segment
+from .flush import Flush
+from .registry import Counts, Registry
+from .segment import attach, open_segment
 from .writer import METRICS, MetricsWriter
+
+# The module-level calls are the default registry's methods: one
+# implementation, one docstring (help(pmem_metrics.read) shows Registry.read's).
+_default = Registry.default()
+device_count = _default.device_count
+flush_metrics = _default.flush_metrics
+flush_metrics_json = _default.flush_metrics_json
+get = _default.get
+ids = _default.ids
+is_shared = _default.is_shared
+read = _default.read
+del _default
 
 __version__ = _version("pmem_metrics")
 
@@ -50,6 +66,7 @@ __all__ = [
     "METRICS",
     "AlreadyInitializedError",
     "Counter",
+    "Counts",
     "Flush",
     "FlushInProgressError",
     "FlushTimeoutError",
@@ -72,8 +89,11 @@ __all__ = [
     "device_count",
     "flush_metrics",
     "flush_metrics_json",
+    "get",
     "get_include",
     "get_library_dir",
+    "ids",
     "is_shared",
     "open_segment",
+    "read",
 ]

@@ -21,6 +21,7 @@ import select
 import signal
 import stat
 import time
+import weakref
 from typing import IO, Any, Union
 
 from ._binding import ffi, lib
@@ -120,7 +121,11 @@ class FdSink:
                 e.errno, f"cannot open metrics destination {os.fspath(path)!r}: {why}"
             ) from e
         os.set_blocking(fd, True)
-        return cls(_readable(fd, path), os.fspath(path))
+        sink = cls(_readable(fd, path), os.fspath(path))
+        # Ours to close, once nothing uses it: a writer that reopened its
+        # path drops its old sink, and a line still on its way holds it.
+        weakref.finalize(sink, os.close, sink.fd)
+        return sink
 
     def write(self, line: str, deadline: float, progress: Progress) -> None:
         """Write *line* whole, by *deadline* (``time.monotonic()``) where it can block."""

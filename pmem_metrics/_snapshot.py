@@ -28,7 +28,7 @@ import time
 from typing import Callable
 
 from ._binding import DEFAULT_REGISTRY, NFIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
-from .device import registry_error
+from .errors import registry_error
 
 publish = lib.pmem_metrics_snapshot_publish
 withdraw = lib.pmem_metrics_snapshot_withdraw
@@ -40,19 +40,20 @@ class Snapshot:
 
     __slots__ = ("aggregate", "counts", "diffs", "ids_text")
 
-    def __init__(self, s: CData, counts: bool = False) -> None:
+    def __init__(self, s: CData, counts: bool = False, diffs: bool = True) -> None:
         n = lib.pmem_metrics_snapshot_len(s)
         size = ffi.new("size_t *")
         raw = lib.pmem_metrics_snapshot_ids(s, size)
         # Every id followed by NUL; ids never contain NUL (C rejects it).
         self.ids_text: str = ffi.unpack(raw, size[0]).decode("utf-8")
-        # A flush reads diffs and their aggregate; a peek (a scrape) the counts only.
+        # A flush reads diffs and their aggregate; a peek (a scrape) the counts,
+        # and the diffs too when asked what the next flush would report.
         self.diffs: list[int] = []
         self.aggregate: list[int] = []
         self.counts: list[int] = []
         if counts:
             self.counts = ffi.unpack(lib.pmem_metrics_snapshot_counts(s), n * NFIELDS)
-        else:
+        if diffs:
             self.diffs = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
             self.aggregate = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
 
@@ -111,8 +112,10 @@ def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY
     return Snapshot(slot[0])
 
 
-def peek(r: CData = DEFAULT_REGISTRY, deadline: float | None = None) -> Snapshot:
-    """Every device's cumulative counts in the C registry *r*, without flushing.
+def peek(
+    r: CData = DEFAULT_REGISTRY, deadline: float | None = None, diffs: bool = False
+) -> Snapshot:
+    """Every device's cumulative counts in the C registry *r* (and *diffs*), without flushing.
 
     A peek waits for no flush and takes no lock (in a shared segment it
     reads the file without one); *deadline* (``time.monotonic()``) is kept
@@ -127,4 +130,4 @@ def peek(r: CData = DEFAULT_REGISTRY, deadline: float | None = None) -> Snapshot
         "the registry is busy",
         "read",
     )
-    return Snapshot(slot[0], counts=True)
+    return Snapshot(slot[0], counts=True, diffs=diffs)

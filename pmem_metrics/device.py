@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import errno
 import operator
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar
 
 from ._binding import DEFAULT_REGISTRY, FIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
-from .errors import (
-    InvalidDriveIdError,
-    PmemMetricsError,
-    error_from_errno,
-    segment_error,
-)
+from .errors import InvalidDriveIdError, registry_error
 
 # The C functions of Counter's hot path, and the conversion add() applies.
 _alloc_within: Callable[[CData, bytes, int, int], CData] = lib.pmem_metrics_registry_alloc_within
@@ -137,6 +131,15 @@ class PmemMetricsPerDevice:
         """
         return alloc_in(DEFAULT_REGISTRY, drive_id, cls, cls.__name__)
 
+    def read(self, *, pending: bool = False) -> dict[str, int]:
+        """Every field's ``count()`` (*pending*: its ``fetch_diff()``), by name; changes nothing."""
+        get = lib.pmem_metrics_fetch_diff if pending else lib.pmem_metrics_count
+        return {name: get(getattr(self, name)._c) for name in FIELDS}
+
+    def counters(self) -> dict[str, Counter]:
+        """Every field's :class:`Counter`, by name, in flush order."""
+        return {name: getattr(self, name) for name in FIELDS}
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PmemMetricsPerDevice):
             return NotImplemented
@@ -162,16 +165,39 @@ class PmemMetricsPerDevice:
 _Device = TypeVar("_Device", bound=PmemMetricsPerDevice)
 
 
-def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Device:
-    """:meth:`PmemMetricsPerDevice.alloc` in the C registry *r*, written *origin* in a repr."""
+def _id_bytes(drive_id: str) -> bytes:
+    """*drive_id* as C takes it: ``TypeError`` or :class:`InvalidDriveIdError` if it cannot be."""
     if not isinstance(drive_id, str):
         raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
     try:
-        raw = drive_id.encode("utf-8")
+        return drive_id.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidDriveIdError(
             f"invalid drive id {_shown(drive_id)}: must be valid Unicode (no lone surrogates)"
         ) from None
+
+
+def _refuse_id(drive_id: str, raw: bytes, err: int) -> None:
+    """Raise :class:`InvalidDriveIdError` naming the rule, if C refused *raw* (EINVAL) as an id."""
+    check = lib.pmem_metrics_id_check(raw, len(raw)) if err == errno.EINVAL else 0
+    if check != 0:
+        why = ffi.string(lib.pmem_metrics_id_strerror(check)).decode()
+        raise InvalidDriveIdError(f"invalid drive id {_shown(drive_id)}: {why}")
+
+
+def _handle(cls: type[_Device], m: CData, drive_id: str, origin: str) -> _Device:
+    self = object.__new__(cls)
+    self._m = m
+    self._origin = origin
+    self.drive_id = drive_id
+    for i, name in enumerate(FIELDS):
+        setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))
+    return self
+
+
+def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Device:
+    """:meth:`PmemMetricsPerDevice.alloc` in the C registry *r*, written *origin* in a repr."""
+    raw = _id_bytes(drive_id)
     m = _alloc_within(r, raw, len(raw), WAIT_SLICE_MS)
     deadline = None
     # In a segment, another process may hold the insert lock: wait in slices
@@ -184,122 +210,22 @@ def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Devic
         m = _alloc_within(r, raw, len(raw), WAIT_SLICE_MS)
     if m == ffi.NULL:
         err = ffi.errno
+        _refuse_id(drive_id, raw, err)
         shown = _shown(drive_id)
-        check = lib.pmem_metrics_id_check(raw, len(raw)) if err == errno.EINVAL else 0
-        if check != 0:
-            why = ffi.string(lib.pmem_metrics_id_strerror(check)).decode()
-            raise InvalidDriveIdError(f"invalid drive id {shown}: {why}")
         message = f"cannot allocate metrics for drive id {shown}"
         raise registry_error(err, r, f"allocate {shown} in", message)
-    self = object.__new__(cls)
-    self._m = m
-    self._origin = origin
-    self.drive_id = drive_id
-    for i, name in enumerate(FIELDS):
-        setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))
-    return self
+    return _handle(cls, m, drive_id, origin)
 
 
-def count_in(r: CData) -> int:
-    """Number of devices in the C registry *r*: a segment's, read without a lock."""
-    ffi.errno = 0
-    n = lib.pmem_metrics_registry_device_count(r)
-    if n == 0 and ffi.errno:
-        raise registry_error(ffi.errno, r, "count the devices of", "cannot count the devices")
-    return n
-
-
-def device_count() -> int:
-    """Number of pmem devices in this process's registry (its segment's, once attached)."""
-    return count_in(DEFAULT_REGISTRY)
-
-
-def registry_path(r: CData) -> str | None:
-    """The path of the segment the C registry *r* lives in; ``None`` if it is private."""
-    path = lib.pmem_metrics_registry_path(r)
-    return None if path == ffi.NULL else os.fsdecode(ffi.string(path))
-
-
-def registry_error(err: int, r: CData, doing: str, message: str) -> PmemMetricsError:
-    """The exception for a call on the C registry *r* that failed with ``errno`` *err*.
-
-    A segment's failure names the segment's path and says what failed
-    (*doing* it, "cannot {doing} the metrics segment"); a private registry's
-    is described by *message*.  Running out of memory is never the segment's.
-    """
-    env = os.environ.get("PMEM_METRICS_SHM")
-    path = registry_path(r)
-    if path is None and r == DEFAULT_REGISTRY and env and err != errno.ENOMEM:
-        return segment_error(err, env, "attach")  # PMEM_METRICS_SHM's, which failed
-    if path is None or err in (errno.ENOMEM, errno.EDEADLK):
-        return error_from_errno(err, message)
-    return segment_error(err, path, doing)
-
-
-def segment_args(
-    path: str | os.PathLike[str], capacity: int | None, mode: int, *, trust: bool = True
-) -> tuple[bytes, int, int]:
-    """The C arguments for a segment at *path*: TypeError or ValueError for bad ones.
-
-    *trust* false: a *mode* that lets others write is refused too (opening
-    would refuse the segment it had just created, and leave it behind).
-    """
-    for what, value in (("capacity", capacity), ("mode", mode)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if capacity is not None and not 0 < capacity <= 1 << 24:
-        raise ValueError(f"capacity must be 1 to {1 << 24} devices, not {capacity}")
-    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
-        raise ValueError(
-            f"mode must be permission bits (0 to 0o777) that let the owner read and write "
-            f"the segment (0o600), not {mode:#o}"
-        )
-    if not trust and mode & 0o002:
-        raise ValueError(
-            f"mode {mode:#o} lets other users write the segment, which opening it refuses "
-            "(trust=True to create and use such a segment)"
-        )
-    raw = os.fsencode(path)
-    if not raw or b"\0" in raw:
-        raise ValueError(f"not a segment path: {path!r}")
-    return raw, capacity or 0, mode
-
-
-def attach(
-    path: str | os.PathLike[str],
-    capacity: int | None = None,
-    mode: int = 0o600,
-    *,
-    trust: bool = False,
-) -> None:
-    """Put this process's registry in the shared segment at *path* (created if absent).
-
-    Every process attached to one segment shares its devices: the same id is
-    the same counters, flushed once across all of them (at least once where a
-    flusher is killed between its line and its commit), and counts survive a
-    process that dies.  Call it before the first
-    :meth:`PmemMetricsPerDevice.alloc` (before any other call on this
-    process's registry: its kind is decided then); the environment variable
-    ``PMEM_METRICS_SHM=PATH`` does the same at the first registry call.  A new
-    segment gets room for *capacity* devices (``None``: 4096) and file mode
-    *mode*.  Raises :class:`SegmentError` (an ``OSError``) naming the path and
-    the problem: :class:`InvalidSegmentError` (also a ``ValueError``) for a
-    file that is not a usable segment, ``errno.EBUSY`` once devices exist or
-    a segment is attached, and the system's errors from opening or creating it;
-    ``TypeError`` or ``ValueError`` for a bad argument (an empty path, a
-    *capacity* out of 1 to 2**24, a *mode* beyond 0o777 or without 0o600,
-    which the creator itself needs, or, unless *trust*, with 0o002, which
-    would make a segment opening refuses).  A segment owned by another user, or
-    writable by users other than its owner and group, is refused with
-    :class:`UntrustedSegmentError` unless *trust* is true.  To read or flush
-    a segment without attaching this process, see :func:`open_segment`.
-    """
-    raw, size, bits = segment_args(path, capacity, mode, trust=trust)
-    flags = lib.PMEM_METRICS_OPEN_TRUST if trust else 0
-    if lib.pmem_metrics_attach_flags(raw, size, bits, flags) != 0:
-        raise segment_error(ffi.errno, os.fsdecode(raw), "attach")
-
-
-def is_shared() -> bool:
-    """Whether this process's registry lives in a shared segment."""
-    return bool(lib.pmem_metrics_registry_is_shared(DEFAULT_REGISTRY))
+def find_in(r: CData, drive_id: str, origin: str) -> PmemMetricsPerDevice | None:
+    """The handle of *drive_id* in the C registry *r* if it exists there, creating nothing."""
+    raw = _id_bytes(drive_id)
+    m = lib.pmem_metrics_registry_find(r, raw, len(raw))
+    if m == ffi.NULL:
+        err = ffi.errno
+        if err == errno.ENOENT:
+            return None
+        _refuse_id(drive_id, raw, err)
+        shown = _shown(drive_id)
+        raise registry_error(err, r, f"look {shown} up in", f"cannot look up {shown}")
+    return _handle(PmemMetricsPerDevice, m, drive_id, origin)

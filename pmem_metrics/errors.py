@@ -1,4 +1,4 @@
-"""Exceptions of pmem_metrics, and the one helper that turns a C failure into one.
+"""Exceptions of pmem_metrics, and the helpers that turn a C failure into one.
 
 Every exception derives from :class:`PmemMetricsError` and from the builtin it
 refines, so ``except ValueError`` and ``except PmemMetricsError`` both work.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+
+from ._binding import DEFAULT_REGISTRY, CData, ffi, lib
 
 
 class PmemMetricsError(Exception):
@@ -136,3 +138,25 @@ def error_from_errno(err: int, message: str) -> PmemMetricsError:
     if issubclass(cls, OSError):
         return cls(err, text)
     return cls(text)
+
+
+def registry_path(r: CData) -> str | None:
+    """The path of the segment the C registry *r* lives in; ``None`` if it is private."""
+    path = lib.pmem_metrics_registry_path(r)
+    return None if path == ffi.NULL else os.fsdecode(ffi.string(path))
+
+
+def registry_error(err: int, r: CData, doing: str, message: str) -> PmemMetricsError:
+    """The exception for a call on the C registry *r* that failed with ``errno`` *err*.
+
+    A segment's failure names the segment's path and says what failed
+    (*doing* it, "cannot {doing} the metrics segment"); a private registry's
+    is described by *message*.  Running out of memory is never the segment's.
+    """
+    env = os.environ.get("PMEM_METRICS_SHM")
+    path = registry_path(r)
+    if path is None and r == DEFAULT_REGISTRY and env and err != errno.ENOMEM:
+        return segment_error(err, env, "attach")  # PMEM_METRICS_SHM's, which failed
+    if path is None or err in (errno.ENOMEM, errno.EDEADLK):
+        return error_from_errno(err, message)
+    return segment_error(err, path, doing)

@@ -29,11 +29,11 @@ import json
 from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 
-from ._binding import DEFAULT_REGISTRY, FIELDS, CData
+from ._binding import FIELDS, CData
 from ._snapshot import Snapshot, new_slot, publish, take, withdraw
 
 Flush = dict[str, dict[str, int]]
-"""What :func:`flush_metrics` returns: ``{"pmem_<id>": {field: diff}, ..., "pmem": {...}}``."""
+"""What a flush returns: ``{"pmem_<id>": {field: diff}, ..., "pmem": {...}}``."""
 
 # '"pmem_%s":{"activate_fails":%d,...}' -- field names are C identifiers, no escaping needed.
 _FIELDS_JSON = ",".join(f'"{name}":%d' for name in FIELDS)
@@ -61,22 +61,6 @@ def as_json(snap: Snapshot) -> str:
     parts = [_DEVICE_JSON % row for row in rows]
     parts.append(_AGGREGATE_JSON % tuple(snap.aggregate))
     return "{" + ",".join(parts) + "}"
-
-
-def flush_metrics() -> Flush:
-    """Flush: every device's counts since the last flush, then the aggregate, as a dict.
-
-    Keys are ``"pmem_<drive id>"`` in id order, then ``"pmem"``; each value maps
-    every name in ``FIELDS`` to its diff.  The aggregate is the field-wise sum
-    of the devices in this same flush.  If the call raises (even a
-    ``KeyboardInterrupt``), nothing was flushed: the next flush reports it all.
-    """
-    return flush_in(DEFAULT_REGISTRY, as_dict)
-
-
-def flush_metrics_json() -> str:
-    """Flush, as compact JSON text (the same object :func:`flush_metrics` returns)."""
-    return flush_in(DEFAULT_REGISTRY, as_json)
 
 
 _T = TypeVar("_T")

@@ -52,7 +52,8 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
 from ._binding import FIELD_DOCS, FIELDS
 from ._snapshot import Snapshot, peek
 from .errors import PmemMetricsError, SegmentReplacedError
-from .registry import Registry, open_segment
+from .registry import Registry
+from .segment import open_segment
 
 _log = logging.getLogger("pmem_metrics")
 
@@ -183,19 +184,21 @@ class PmemCollector(Collector):
 
 
 def register(
-    registry: CollectorRegistry | None = None,
+    collector_registry: CollectorRegistry | None = None,
     segments: Mapping[str, Registry] | None = None,
     *,
     timeout: float = SCRAPE_TIMEOUT,
     reopen: bool = False,
 ) -> PmemCollector:
-    """Register a :class:`PmemCollector` of *segments* with *registry*; return it.
+    """Register a :class:`PmemCollector` of *segments* with *collector_registry*; return it.
 
-    *registry* is prometheus_client's (its default one if None); *segments*,
-    *timeout* and *reopen* as for :class:`PmemCollector` (None: this
-    process's default registry).
+    *collector_registry* is prometheus_client's ``CollectorRegistry`` (its
+    default one, ``REGISTRY``, if None; named so as not to be taken for a
+    pmem :class:`~pmem_metrics.Registry`, which go in *segments*);
+    *segments*, *timeout* and *reopen* as for :class:`PmemCollector` (None:
+    this process's default registry).
     """
     collector = PmemCollector(segments, timeout=timeout, reopen=reopen)
-    target: Any = REGISTRY if registry is None else registry
+    target: Any = REGISTRY if collector_registry is None else collector_registry
     target.register(collector)
     return collector

@@ -1,9 +1,10 @@
-"""Registries as objects: several shared segments in one process.
+"""Registries: the process's default one, and shared segments opened as registries of their own.
 
 A *registry* is a set of devices whose counters are shared by id.  The
-module-level API (:meth:`PmemMetricsPerDevice.alloc`, :func:`flush_metrics`,
-:data:`METRICS`, the Prometheus collector) works on the process's default
-registry: private, or a shared segment once :func:`attach` was called.
+module-level calls (:func:`pmem_metrics.flush_metrics`, :func:`pmem_metrics.read`,
+...) are the methods of the process's default registry, :meth:`Registry.default`:
+private, or a shared segment once :func:`attach` was called; so are
+:meth:`PmemMetricsPerDevice.alloc`, :data:`METRICS` and the Prometheus collector.
 :func:`open_segment` opens a segment as a :class:`Registry` of its own,
 without attaching the process, so one process can read or flush several
 (an exporter, say)::
@@ -21,12 +22,16 @@ registry.
 
 from __future__ import annotations
 
-import os
+import errno
 
-from ._binding import DEFAULT_REGISTRY, CData, ffi, lib
-from .device import PmemMetricsPerDevice, alloc_in, count_in, registry_path, segment_args
-from .errors import segment_error
+from ._binding import DEFAULT_REGISTRY, FIELDS, CData, ffi, lib
+from ._snapshot import Snapshot, peek
+from .device import PmemMetricsPerDevice, alloc_in, find_in
+from .errors import registry_error
 from .flush import Flush, as_dict, as_json, flush_in
+
+Counts = dict[str, dict[str, int]]
+"""What :meth:`Registry.read` returns: ``{drive_id: {field: value}}``, in id order."""
 
 
 class Registry:
@@ -59,23 +64,85 @@ class Registry:
 
     def alloc(self, drive_id: str) -> PmemMetricsPerDevice:
         """The metrics of device *drive_id* here: as :meth:`PmemMetricsPerDevice.alloc` does."""
-        return alloc_in(self._r, drive_id, PmemMetricsPerDevice, repr(self))
+        return alloc_in(self._r, drive_id, PmemMetricsPerDevice, self._origin())
+
+    def get(self, drive_id: str) -> PmemMetricsPerDevice | None:
+        """The metrics of device *drive_id* if it exists here, else ``None``; creates nothing.
+
+        Raises as :meth:`alloc` does for a bad id, and
+        :class:`ReadOnlySegmentError` in a registry opened read-only (its
+        counters are not mapped into this process: :meth:`read` them).
+        """
+        return find_in(self._r, drive_id, self._origin())
+
+    def __contains__(self, drive_id: object) -> bool:
+        """Whether a device *drive_id* exists here (``False`` for what is not an id)."""
+        if not isinstance(drive_id, str):
+            return False
+        try:
+            return self.get(drive_id) is not None
+        except ValueError:
+            return False  # not a valid id: no device has it
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                raise
+        return drive_id in self.ids()  # read-only: no handle to be had, but the ids are
+
+    def ids(self) -> list[str]:
+        """Every device's id, in id (code point) order; takes no lock, changes nothing."""
+        return Snapshot.split(peek(self._r).ids_text)
+
+    def __len__(self) -> int:
+        """Number of devices: :meth:`device_count`."""
+        return self.device_count()
 
     def device_count(self) -> int:
         """Number of devices in this registry (from every process, for a segment)."""
-        return count_in(self._r)
+        ffi.errno = 0
+        n = lib.pmem_metrics_registry_device_count(self._r)
+        if n == 0 and ffi.errno:
+            raise registry_error(
+                ffi.errno, self._r, "count the devices of", "cannot count the devices"
+            )
+        return n
+
+    def read(self, *, pending: bool = False) -> Counts:
+        """Every device's counts, ``{drive_id: {field: count}}`` in id order, without flushing.
+
+        The values are cumulative, as ``count()`` (what Prometheus scrapes);
+        with *pending*, what the next flush would report instead, as
+        ``fetch_diff()``.  Each counter is read once, all of them in one
+        pass, and nothing changes: the next flush reports exactly what it
+        would have without this.  Takes no lock and waits for no flush;
+        works on a segment opened read-only.  In a segment, raises what a
+        flush raises (:class:`SegmentReplacedError`, :class:`InvalidSegmentError`).
+        """
+        snap = peek(self._r, diffs=pending)
+        values = snap.diffs if pending else snap.counts
+        ids = Snapshot.split(snap.ids_text)
+        return {i: dict(zip(FIELDS, row)) for i, *row in zip(ids, *snap.columns(values))}
 
     def flush_metrics(self) -> Flush:
-        """Flush this registry; as :func:`pmem_metrics.flush_metrics`."""
+        """Flush: every device's counts since the last flush, then the aggregate, as a dict.
+
+        Keys are ``"pmem_<drive id>"`` in id order, then ``"pmem"``; each value
+        maps every name in ``FIELDS`` to its diff.  The aggregate is the
+        field-wise sum of the devices in this same flush.  If the call raises
+        (even a ``KeyboardInterrupt``), nothing was flushed: the next flush
+        reports it all.
+        """
         return flush_in(self._r, as_dict)
 
     def flush_metrics_json(self) -> str:
-        """Flush this registry, as compact JSON; as :func:`pmem_metrics.flush_metrics_json`."""
+        """Flush, as compact JSON text (the same object :meth:`flush_metrics` returns)."""
         return flush_in(self._r, as_json)
 
-    @property
     def is_shared(self) -> bool:
-        """Whether this registry lives in a shared segment."""
+        """Whether this registry lives in a shared segment.
+
+        A method, not a property: the default registry's answer is decided
+        at its first call (and asking decides it, as any call does).
+        """
         return bool(lib.pmem_metrics_registry_is_shared(self._r))
 
     @property
@@ -97,48 +164,9 @@ class Registry:
         return hash(int(ffi.cast("uintptr_t", self._r)))
 
     def __repr__(self) -> str:
+        return self._origin()
+
+    def _origin(self) -> str:
         if self.path is None:
             return "Registry.default()"
         return f"open_segment({self.path!r})"
-
-
-def open_segment(
-    path: str | os.PathLike[str],
-    capacity: int | None = None,
-    mode: int = 0o600,
-    *,
-    readonly: bool = False,
-    create: bool = True,
-    trust: bool = False,
-) -> Registry:
-    """The shared segment at *path* as a :class:`Registry`, created if absent.
-
-    Unlike :func:`attach`, this process's default registry is not changed: the
-    segment is one more registry, whose devices, flushes and Prometheus
-    collector (:class:`pmem_metrics.prometheus.PmemCollector`) are its own.
-    Any number may be open at once.  *capacity* and *mode* are as for
-    :func:`attach` (they only matter when the segment is created).
-
-    *readonly*: open the file for reading only (so read permission is all it
-    takes: a 0640 segment can be scraped by its group) and read it without
-    a mapping and without a lock, so a process that truncates or stops
-    cannot harm this one; the registry can be scraped and counted, never
-    flushed or allocated in (:class:`ReadOnlySegmentError`).  Never creates.
-    *create* false: a missing segment is an error (``ENOENT``), never created.
-    *trust*: as for :func:`attach` (read-only, only the "others may write
-    it" check applies: the reader cannot be harmed, only misinformed).
-
-    Raises what :func:`attach` raises, except ``EBUSY`` (but for a segment
-    open read-only here already, opened again for writing).
-    """
-    # Only a call that may create the segment can make one it would refuse.
-    raw, size, bits = segment_args(path, capacity, mode, trust=trust or readonly or not create)
-    flags = (
-        (lib.PMEM_METRICS_OPEN_READONLY if readonly else 0)
-        | (0 if create else lib.PMEM_METRICS_OPEN_EXISTING)
-        | (lib.PMEM_METRICS_OPEN_TRUST if trust else 0)
-    )
-    r = lib.pmem_metrics_registry_open_flags(raw, size, bits, flags)
-    if r == ffi.NULL:
-        raise segment_error(ffi.errno, os.fsdecode(raw), "open")
-    return Registry._wrap(r, registry_path(r))

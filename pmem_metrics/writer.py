@@ -7,17 +7,17 @@ daemon thread (:meth:`~MetricsWriter.start_periodic`), and a final line at exit.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import math
 import os
+import signal
 import threading
 import time
 import weakref
 from collections.abc import Mapping
+from types import FrameType
 
 from ._binding import DEFAULT_REGISTRY
-from ._periodic import Periodic
+from ._periodic import Periodic, PeriodicWriting, seconds
 from ._sink import Destination, FdSink, FileSink, Progress, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
@@ -30,19 +30,7 @@ DEFAULT_TIMEOUT = 10.0
 """Seconds a line may wait for a destination that does not drain (:meth:`MetricsWriter.init`)."""
 
 
-def _seconds(what: str, value: float) -> float:
-    """*value* as a float, if it is a positive number of seconds that threading can wait."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
-    if not 0 < value <= threading.TIMEOUT_MAX or math.isnan(value):
-        raise ValueError(
-            f"{what} must be a positive number of seconds, at most "
-            f"threading.TIMEOUT_MAX ({threading.TIMEOUT_MAX:g}), not {value!r}"
-        )
-    return float(value)
-
-
-class MetricsWriter:
+class MetricsWriter(PeriodicWriting):
     """Writes metrics lines to one destination, like Firecracker's ``--metrics-path``.
 
     Call :meth:`init` once, then :meth:`write` whenever a line is due, or let
@@ -57,6 +45,8 @@ class MetricsWriter:
             raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
         self._r = DEFAULT_REGISTRY if registry is None else registry._r
         self._sink: FdSink | FileSink | None = None
+        self._path: str | os.PathLike[str] | None = None  # what init() opened, for reopen()
+        self._hup = False  # a SIGHUP asked for reopen() before the next line
         self._head = line_head(None, None)
         self._timeout = DEFAULT_TIMEOUT
         # Guards init and the periodic thread's start/stop.  Reentrant: a
@@ -120,10 +110,49 @@ class MetricsWriter:
             if self._sink is not None:
                 raise AlreadyInitializedError("metrics writer is already initialized")
             head = line_head(id, properties)
-            timeout = _seconds("timeout", timeout)
+            timeout = seconds("timeout", timeout)
             self._sink = sink_for(destination)
             self._head = head
             self._timeout = timeout
+            if isinstance(destination, (str, os.PathLike)):
+                self._path = destination
+
+    def reopen(self) -> bool:
+        """Open the path given to :meth:`init` again: later lines go to the file there now.
+
+        For log rotation: move the file away, call this (or send SIGHUP, see
+        :meth:`handle_signals`), and the next line starts the new file.  A
+        line on its way meanwhile finishes in the old one.  Returns ``False``
+        (and changes nothing) when the destination is a file object, which
+        has no path to reopen.  Raises :class:`WriterStateError` before
+        :meth:`init`, and :class:`MetricsDestinationError` when the path
+        cannot be opened: lines then keep going where they went.
+        """
+        with self._lock:
+            if self._sink is None:
+                raise WriterStateError("init() the metrics writer before reopen()")
+            if self._path is None:
+                return False
+            self._sink = sink_for(self._path)  # the old one closes once no line uses it
+            return True
+
+    def handle_signals(self) -> None:
+        """Run as a service: SIGTERM ends the process cleanly, SIGHUP reopens the path.
+
+        Installs two handlers (from the main thread; nothing is installed
+        unless this is called): SIGTERM raises ``SystemExit(0)`` in the main
+        thread, so ``finally`` blocks run and a periodic writer started with
+        ``at_exit`` writes its final line, as on a Ctrl-C, and the exit
+        status is 0, what a service manager expects of a stop; SIGHUP makes
+        the next line :meth:`reopen` the path first (a failure to reopen is
+        logged, and lines go on where they went).  Raises ``ValueError``
+        outside the main thread, as ``signal.signal`` does.
+        """
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        signal.signal(signal.SIGHUP, self._request_reopen)
+
+    def _request_reopen(self, signum: int, frame: FrameType | None) -> None:
+        self._hup = True  # the next line reopens: nothing heavier happens in a handler
 
     def write(self) -> bool:
         """Flush and write one metrics line; ``False`` (writing nothing) before :meth:`init`.
@@ -141,6 +170,12 @@ class MetricsWriter:
 
     def _write(self, deadline: float | None) -> bool:
         """:meth:`write`; *deadline* (monotonic) also bounds the wait for other flushes."""
+        if self._hup:
+            self._hup = False
+            try:
+                self.reopen()
+            except OSError as e:
+                _log.error("pmem_metrics: SIGHUP: %s; lines go on where they went", e)
         sink = self._sink
         if sink is None:
             return False
@@ -169,79 +204,15 @@ class MetricsWriter:
             raise
         return True
 
-    # ---- periodic writing ------------------------------------------------------
-
-    @property
-    def periodic(self) -> bool:
-        """Whether a periodic writer thread runs (in this process)."""
-        running = self._periodic
-        return running is not None and running.pid == os.getpid()
-
-    def start_periodic(self, interval: float = 60.0, *, at_exit: bool = True) -> None:
-        """Write a line every *interval* seconds from a daemon thread, like Firecracker's timer.
-
-        A line that fails is logged (logger ``pmem_metrics``) and its counts
-        stay for the next one; the thread carries on.  When a write runs
-        late, the missed beats are skipped, not written in a burst.  With
-        *at_exit*, :meth:`stop_periodic` also runs at interpreter exit, so
-        the last counts are written; it gives up after the writer's
-        *timeout* (see :meth:`init`), logging why, rather than hang the exit.
-        A child process forked meanwhile has no periodic writer (its parent's
-        thread is not there) and writes nothing at its exit.  Raises
-        :class:`WriterStateError` before :meth:`init` or while periodic
-        writing already runs, ``TypeError`` or ``ValueError`` for an
-        *interval* that is not a positive number of seconds up to
-        ``threading.TIMEOUT_MAX``.
-        """
-        interval = _seconds("interval", interval)
-        with self._lock:
-            if self._sink is None:
-                raise WriterStateError("init() the metrics writer before start_periodic()")
-            if self.periodic:
-                raise WriterStateError("periodic writing is already running")
-            self._periodic = running = Periodic.new(self.write, interval, at_exit)
-            if at_exit and not self._exit_hook:
-                atexit.register(self._stop_at_exit)  # once; it checks _periodic.at_exit
-                self._exit_hook = True
-            running.thread.start()
-
-    def stop_periodic(self) -> None:
-        """Stop the periodic thread and write a final line; nothing happens if none runs.
-
-        An error of the final write propagates (its counts stay for a later
-        write).
-        """
-        self._stop_periodic(None)
-
-    def _stop_periodic(self, deadline: float | None) -> None:
-        with self._lock:
-            running = self._periodic
-            if running is None or running.pid != os.getpid():
-                return  # none, or the parent's: this forked child has no thread to stop
-            running.stop.set()
-            self._periodic = None
-        # (ident None: an interrupt came between recording the thread and starting it.)
-        if running.thread.ident is not None and running.thread is not threading.current_thread():
-            running.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._write(deadline)
-
-    def _stop_at_exit(self) -> None:
-        running = self._periodic
-        if running is None or not running.at_exit or running.pid != os.getpid():
-            return
-        try:
-            self._stop_periodic(time.monotonic() + self._timeout)
-        except Exception:
-            _log.exception(
-                "pmem_metrics: the final metrics line at exit failed (gave up after at most "
-                "%g s); its counts were not written",
-                self._timeout,
-            )
-
     def _after_fork_in_child(self) -> None:
         # The parent's lock may have been held by a thread that does not
         # exist here; nothing else of the writer waits on the parent.
         self._lock = threading.RLock()
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM, as :meth:`MetricsWriter.handle_signals` installs it: exit with status 0."""
+    raise SystemExit(0)
 
 
 _WRITERS: weakref.WeakSet[MetricsWriter] = weakref.WeakSet()

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pmem_metrics import Registry, open_segment
-from pmem_metrics.export import export
+from pmem_metrics.cli.export import export
 
 PATIENCE = 60.0
 """Seconds any one wait below may take before the test fails (a bound, not a timing check)."""

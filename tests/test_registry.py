@@ -36,7 +36,7 @@ from .helpers import run_threads
 def test_a_segment_is_a_registry_of_its_own(tmp_path: Path, uid: str) -> None:
     seg = open_segment(tmp_path / "seg", capacity=8)
     before = device_count()
-    assert seg.is_shared and seg.capacity == 8 and seg.path == str(tmp_path / "seg")
+    assert seg.is_shared() and seg.capacity == 8 and seg.path == str(tmp_path / "seg")
     assert not is_shared() and Registry.default().capacity is None
     here, there = PmemMetricsPerDevice.alloc(uid), seg.alloc(uid)
     assert here != there  # one id, two registries, two sets of counters

@@ -90,11 +90,16 @@ def test_errors_in_the_thread_are_logged_and_lose_nothing(
     w.write()
     dest.failures = 3
     m.cfg_fails.add(9)
-    with caplog.at_level(logging.ERROR, logger="pmem_metrics"):
+    with caplog.at_level(logging.DEBUG, logger="pmem_metrics"):
         w.start_periodic(0.01, at_exit=False)
         wait_for(lambda: dest.failures == 0 and len(lines_of(dest)) >= 2)
         w.stop_periodic()
-    assert sum("writing a metrics line failed" in r.message for r in caplog.records) == 3
+    # One line per failure, with the reason and no traceback; the traceback at debug level.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage().count("\n") for r in errors] == [0, 0, 0]
+    assert all("Input/output error" in r.getMessage() and r.exc_info is None for r in errors)
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) == 3 and all(r.exc_info is not None for r in debug)
     reported = sum(line.get(f"pmem_{uid}e", {}).get("cfg_fails", 0) for line in lines_of(dest))
     assert reported == 9
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Callable, TypeVar
 
-from . import capi
+from .. import capi
 from .demo import demo
 from .export import export
 

@@ -4,8 +4,9 @@ It opens existing shared segments (without attaching itself to any, and
 never creating one: a mistyped path is an error, not a new file; with
 ``--wait`` it waits for the segment to appear) and reports every device of
 every process in them: Firecracker metrics lines every ``--interval``
-seconds (and a final one), and/or a Prometheus endpoint, until Ctrl-C or
-``--duration``.  It creates no device of its own.
+seconds (and a final one), and/or a Prometheus endpoint, until Ctrl-C,
+SIGTERM or ``--duration``; SIGHUP reopens ``--metrics-path`` (log rotation).
+It creates no device of its own.
 
 Lines are flushes: they report each count once, across every process that
 flushes the segment.  A flush moves the segment's baselines, so lines need
@@ -31,10 +32,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .demo import CtrlC, serve_prometheus, write_lines
-from .errors import SegmentError, SegmentReplacedError
-from .registry import Registry, open_segment
-from .writer import MetricsWriter
+from ..errors import SegmentError, SegmentReplacedError
+from ..registry import Registry
+from ..segment import open_segment
+from ..writer import MetricsWriter
+from ._service import Signals, serve_prometheus, write_lines
 
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a path that ``--wait`` waits on."""
@@ -49,7 +51,7 @@ def _missing(path: str) -> SystemExit:
     )
 
 
-def _open(path: str, readonly: bool, ctrl_c: CtrlC, wait_until: float | None) -> Registry | None:
+def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None) -> Registry | None:
     """The segment at *path*, never created; ``None`` after a Ctrl-C.
 
     A missing segment is an error, unless *wait_until* (``time.monotonic()``)
@@ -72,7 +74,7 @@ def _open(path: str, readonly: bool, ctrl_c: CtrlC, wait_until: float | None) ->
             announced = True
         if time.monotonic() >= wait_until:
             raise SystemExit(f"{_ME}: still no segment at {path!r} at the end of --duration")
-        if ctrl_c.sleep_until(min(wait_until, time.monotonic() + POLL_INTERVAL)):
+        if signals.sleep_until(min(wait_until, time.monotonic() + POLL_INTERVAL)):
             return None
 
 
@@ -133,7 +135,7 @@ def export(
     prometheus: tuple[int, str] | None,
     wait: bool = False,
 ) -> int:
-    """Run the exporter; return the process exit status (130 after a Ctrl-C).
+    """Run the exporter; return the process exit status (130 after a Ctrl-C, else 0).
 
     Lines go to *metrics_path*, or to stdout unless only Prometheus was asked
     for.  With *wait*, a segment not there yet is waited for (within
@@ -151,21 +153,23 @@ def export(
     for path in paths:
         if not path:
             raise _missing(path)
-    with CtrlC() as ctrl_c:
+    writer = MetricsWriter()
+    on_hup = writer.reopen if metrics_path is not None else None
+    with Signals(on_hup=on_hup) as signals:
         start = time.monotonic()
         segments: dict[str, Registry] = {}
         for path in paths:
             # Lines flush, which writes to the segment; Prometheus only reads.
-            registry = _open(path, not lines_wanted, ctrl_c, start + duration if wait else None)
+            registry = _open(path, not lines_wanted, signals, start + duration if wait else None)
             if registry is None:
                 print(f"export: interrupted while waiting for {path!r}", file=sys.stderr)
-                return 130
+                return signals.status
             if registry not in segments.values():
                 segments[path] = registry
         lines = 0
         follower = None
         if lines_wanted:
-            writer = MetricsWriter(segments[paths[0]])
+            writer.set_registry(segments[paths[0]])
             writer.init(metrics_path if metrics_path is not None else sys.stdout)
             follower = _Lines(paths[0], writer)
         if prometheus is not None:
@@ -173,13 +177,15 @@ def export(
         if follower is not None:
             # Beats count from now: the wait for a segment must not make them late.
             opened = time.monotonic()
-            lines = write_lines(ctrl_c, opened, interval, start + duration - opened, follower.write)
+            lines = write_lines(
+                signals, opened, interval, start + duration - opened, follower.write
+            )
             lines += follower.write()
         else:
-            ctrl_c.sleep_until(start + duration)
+            signals.sleep_until(start + duration)
     what = f"{lines} metrics lines from {paths[0]}" if lines_wanted else "served"
     print(
         f"export: {what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s",
         file=sys.stderr,
     )
-    return 130 if ctrl_c.caught else 0
+    return signals.status

@@ -12,8 +12,8 @@ from itertools import accumulate
 from types import FrameType
 from typing import Protocol
 
-from ._binding import FIELDS
-from .device import PmemMetricsPerDevice
+from .._binding import FIELDS
+from ..device import PmemMetricsPerDevice
 
 
 class Stop(Protocol):

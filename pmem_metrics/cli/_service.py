@@ -1,0 +1,189 @@
+"""What every command that runs as a service shares: its signals, its beat, its endpoint.
+
+:class:`Signals` turns SIGINT, SIGTERM and SIGHUP into steps of the
+command's own loop, never into a line cut short; :func:`write_lines` writes
+a line per beat; :func:`serve_prometheus` serves the counters while the
+command runs; :func:`endpoint` writes an address as a URL does.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+
+from ..registry import Registry
+
+_MAX_WAIT = 60.0  # seconds one select() may wait (a deadline may be inf: --duration inf)
+
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _abort(signum: int, frame: FrameType | None) -> None:
+    """A second stop signal: ignore any further one, and raise ``KeyboardInterrupt`` (for main)."""
+    for sig in _STOPS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+class Signals:
+    """While entered, SIGINT and SIGTERM ask the command to stop, and SIGHUP to reopen its output.
+
+    The first SIGINT (Ctrl-C) or SIGTERM (what service managers send) only
+    sets :attr:`caught` and wakes :meth:`sleep_until`, so a metrics line is
+    never cut short: the command stops at its next step and ends as usual,
+    with its final line and summary.  A second one raises
+    ``KeyboardInterrupt`` (to abort a final write that hangs); from then on,
+    or once the command is done, both are ignored: the process is on its way
+    out, and a further one would only interrupt its exit with a traceback.
+    SIGHUP calls *on_hup* from :meth:`sleep_until` (never from the handler),
+    as daemons reopen their log files.  The signal wakeup fd wakes the sleep
+    even when the signal lands just before ``select()`` blocks.  Outside the
+    main thread, or for a signal whose handler is not the default (ignored,
+    say, by ``nohup``), nothing is installed for it.
+    """
+
+    def __init__(self, on_hup: Callable[[], object] | None = None) -> None:
+        self.caught: int | None = None  # the stop signal that came, if any
+        self._hup = False
+        self._on_hup = on_hup
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
+        self._installed: dict[int, object] = {}
+
+    @property
+    def status(self) -> int:
+        """The exit status for how the command ended: 130 after a Ctrl-C, else 0 (SIGTERM too)."""
+        return 130 if self.caught == signal.SIGINT else 0
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        if self._on_hup is not None:
+            defaults[signal.SIGHUP] = signal.SIG_DFL
+        wanted = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
+        if not wanted:
+            return self
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._pipe = (r, w)
+        self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for sig in wanted:
+            self._installed[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._hup = True
+            return
+        self.caught = signum
+        for sig in _STOPS:
+            if sig in self._installed:
+                signal.signal(sig, _abort)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pipe is None:
+            return
+        for sig, old in self._installed.items():
+            if sig in _STOPS and self.caught is not None:
+                signal.signal(sig, signal.SIG_IGN)  # on the way out: see the class doc
+            else:
+                signal.signal(sig, old)  # type: ignore[arg-type]  # what getsignal gave
+        signal.set_wakeup_fd(self._old_wakeup)
+        for fd in self._pipe:
+            os.close(fd)
+        self._pipe = None
+
+    def sleep_until(self, deadline: float) -> bool:
+        """Sleep until ``time.monotonic()`` reaches *deadline*; ``True`` at once on a stop signal.
+
+        A SIGHUP meanwhile calls *on_hup* and goes back to sleep.
+        """
+        while self.caught is None:
+            if self._hup:
+                self._hup = False
+                if self._on_hup is not None:
+                    self._on_hup()
+            left = min(deadline - time.monotonic(), _MAX_WAIT)
+            if left <= 0:
+                return False
+            if self._pipe is None:
+                time.sleep(left)
+            elif select.select([self._pipe[0]], [], [], left)[0]:
+                try:  # a signal came: empty the pipe, then look at the flags
+                    while os.read(self._pipe[0], 512):
+                        pass
+                except BlockingIOError:
+                    pass
+        return True
+
+
+def write_lines(
+    signals: Signals, start: float, interval: float, duration: float, write: Callable[[], bool]
+) -> int:
+    """*write* writes a line at each multiple of *interval* before *duration*; then wait.
+
+    A beat missed (a write that ran long, a stopped process) is skipped, not
+    written in a burst: the next line is due at the next multiple still
+    ahead.  A stop signal ends it at once.  Returns the lines written.
+    """
+    lines = 0
+    beat = 1
+    while beat * interval < duration:
+        if signals.sleep_until(start + beat * interval):
+            break
+        lines += write()
+        beat = max(beat + 1, int((time.monotonic() - start) // interval) + 1)
+    signals.sleep_until(start + duration)
+    return lines
+
+
+def endpoint(host: str, port: int) -> str:
+    """*host* and *port* as a URL writes them: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve_prometheus(
+    port: int,
+    addr: str,
+    who: str,
+    segments: Mapping[str, Registry] | None = None,
+    reopen: bool = False,
+) -> None:
+    """Serve the counters (of *segments*, if given) for Prometheus on addr:port while *who* runs.
+
+    *reopen*: as for :class:`pmem_metrics.prometheus.PmemCollector`.  A
+    failure to serve raises ``SystemExit`` with one line naming the address.
+    """
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from ..prometheus import register
+    except ImportError:
+        raise SystemExit(
+            f"python -m pmem_metrics {who}: --prometheus-port needs prometheus_client: "
+            "pip install '.[prometheus]' (from a checkout)"
+        ) from None
+    collectors = CollectorRegistry()
+    register(collectors, segments, reopen=reopen)
+    try:
+        server, _ = start_http_server(port, addr=addr, registry=collectors)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise SystemExit(
+            f"python -m pmem_metrics {who}: cannot serve Prometheus on {endpoint(addr, port)} "
+            f"(--prometheus-addr, --prometheus-port): {why}"
+        ) from None
+    bound = server.server_address[1]
+    print(
+        f"{who}: Prometheus metrics at http://{endpoint(addr, bound)}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -1,0 +1,99 @@
+"""The demo: ``python -m pmem_metrics demo``.
+
+It simulates pmem devices whose counters a few worker threads bump at random
+(at most four threads, each with its share of the devices), and writes a
+metrics line every ``--interval`` seconds and a final one at the end, to
+stdout or to ``--metrics-path`` (a file or named pipe), like
+``firecracker --metrics-path``.  It ends by itself after ``--duration``
+seconds, or at a Ctrl-C or SIGTERM: then it still writes the final line and
+its summary, and exits with status 130 after a Ctrl-C, 0 after a SIGTERM (a
+service manager's stop).  SIGHUP reopens ``--metrics-path`` (log rotation).
+The summary on stderr gives the wall time the run actually took.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import time
+
+from ..device import PmemMetricsPerDevice
+from ..segment import attach
+from ..writer import METRICS
+from ._service import Signals, serve_prometheus, write_lines
+from ._workers import Processes, Threads
+
+_MAX_WORKERS = 4
+"""The demo's worker threads, whatever the number of devices: each bumps a share of them."""
+
+_STOPPED_BY: dict[int | None, str] = {
+    signal.SIGINT: "interrupted; ",
+    signal.SIGTERM: "terminated; ",
+}
+
+
+def demo(
+    devices: int,
+    duration: float,
+    interval: float,
+    metrics_path: str | None,
+    seed: int,
+    prometheus: tuple[int, str] | None = None,
+    processes: int = 0,
+) -> int:
+    """Run the simulation; return the process exit status (130 after a Ctrl-C, else 0).
+
+    With *processes*, that many worker processes bump the devices in a
+    temporary shared segment while this process writes the lines.
+    """
+    if metrics_path is None and sys.stdout is None:
+        raise SystemExit(
+            "python -m pmem_metrics: stdout is closed; "
+            "give --metrics-path to write the metrics elsewhere"
+        )
+    with tempfile.TemporaryDirectory(prefix="pmem-demo-") as scratch:
+        if processes:
+            attach(os.path.join(scratch, "segment"), capacity=max(devices, 1))
+        return _run(devices, duration, interval, metrics_path, seed, prometheus, processes)
+
+
+def _run(
+    devices: int,
+    duration: float,
+    interval: float,
+    metrics_path: str | None,
+    seed: int,
+    prometheus: tuple[int, str] | None,
+    processes: int,
+) -> int:
+    handles = [PmemMetricsPerDevice.alloc(f"drv{i}") for i in range(devices)]
+    METRICS.init(metrics_path if metrics_path is not None else sys.stdout)
+    with Signals(on_hup=METRICS.reopen if metrics_path is not None else None) as signals:
+        # Processes first: fork before this one starts any thread of its own.
+        pool: Threads | Processes
+        if processes:
+            pool = Processes(handles, processes, seed)
+        else:
+            pool = Threads(handles, min(devices, _MAX_WORKERS), seed)
+        if prometheus is not None:
+            serve_prometheus(*prometheus, who="demo")
+        start = time.monotonic()
+        try:
+            lines = write_lines(signals, start, interval, duration, METRICS.write)
+        finally:
+            added = pool.stop()
+        elapsed = time.monotonic() - start
+        METRICS.write()
+        lines += 1
+        where = metrics_path if metrics_path is not None else "stdout"
+        stopped = _STOPPED_BY.get(signals.caught, "")
+        requested = f"{stopped}{duration:g} s requested"
+        print(
+            f"demo: {devices} devices on {len(pool.started)} worker {pool.kind}, "
+            f"{added} increments in {elapsed:.2f} s ({requested}), "
+            f"{lines} metrics lines written to {where}",
+            file=sys.stderr,
+        )
+        return signals.status
