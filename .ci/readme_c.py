@@ -1,13 +1,16 @@
 """Run the shell commands of README.md's "Using it from C" section, as written.
 
 They run in a temporary directory that stands for the checkout root the
-README assumes: a copy of csrc/ and VERSION, and app.c, the section's C
-example made a program (its #include lines, then the rest as main's body).
-HOME is that directory too, so `make -C csrc install PREFIX=$HOME/.local`
-installs into it.  The commands are the lines of the section's ```sh blocks,
-in order, then its inline `cc ...` commands; each must succeed as a whole
-(a failure left of `&&` too), or the run stops there.  `python` must be one
-with pmem_metrics installed.
+README assumes: a copy of csrc/ and VERSION, and app.c, the section's ```c
+block as written (the README tells the reader to save it as app.c).  HOME is
+that directory too, so `make -C csrc install PREFIX=$HOME/.local` installs
+into it.  First app.c is compiled alone, against the checkout's header, with
+-std=c11 -Wall -Wextra -pedantic -Werror: the program a reader copies is
+clean C11.  Then the commands: the lines of the section's ```sh blocks, in
+order, then its inline `cc ...` commands; each must succeed as a whole (a
+failure left of `&&` too), or the run stops there.  `python` in them is the
+interpreter running this script (its folder goes first on PATH), which must
+have pmem_metrics installed.
 
     python3 .ci/readme_c.py
 """
@@ -59,15 +62,6 @@ def prose(lines: list[str]) -> list[str]:
     return out
 
 
-def program(example: list[str]) -> str:
-    """The C example as a program: its #include lines first, the rest in main()."""
-    includes = [line for line in example if line.startswith("#include")]
-    body = [line for line in example if not line.startswith("#include")]
-    return "\n".join(
-        ["#include <err.h>", *includes, "", "int main(void)", "{", *body, "\treturn 0;", "}", ""]
-    )
-
-
 def main() -> int:
     lines = section((REPO / "README.md").read_text())
     (example,) = blocks(lines, "c")
@@ -78,7 +72,8 @@ def main() -> int:
 
     # Each command grouped, so that its status is the whole line's (a comment
     # at its end included), then checked.
-    script = ["set -uo pipefail"]
+    strict = "cc -std=c11 -Wall -Wextra -pedantic -Werror -Icsrc -c app.c -o app-strict.o"
+    script = ["set -uo pipefail", f"printf '+ %s\\n' '{strict}'", strict + " || exit 1"]
     for command in commands:
         quoted = "'" + command.replace("'", "'\\''") + "'"
         script += [
@@ -92,9 +87,10 @@ def main() -> int:
         root = Path(tmp)
         shutil.copytree(REPO / "csrc", root / "csrc", ignore=shutil.ignore_patterns("build"))
         shutil.copy(REPO / "VERSION", root / "VERSION")
-        (root / "app.c").write_text(program(example))
+        (root / "app.c").write_text("\n".join(example) + "\n")
         (root / "readme.sh").write_text("\n".join(script) + "\n")
-        env = {**os.environ, "HOME": str(root)}
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        env = {**os.environ, "HOME": str(root), "PATH": path}
         return subprocess.run(["bash", "readme.sh"], cwd=root, env=env).returncode
 
 
