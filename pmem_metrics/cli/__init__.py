@@ -1,7 +1,10 @@
-"""Command line: ``python -m pmem_metrics demo`` and ``python -m pmem_metrics --cflags --libs``.
+"""The commands: ``python -m pmem_metrics COMMAND`` (or ``pmem-metrics COMMAND``), and ``--cflags``.
 
-The demo itself is :mod:`pmem_metrics.demo`; this module parses arguments
-and turns failures into one-line errors and exit statuses.
+Each command is a module here that adds its own parser (``add_parser``):
+:mod:`~pmem_metrics.cli.demo`, :mod:`~pmem_metrics.cli.export`,
+:mod:`~pmem_metrics.cli.top`.  What they share as services (signals, beats,
+the Prometheus endpoint) is :mod:`~pmem_metrics.cli._service`.  This module
+dispatches and turns failures into one-line errors and exit statuses.
 """
 
 from __future__ import annotations
@@ -12,32 +15,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Callable, TypeVar
+from typing import Callable
 
-from .. import capi
-from .demo import demo
-from .export import export
+from .. import __version__, capi
+from . import demo, export
 
-_T = TypeVar("_T", int, float)
-
-
-def _checked(kind: type[_T], ok: Callable[[_T], bool], what: str) -> Callable[[str], _T]:
-    """An argparse ``type``: *text* as *kind*, refused unless ``ok(value)`` ("must be *what*")."""
-
-    def parse(text: str) -> _T:
-        value = kind(text)
-        if not ok(value):  # NaN fails every comparison, so it is refused too
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" names the type
-    return parse
-
-
-_count = _checked(int, lambda v: v >= 0, ">= 0")
-_port = _checked(int, lambda v: 0 <= v <= 65535, "a port number, 0 to 65535")
-_seconds = _checked(float, lambda v: v >= 0, ">= 0")
-_interval = _checked(float, lambda v: v > 0, "> 0")
+PROG = "python -m pmem_metrics"
 
 
 def _discard_stdout() -> None:
@@ -55,109 +38,56 @@ def _discard_stdout() -> None:
     os.close(null)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pmem_metrics``."""
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser of ``python -m pmem_metrics``, and each command's own."""
     parser = argparse.ArgumentParser(
-        prog="python -m pmem_metrics", description="pmem_metrics: per-device pmem counters"
+        prog=PROG,
+        description="pmem_metrics: exact per-device virtio-pmem counters (Firecracker "
+        "compatible). Run a command, or print the flags to build C code against the library.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--cflags", action="store_true", help="print compiler flags for C code using libpmemmetrics"
     )
     parser.add_argument(
         "--libs", action="store_true", help="print linker flags for C code using libpmemmetrics"
     )
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("demo", help="simulate pmem devices and write metrics lines")
-    p.add_argument("--devices", type=_count, default=4, help="number of devices (default 4)")
-    p.add_argument("--duration", type=_seconds, default=3.0, help="seconds to run (default 3)")
-    p.add_argument(
-        "--interval", type=_interval, default=1.0, help="seconds between lines (default 1)"
-    )
-    p.add_argument("--metrics-path", help="file or named pipe to write to (default: stdout)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--processes",
-        type=_count,
-        default=0,
-        help="bump the devices from N worker processes sharing a temporary segment (default: "
-        "threads of this process)",
-    )
-    p.add_argument(
-        "--prometheus-port",
-        type=_port,
-        help="also serve the counters for Prometheus on this port (0: any free one)",
-    )
-    p.add_argument(
-        "--prometheus-addr", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
-    )
-    e = sub.add_parser(
-        "export", help="report every device of a shared segment: metrics lines and/or Prometheus"
-    )
-    e.add_argument(
-        "--shm",
-        required=True,
-        action="append",
-        help="a shared segment to read (repeat it for several: Prometheus only)",
-    )
-    e.add_argument(
-        "--metrics-path",
-        help="file or named pipe to write lines to (default: stdout, unless only Prometheus)",
-    )
-    e.add_argument(
-        "--interval", type=_interval, default=60.0, help="seconds between lines (default 60)"
-    )
-    e.add_argument(
-        "--duration",
-        type=_seconds,
-        default=float("inf"),
-        help="seconds to run (default: until Ctrl-C)",
-    )
-    e.add_argument(
-        "--wait",
-        action="store_true",
-        help="wait for a segment that is not there yet (until --duration), instead of failing",
-    )
-    e.add_argument("--prometheus-port", type=_port, help="serve the counters for Prometheus")
-    e.add_argument(
-        "--prometheus-addr", default="127.0.0.1", help="address to serve on (default 127.0.0.1)"
-    )
-    args = parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in (demo, export):
+        command.add_parser(sub)
+    return parser, dict(sub.choices)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m pmem_metrics`` and of the ``pmem-metrics`` script."""
+    parser, commands = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # What a command does not know is its error, with its own usage.
+        owner = commands.get(args.command, parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cflags or args.libs:
         if args.command:
             parser.error("--cflags/--libs take no command")
     elif args.command is None:
-        parser.error("a command (demo, export) or --cflags/--libs is required")
+        parser.error(f"a command ({', '.join(commands)}) or --cflags/--libs is required")
     try:
         if args.cflags or args.libs:
             if sys.stdout is None:
-                raise SystemExit("python -m pmem_metrics: stdout is closed")
+                raise SystemExit(f"{PROG}: stdout is closed")
             flags = (capi.cflags() if args.cflags else []) + (capi.libs() if args.libs else [])
             print(" ".join(flags), flush=True)  # a broken pipe fails here, not at exit
             return 0
-        prometheus = None
-        if args.prometheus_port is not None:
-            prometheus = (args.prometheus_port, args.prometheus_addr)
-        if args.command == "export":
-            return export(
-                args.shm, args.metrics_path, args.interval, args.duration, prometheus, args.wait
-            )
-        return demo(
-            args.devices,
-            args.duration,
-            args.interval,
-            args.metrics_path,
-            args.seed,
-            prometheus,
-            args.processes,
-        )
+        run: Callable[[argparse.Namespace], int] = args.run
+        return run(args)
     except KeyboardInterrupt:
-        # A Ctrl-C before the demo's own handling, or a second one.  On the way
-        # out, a further one must not interrupt the exit with a traceback.
+        # A Ctrl-C before the command's own handling, or a second one.  On the
+        # way out, a further one must not interrupt the exit with a traceback.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             _discard_stdout()
-        print(f"python -m pmem_metrics: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ The summary on stderr gives the wall time the run actually took.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ import time
 from ..device import PmemMetricsPerDevice
 from ..segment import attach
 from ..writer import METRICS
+from ._args import add_prometheus, count, interval, prometheus_of, seconds
 from ._service import Signals, serve_prometheus, write_lines
 from ._workers import Processes, Threads
 
@@ -32,6 +34,59 @@ _STOPPED_BY: dict[int | None, str] = {
     signal.SIGINT: "interrupted; ",
     signal.SIGTERM: "terminated; ",
 }
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``demo`` command and its options."""
+    p = commands.add_parser(
+        "demo",
+        help="simulate pmem devices and write metrics lines",
+        description="Simulate pmem devices that worker threads (or processes) bump at random, "
+        "and write a Firecracker metrics line every --interval seconds and a final one. "
+        "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0); SIGHUP reopens "
+        "--metrics-path.",
+    )
+    p.add_argument("--devices", type=count, default=4, metavar="N", help="devices (default 4)")
+    p.add_argument(
+        "--duration",
+        type=seconds,
+        default=3.0,
+        metavar="SECONDS",
+        help="seconds to run (default 3; inf: until stopped)",
+    )
+    p.add_argument(
+        "--interval",
+        type=interval,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between lines (default 1, at least 0.01)",
+    )
+    p.add_argument(
+        "--metrics-path", metavar="PATH", help="file or named pipe to write to (default: stdout)"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument(
+        "--processes",
+        type=count,
+        default=0,
+        metavar="N",
+        help="bump the devices from N worker processes sharing a temporary segment (default: "
+        "threads of this process)",
+    )
+    add_prometheus(p, "the counters")
+    p.set_defaults(run=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    return demo(
+        args.devices,
+        args.duration,
+        args.interval,
+        args.metrics_path,
+        args.seed,
+        prometheus_of(args),
+        args.processes,
+    )
 
 
 def demo(
@@ -77,13 +132,13 @@ def _run(
             pool = Processes(handles, processes, seed)
         else:
             pool = Threads(handles, min(devices, _MAX_WORKERS), seed)
-        if prometheus is not None:
-            serve_prometheus(*prometheus, who="demo")
         start = time.monotonic()
         try:
+            if prometheus is not None:
+                serve_prometheus(*prometheus, who="demo")
             lines = write_lines(signals, start, interval, duration, METRICS.write)
         finally:
-            added = pool.stop()
+            added = pool.stop()  # the workers stop whatever failed
         elapsed = time.monotonic() - start
         METRICS.write()
         lines += 1

@@ -27,6 +27,7 @@ C library never frees a registry.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 import time
@@ -36,6 +37,7 @@ from ..errors import SegmentError, SegmentReplacedError
 from ..registry import Registry
 from ..segment import open_segment
 from ..writer import MetricsWriter
+from ._args import add_prometheus, interval, prometheus_of, seconds
 from ._service import Signals, serve_prometheus, write_lines
 
 POLL_INTERVAL = 0.2
@@ -125,6 +127,58 @@ class _Lines:
             flush=True,
         )
         return True
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``export`` command and its options."""
+    p = commands.add_parser(
+        "export",
+        help="report every device of a shared segment: metrics lines and/or Prometheus",
+        description="Report every device of existing shared segments, from every process "
+        "in them: a Firecracker metrics line every --interval seconds (one --shm; needs write "
+        "access), and/or a Prometheus endpoint (any number of --shm; read access is enough). "
+        "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0); SIGHUP reopens "
+        "--metrics-path.",
+    )
+    p.add_argument(
+        "--shm",
+        required=True,
+        action="append",
+        metavar="PATH",
+        help="a shared segment to read (repeat it for several: Prometheus only)",
+    )
+    p.add_argument(
+        "--metrics-path",
+        metavar="PATH",
+        help="file or named pipe to write lines to (default: stdout, unless only Prometheus)",
+    )
+    p.add_argument(
+        "--interval",
+        type=interval,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between lines (default 60, at least 0.01)",
+    )
+    p.add_argument(
+        "--duration",
+        type=seconds,
+        default=float("inf"),
+        metavar="SECONDS",
+        help="seconds to run (default: until stopped)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for a segment that is not there yet (until --duration), instead of failing",
+    )
+    add_prometheus(p, "the counters")
+    p.set_defaults(run=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    return export(
+        args.shm, args.metrics_path, args.interval, args.duration, prometheus_of(args), args.wait
+    )
 
 
 def export(

@@ -1,0 +1,55 @@
+"""The commands' shared argument types: each refuses a bad value in one line naming the option."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, TypeVar
+
+_T = TypeVar("_T", int, float)
+
+INTERVAL_FLOOR = 0.01
+"""The shortest ``--interval`` in seconds: below it a command would do nothing but write."""
+
+
+def _checked(kind: type[_T], ok: Callable[[_T], bool], what: str) -> Callable[[str], _T]:
+    """An argparse ``type``: *text* as *kind*, refused unless ``ok(value)`` ("must be *what*")."""
+
+    def parse(text: str) -> _T:
+        value = kind(text)
+        if not ok(value):  # NaN fails every comparison, so it is refused too
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" names the type
+    return parse
+
+
+count = _checked(int, lambda v: v >= 0, ">= 0")
+port = _checked(int, lambda v: 0 <= v <= 65535, "a port number, 0 to 65535")
+seconds = _checked(float, lambda v: v >= 0, ">= 0")
+interval = _checked(
+    float, lambda v: INTERVAL_FLOOR <= v < float("inf"), f"{INTERVAL_FLOOR:g} s or more"
+)
+
+
+def add_prometheus(p: argparse.ArgumentParser, what: str) -> None:
+    """``--prometheus-port`` and ``--prometheus-addr``: serve *what* for Prometheus."""
+    p.add_argument(
+        "--prometheus-port",
+        type=port,
+        metavar="PORT",
+        help=f"also serve {what} for Prometheus on this port (0: any free one)",
+    )
+    p.add_argument(
+        "--prometheus-addr",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address to serve on, IPv4 or IPv6 (default 127.0.0.1)",
+    )
+
+
+def prometheus_of(args: argparse.Namespace) -> tuple[int, str] | None:
+    """``(port, address)`` to serve on, if ``--prometheus-port`` was given."""
+    if args.prometheus_port is None:
+        return None
+    return args.prometheus_port, args.prometheus_addr
