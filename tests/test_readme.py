@@ -54,6 +54,16 @@ def test_using_it_from_python(tmp_path: Path) -> None:
     assert record["pmem"] == record["pmem_drv0"]
 
 
+def test_reading_the_counts_without_taking_them(tmp_path: Path) -> None:
+    out = run(example("### Reading the counts without taking them"), tmp_path).splitlines()
+    counts = {**dict.fromkeys(FIELDS, 0), "cfg_fails": 3}
+    read, pending, found, one, flushed = out
+    assert read == str({"drv0": counts}) and pending == read
+    assert found == "['drv0'] True None"
+    assert one == f"{counts} {list(FIELDS)}"
+    assert flushed == "3"
+
+
 def test_writing_lines_periodically(tmp_path: Path) -> None:
     out = run(example("### Writing lines periodically"), tmp_path)
     text = (tmp_path / "vm-1.metrics").read_text()
