@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from types import FrameType
 
 from ._binding import DEFAULT_REGISTRY
+from ._fdsink import FdSink, Progress
 from ._periodic import Periodic, PeriodicWriting, seconds
-from ._sink import Destination, FdSink, FileSink, Progress, sink_for
+from ._sink import Destination, FileSink, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
 from .flush import as_json, line_head

@@ -59,7 +59,7 @@ def totals(lines: list[dict]) -> dict[str, dict[str, int]]:
 # meet, made certain.
 PARTIAL_WRITER = """
 import os, resource, signal, sys
-import pmem_metrics._sink as sink
+import pmem_metrics._fdsink as sink
 from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
 
 go, done = int(sys.argv[1]), int(sys.argv[2])
