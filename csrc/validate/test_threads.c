@@ -362,12 +362,18 @@ static void test_racing_allocs_of_one_id_get_one_device(void)
 
 static atomic_bool storm_over;
 
+static atomic_int storm_misses;
+
 static void *lookup_storm(void *arg)
 {
-	(void)arg;
+	struct pmem_metrics *existing = arg;
+
 	while (!atomic_load_explicit(&storm_over, memory_order_relaxed)) {
 		pmem_metrics_alloc("storm-existing");
 		(void)pmem_metrics_device_count();
+		/* A lookup that creates nothing finds it while the array grows. */
+		if (pmem_metrics_find("storm-existing") != existing)
+			atomic_fetch_add(&storm_misses, 1);
 	}
 	return NULL;
 }
@@ -375,13 +381,13 @@ static void *lookup_storm(void *arg)
 static void test_inserts_get_through_a_storm_of_lookups(void)
 {
 	pthread_t t[STORM_READERS];
+	struct pmem_metrics *existing = pmem_metrics_alloc("storm-existing");
 	size_t before;
 	char id[32];
 
-	pmem_metrics_alloc("storm-existing");
 	before = pmem_metrics_device_count();
 	for (int i = 0; i < STORM_READERS; i++)
-		pthread_create(&t[i], NULL, lookup_storm, NULL);
+		pthread_create(&t[i], NULL, lookup_storm, existing);
 	alarm(60);
 	for (int i = 0; i < STORM_INSERTS; i++) {
 		snprintf(id, sizeof(id), "storm-new%02d", i);
@@ -392,6 +398,7 @@ static void test_inserts_get_through_a_storm_of_lookups(void)
 	for (int i = 0; i < STORM_READERS; i++)
 		pthread_join(t[i], NULL);
 	CHECK(pmem_metrics_device_count() == before + STORM_INSERTS);
+	CHECK(atomic_load(&storm_misses) == 0);
 }
 
 /* ---- Two segments and the default registry, from threads ------------------------------ */
