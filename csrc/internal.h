@@ -65,8 +65,47 @@ struct device {
 	 */
 	_Atomic uint32_t published;
 	uint32_t id_len; /* bytes, without the NUL */
+	/*
+	 * Where the device is in its life (DEV_LIVE, DEV_RETIRED, DEV_DRAINED),
+	 * with a generation above the two low bits that each retirement
+	 * changes: a flush drains a device only if it is still retired as the
+	 * flush saw it (not revived, not retired again).
+	 */
+	_Atomic uint32_t state;
+	/* Private devices: the array's one while it holds the device, plus one per reference. */
+	_Atomic uint32_t refs;
+	/*
+	 * A segment's slot: counts up each time the slot is given to a new
+	 * device, so a flush that reported the old one never moves the new
+	 * one's baselines (withdraw, drain).
+	 */
+	_Atomic uint32_t born;
+	uint32_t unused;
+	_Atomic uint64_t retired_ms; /* CLOCK_MONOTONIC, when it was last retired */
 	char id[];
 };
+
+/* A device's life: reported while live or retired; drained once its final delta was. */
+enum { DEV_FREE = 0, DEV_LIVE = 1, DEV_RETIRED = 2, DEV_DRAINED = 3, DEV_STATE_MASK = 3 };
+
+static inline uint32_t pmi_dev_state(uint32_t word)
+{
+	return word & DEV_STATE_MASK;
+}
+
+/* The state word `word` in state `state`; retiring starts a new generation. */
+static inline uint32_t pmi_dev_word(uint32_t word, uint32_t state)
+{
+	uint32_t gen = word & ~(uint32_t)DEV_STATE_MASK;
+
+	return (state == DEV_RETIRED ? gen + 4 : gen) | state;
+}
+
+/* Milliseconds on CLOCK_MONOTONIC (the same clock in every process of a host). */
+uint64_t pmi_now_ms(void);
+
+/* How long a retired device stays visible to scrapes of a registry nobody flushes (ms). */
+uint64_t pmi_retire_grace_ms(void);
 
 /* Counter `f` of `m` (the static asserts above make the counters an array). */
 static inline struct pmem_metrics_counter *pmi_counter(struct pmem_metrics *m, size_t f)
@@ -107,6 +146,8 @@ int pmi_mutex_lock_by(pthread_mutex_t *mutex, const struct pmi_deadline *d);
 
 /* ---- segment.c ---- */
 
+struct pmi_reported;
+
 /*
  * A shared segment, as this process opened it: its layout is copied out of
  * the file once it was checked, and only these copies are used to find
@@ -129,6 +170,13 @@ struct pmi_seg {
 	 */
 	pthread_mutex_t thread_lock[2];
 	_Atomic uint32_t mine; /* the claims this process holds (their locks do not exclude it) */
+	/*
+	 * Writable: this process's references to each slot's device; the
+	 * slot's byte-range lock is held while its count is above 0 (segment.c,
+	 * REF_LOCK_BASE).  `ref_lock` makes a count and its lock change together.
+	 */
+	uint32_t *refs;
+	pthread_mutex_t ref_lock;
 };
 
 enum pmi_seg_lock { SEG_REGISTRY_LOCK = 0, SEG_FLUSH_LOCK = 1 };
@@ -147,7 +195,14 @@ void pmi_seg_unlock(struct pmi_seg *g, enum pmi_seg_lock which);
 struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 			     const struct pmi_deadline *d, int *err);
 int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
-struct device *pmi_seg_find(const struct pmi_seg *g, const char *id, size_t len, int *err);
+struct device *pmi_seg_find(struct pmi_seg *g, const char *id, size_t len, int *err);
+int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len);
+void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep);
+int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *out);
+/* Whether `m` lies in `g`'s mapping. */
+bool pmi_seg_holds(const struct pmi_seg *g, const struct pmem_metrics *m);
+/* Drop this process's reference to the device `m` of `g`. */
+void pmi_seg_release(struct pmi_seg *g, const struct pmem_metrics *m);
 int pmi_seg_after_fork(struct pmi_seg *g);
 /*
  * With the flush lock held: undo the claims of flushes whose processes died,
@@ -165,6 +220,7 @@ void pmi_seg_claim_close(struct pmi_seg *g, int k);
 /* A slot as copied out of a segment with pread(): its counters, and where its id went. */
 struct pmi_slot_copy {
 	uint64_t current[NFIELDS], old[NFIELDS];
+	uint64_t retired_ms;
 	size_t id_at;
 };
 
@@ -179,11 +235,14 @@ struct pmi_seg_view {
 	size_t n;
 	uint32_t *slot;
 	uint32_t *len;
+	uint32_t *state;   /* each position's state word, as read with its slot */
 	const char *base;
 	uint64_t slot_size;
 	struct pmi_slot_copy *copy;
 	char *ids;
-	uint32_t *by_slot; /* each id's length, by slot number */
+	uint32_t *by_slot; /* each id's length, by slot number (0: no device there) */
+	uint32_t *state_by_slot; /* each slot's state word, as read */
+	size_t high;       /* slots the view read: [0, high) */
 	bool sorted;       /* by the slots' own ids, not by the index */
 };
 int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v);
@@ -208,6 +267,24 @@ enum pmi_snapshot_state {
 	SNAPSHOT_PUBLISHED, /* committed, flush lock released; can still be withdrawn */
 	SNAPSHOT_SETTLED    /* aborted, or published and withdrawn: nothing more to do */
 };
+
+/*
+ * What a published flush reported, for draining its retired devices: `m`
+ * devices (devs[i]), each with its state word as it was at the take.
+ */
+struct pmi_reported {
+	size_t m;
+	struct device *const *devs;
+	const uint32_t *states;
+	const uint32_t *borns;
+};
+
+/* Whether nothing was added to `d` since its baselines last moved (current == old). */
+bool pmi_device_settled(struct device *d);
+void pmi_snapshot_reported(const struct pmem_metrics_snapshot *s, struct pmi_reported *out);
+
+/* Whether a device in state `word` is in a snapshot of kind `state` (snapshot.c). */
+bool pmi_reports(uint32_t word, uint64_t retired_ms, enum pmi_snapshot_state state);
 
 /* ---- registry.c ---- */
 
@@ -241,6 +318,9 @@ struct pmem_metrics_registry {
 	struct device **v;
 	size_t n, cap;
 	size_t id_bytes; /* sum of (id_len + 1) over v: the size of a snapshot's id list */
+	_Atomic uint64_t flushes;        /* published flushes: none means nobody writes lines */
+	_Atomic uint32_t open_flushes;   /* private: taken and not yet freed (see private_drain()) */
+	_Atomic uint64_t alloc_failures; /* private: allocations that failed (no memory) */
 	struct pmem_metrics_registry *next; /* in `opened` */
 };
 
@@ -255,6 +335,10 @@ struct pmi_kind {
 	struct device *(*find)(struct pmem_metrics_registry *r, const char *id, size_t len,
 			       int *err);
 	int (*device_count)(struct pmem_metrics_registry *r, size_t *n);
+	int (*retire)(struct pmem_metrics_registry *r, const char *id, size_t len);
+	/* After a published flush `s` is settled for good: drain the retired devices it reported. */
+	void (*drain)(struct pmem_metrics_registry *r, struct pmem_metrics_snapshot *s);
+	int (*stats)(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out);
 	int (*flush_lock)(struct pmem_metrics_registry *r, int timeout_ms);
 	void (*flush_unlock)(struct pmem_metrics_registry *r);
 	int (*load)(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,

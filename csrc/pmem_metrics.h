@@ -312,8 +312,43 @@ const char *pmem_metrics_id_strerror(int error);
  */
 struct pmem_metrics *pmem_metrics_find(const char *drive_id);
 
-/* Number of devices allocated so far. */
+/* Number of devices allocated so far, less those retired and drained (see below). */
 size_t pmem_metrics_device_count(void);
+
+/* ---- Devices that come and go (hot-unplug) ------------------------------ */
+
+/*
+ * Retire the device `drive_id` (a hot-unplugged drive): the next flush
+ * reports its final delta (its own entry and the aggregate, as any
+ * device's) and then it is gone from later flushes and peeks -- its counts
+ * since that flush's take, if any, keep it for one more.  A registry that
+ * nobody flushes (scraped only) stops showing it to peeks
+ * PMEM_METRICS_RETIRE_GRACE_MS after it was retired (default 5 minutes:
+ * long enough for scrapes to see its final count; the environment
+ * variable of that name sets another, in ms) and lets it go at the next
+ * retirement or allocation after that.  Until its final flush,
+ * pmem_metrics_alloc() of the id gives the very same device back (nothing
+ * reported twice, nothing lost); after it, a new device from zero (a
+ * counter reset, as Prometheus and OpenTelemetry expect).
+ *
+ * Pointers stay valid: a retired device's memory (a segment's slot) is
+ * reused only once no reference to it is held.  Each pmem_metrics_alloc()
+ * and pmem_metrics_find() takes a reference; pmem_metrics_release() gives
+ * one back.  A caller that never releases keeps its device's room for
+ * good -- never unsafe.  Increments through a pointer still held after the
+ * final flush go to the retired device, which nothing reports: they are
+ * counted nowhere, and never into another device.  In a segment, the
+ * references of a process that died are let go by the kernel (each is a
+ * byte-range lock of its open file), without its help.
+ *
+ * Returns 0, or -1 with errno ENOENT (no live device of that id: unknown,
+ * or retired already), EINVAL (a bad id), EROFS (a read-only registry).
+ */
+#define PMEM_METRICS_RETIRE_GRACE_MS 300000
+int pmem_metrics_retire(const char *drive_id);
+
+/* Give back a reference that pmem_metrics_alloc() or _find() took.  NULL: no-op. */
+void pmem_metrics_release(struct pmem_metrics *m);
 
 /* Field `i` of `m` (in PMEM_METRICS_FIELDS order); NULL if i is out of range. */
 struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i);
@@ -466,6 +501,26 @@ struct pmem_metrics *pmem_metrics_registry_alloc_within(struct pmem_metrics_regi
  */
 struct pmem_metrics *pmem_metrics_registry_find(struct pmem_metrics_registry *r,
 						const char *drive_id, size_t len);
+
+/* As pmem_metrics_retire(), in `r`, for an id of `len` bytes. */
+int pmem_metrics_registry_retire(struct pmem_metrics_registry *r, const char *drive_id,
+				 size_t len);
+
+/*
+ * How full a registry is.  `capacity`: device slots (0: a private registry,
+ * which grows); `devices`: live devices; `retired`: devices retired and not
+ * yet let go (waiting for their final flush, or, in a segment, for the
+ * references still held to them); `alloc_failures`: allocations refused
+ * since the segment was created (ENOSPC) or the process started (ENOMEM).
+ */
+struct pmem_metrics_registry_stats {
+	size_t capacity, devices, retired;
+	uint64_t alloc_failures;
+};
+
+/* Fill *out for `r`: 0, or -1 with errno (EINVAL, EBADMSG for a segment's nonsense). */
+int pmem_metrics_registry_stats(struct pmem_metrics_registry *r,
+				struct pmem_metrics_registry_stats *out);
 
 /*
  * Number of devices; 0 with errno set on failure (EBADMSG: a count the

@@ -47,6 +47,26 @@ int pmem_metrics_segment_wait_ms(void)
 	return default_wait_ms;
 }
 
+static pthread_once_t grace_once = PTHREAD_ONCE_INIT;
+static uint64_t grace_ms = PMEM_METRICS_RETIRE_GRACE_MS;
+
+/* PMEM_METRICS_RETIRE_GRACE_MS=ms in the environment: another grace period (0 ms to a day). */
+static void read_grace(void)
+{
+	const char *env = getenv("PMEM_METRICS_RETIRE_GRACE_MS");
+	char *end;
+	long ms = env ? strtol(env, &end, 10) : -1;
+
+	if (env && *env && !*end && ms >= 0 && ms <= 86400000L)
+		grace_ms = (uint64_t)ms;
+}
+
+uint64_t pmi_retire_grace_ms(void)
+{
+	pthread_once(&grace_once, read_grace);
+	return grace_ms;
+}
+
 struct pmi_deadline pmi_seg_deadline(int timeout_ms)
 {
 	return pmi_deadline_in(timeout_ms < 0 ? pmem_metrics_segment_wait_ms() : timeout_ms);
@@ -54,7 +74,7 @@ struct pmi_deadline pmi_seg_deadline(int timeout_ms)
 
 /* ---- The private kind: a sorted array of devices on the heap ------------------ */
 
-/* Where `id` is in the array, or would go (*at); the caller holds the lock. */
+/* The device of `id` and where it is in the array, or NULL and where it would go (*at); lock held. */
 static struct device *private_find(const struct pmem_metrics_registry *r, const char *id,
 				   size_t len, size_t *at)
 {
@@ -65,8 +85,10 @@ static struct device *private_find(const struct pmem_metrics_registry *r, const 
 		struct device *d = r->v[mid];
 		int cmp = pmi_id_cmp(id, len, d->id, d->id_len);
 
-		if (cmp == 0)
+		if (cmp == 0) {
+			*at = mid;
 			return d;
+		}
 		if (cmp < 0)
 			hi = mid;
 		else
@@ -93,21 +115,68 @@ static struct device *device_new(const char *id, size_t len)
 		atomic_init(&c->old, 0);
 	}
 	atomic_init(&d->published, 1);
+	atomic_init(&d->state, DEV_LIVE);
+	atomic_init(&d->refs, 2); /* the array's, and the caller's */
+	atomic_init(&d->born, 0);
+	d->unused = 0;
+	atomic_init(&d->retired_ms, 0);
 	d->id_len = (uint32_t)len;
 	memcpy(d->id, id, len);
 	d->id[len] = '\0';
 	return d;
 }
 
+/*
+ * Take a reference to `d`, found in the array under its lock (the array's
+ * own reference keeps it alive meanwhile), reviving it if it was retired:
+ * false if it is drained (its final delta reported; it is on its way out).
+ */
+static bool private_take(struct device *d, bool revive)
+{
+	uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
+
+	for (;;) {
+		if (pmi_dev_state(word) == DEV_DRAINED)
+			return false;
+		if (!revive || pmi_dev_state(word) == DEV_LIVE)
+			break;
+		/* Retired, not drained yet: an alloc() brings it back (the drain's CAS then fails). */
+		if (atomic_compare_exchange_weak_explicit(&d->state, &word, pmi_dev_word(word, DEV_LIVE),
+							  memory_order_acq_rel, memory_order_acquire))
+			break;
+	}
+	atomic_fetch_add_explicit(&d->refs, 1, memory_order_relaxed);
+	return true;
+}
+
+/* Drop a reference to a private device; the last one frees it. */
+static void private_put(struct device *d)
+{
+	if (atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) == 1)
+		free(d);
+}
+
+/* Take device `at` out of the array (write lock held); the caller drops the array's reference. */
+static void private_remove(struct pmem_metrics_registry *r, size_t at)
+{
+	struct device *d = r->v[at];
+
+	memmove(&r->v[at], &r->v[at + 1], (r->n - at - 1) * sizeof(*r->v));
+	r->n--;
+	r->id_bytes -= d->id_len + 1;
+}
+
 static struct device *private_alloc(struct pmem_metrics_registry *r, const char *id, size_t len,
 				    int timeout_ms, int *err)
 {
-	struct device *d, *fresh;
+	struct device *d, *fresh, *gone = NULL;
 	size_t at;
 
 	(void)timeout_ms; /* the lock is only ever held by this library's short code */
 	pthread_rwlock_rdlock(&r->lock);
 	d = private_find(r, id, len, &at);
+	if (d && !private_take(d, true))
+		d = NULL;
 	pthread_rwlock_unlock(&r->lock);
 	if (d)
 		return d;
@@ -115,11 +184,18 @@ static struct device *private_alloc(struct pmem_metrics_registry *r, const char 
 	/* Build the device outside the write lock; another thread may win the race. */
 	fresh = device_new(id, len);
 	if (!fresh) {
+		atomic_fetch_add_explicit(&r->alloc_failures, 1, memory_order_relaxed);
 		*err = ENOMEM;
 		return NULL;
 	}
 	pthread_rwlock_wrlock(&r->lock);
 	d = private_find(r, id, len, &at);
+	if (d && !private_take(d, true)) {
+		/* Drained, its drainer not here yet: take it out now (the drainer then finds it gone). */
+		private_remove(r, at);
+		gone = d;
+		d = private_find(r, id, len, &at);
+	}
 	if (!d && r->n == r->cap) {
 		size_t cap = r->cap ? r->cap * 2 : 16;
 		struct device **v = pmi_realloc(r->v, cap * sizeof(*v));
@@ -140,9 +216,108 @@ static struct device *private_alloc(struct pmem_metrics_registry *r, const char 
 	}
 	pthread_rwlock_unlock(&r->lock);
 	free(fresh); /* lost the race, or the array could not grow */
-	if (!d)
+	if (gone)
+		private_put(gone); /* the array's reference */
+	if (!d) {
+		atomic_fetch_add_explicit(&r->alloc_failures, 1, memory_order_relaxed);
 		*err = ENOMEM;
+	}
 	return d;
+}
+
+/*
+ * Retire `id`: live -> retired, reported by the next flush (its final
+ * delta), then drained.  ENOENT unless it is live.
+ */
+static int private_retire(struct pmem_metrics_registry *r, const char *id, size_t len)
+{
+	struct device *d;
+	uint32_t word;
+	size_t at;
+	int err = ENOENT;
+
+	pthread_rwlock_rdlock(&r->lock);
+	d = private_find(r, id, len, &at);
+	word = d ? atomic_load_explicit(&d->state, memory_order_acquire) : 0;
+	while (d && pmi_dev_state(word) == DEV_LIVE) {
+		atomic_store_explicit(&d->retired_ms, pmi_now_ms(), memory_order_relaxed);
+		/* Release: whoever sees it retired sees when. */
+		if (atomic_compare_exchange_weak_explicit(&d->state, &word,
+							  pmi_dev_word(word, DEV_RETIRED),
+							  memory_order_acq_rel, memory_order_acquire)) {
+			err = 0;
+			break;
+		}
+	}
+	pthread_rwlock_unlock(&r->lock);
+	return err;
+}
+
+/*
+ * Drain device `d`, retired as `word` said: it goes (false) unless revived
+ * or retired again since, or counted into since its baselines last moved.
+ */
+static bool drain_one(struct device *d, uint32_t word)
+{
+	if (pmi_dev_state(word) != DEV_RETIRED || !pmi_device_settled(d))
+		return false;
+	return atomic_compare_exchange_strong_explicit(&d->state, &word,
+						       pmi_dev_word(word, DEV_DRAINED),
+						       memory_order_acq_rel, memory_order_relaxed);
+}
+
+/* Take drained device `d` out of the array, if it is still there: whether it was. */
+static bool private_unlink(struct pmem_metrics_registry *r, struct device *d)
+{
+	size_t at;
+
+	if (private_find(r, d->id, d->id_len, &at) != d)
+		return false; /* an alloc() of its id took it out already */
+	private_remove(r, at);
+	return true;
+}
+
+static void private_drain(struct pmem_metrics_registry *r, struct pmem_metrics_snapshot *s)
+{
+	struct pmi_reported rep;
+	bool any = false;
+
+	pmi_snapshot_reported(s, &rep);
+	for (size_t i = 0; i < rep.m && !any; i++)
+		any = pmi_dev_state(rep.states[i]) == DEV_RETIRED;
+	/*
+	 * Not while another flush is out: a drained device may be freed, and
+	 * one published and not yet settled could still move its baselines
+	 * back (withdraw).  A later flush drains it instead.
+	 */
+	if (!any || atomic_load_explicit(&r->open_flushes, memory_order_acquire) > 1)
+		return; /* the common case: nothing retired, no lock */
+	pthread_rwlock_wrlock(&r->lock);
+	for (size_t i = 0; i < rep.m; i++) {
+		struct device *d = rep.devs[i];
+
+		if (drain_one(d, rep.states[i]) && private_unlink(r, d))
+			private_put(d); /* the array's reference: freed here if nobody holds one */
+	}
+	pthread_rwlock_unlock(&r->lock);
+}
+
+static int private_stats(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out)
+{
+	pthread_rwlock_rdlock(&r->lock);
+	out->capacity = 0;
+	out->devices = 0;
+	out->retired = 0;
+	for (size_t i = 0; i < r->n; i++) {
+		uint32_t state = pmi_dev_state(atomic_load_explicit(&r->v[i]->state,
+								   memory_order_relaxed));
+
+		out->devices += state == DEV_LIVE;
+		out->retired += state == DEV_RETIRED;
+	}
+	pthread_rwlock_unlock(&r->lock);
+	out->alloc_failures = atomic_load_explicit(&r->alloc_failures, memory_order_relaxed);
+	return 0;
 }
 
 static struct device *private_find_id(struct pmem_metrics_registry *r, const char *id,
@@ -153,6 +328,8 @@ static struct device *private_find_id(struct pmem_metrics_registry *r, const cha
 
 	pthread_rwlock_rdlock(&r->lock);
 	d = private_find(r, id, len, &at);
+	if (d && !private_take(d, false))
+		d = NULL;
 	pthread_rwlock_unlock(&r->lock);
 	if (!d)
 		*err = ENOENT;
@@ -200,6 +377,24 @@ static int segment_device_count(struct pmem_metrics_registry *r, size_t *n)
 	return pmi_seg_device_count(r->seg, n);
 }
 
+static int segment_retire(struct pmem_metrics_registry *r, const char *id, size_t len)
+{
+	return pmi_seg_retire(r->seg, id, len);
+}
+
+static void segment_drain(struct pmem_metrics_registry *r, struct pmem_metrics_snapshot *s)
+{
+	struct pmi_reported rep;
+
+	pmi_snapshot_reported(s, &rep);
+	pmi_seg_drain(r->seg, &rep);
+}
+
+static int segment_stats(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out)
+{
+	return pmi_seg_stats(r->seg, out);
+}
+
 static int segment_flush_lock(struct pmem_metrics_registry *r, int timeout_ms)
 {
 	struct pmi_deadline d = pmi_seg_deadline(timeout_ms);
@@ -217,6 +412,9 @@ static void segment_flush_unlock(struct pmem_metrics_registry *r)
 static const struct pmi_kind private_kind = {
 	.alloc = private_alloc,
 	.find = private_find_id,
+	.retire = private_retire,
+	.drain = private_drain,
+	.stats = private_stats,
 	.device_count = private_device_count,
 	.flush_lock = private_flush_lock,
 	.flush_unlock = private_flush_unlock,
@@ -226,6 +424,9 @@ static const struct pmi_kind private_kind = {
 static const struct pmi_kind segment_kind = {
 	.alloc = segment_alloc,
 	.find = segment_find,
+	.retire = segment_retire,
+	.drain = segment_drain,
+	.stats = segment_stats,
 	.device_count = segment_device_count,
 	.flush_lock = segment_flush_lock,
 	.flush_unlock = segment_flush_unlock,
@@ -496,6 +697,75 @@ struct pmem_metrics *pmem_metrics_find(const char *drive_id)
 		return NULL;
 	}
 	return pmem_metrics_registry_find(&pmi_default_registry, drive_id, strlen(drive_id));
+}
+
+int pmem_metrics_registry_retire(struct pmem_metrics_registry *r, const char *drive_id,
+				 size_t len)
+{
+	int err;
+
+	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK)
+		err = EINVAL;
+	else if ((err = pmi_ready(r)) == 0)
+		err = pmi_kind_of(r)->retire(r, drive_id, len);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+int pmem_metrics_retire(const char *drive_id)
+{
+	if (!drive_id) {
+		errno = EINVAL;
+		return -1;
+	}
+	return pmem_metrics_registry_retire(&pmi_default_registry, drive_id, strlen(drive_id));
+}
+
+/* The segment registry whose mapping holds `m`, if any. */
+static struct pmem_metrics_registry *segment_of(const struct pmem_metrics *m)
+{
+	struct pmem_metrics_registry *r = &pmi_default_registry;
+
+	if (atomic_load_explicit(&r->decided, memory_order_acquire) && r->seg &&
+	    pmi_seg_holds(r->seg, m))
+		return r;
+	pthread_mutex_lock(&pmi_opened_lock);
+	for (r = pmi_opened; r && !pmi_seg_holds(r->seg, m); r = r->next)
+		;
+	pthread_mutex_unlock(&pmi_opened_lock);
+	return r;
+}
+
+void pmem_metrics_release(struct pmem_metrics *m)
+{
+	struct pmem_metrics_registry *r;
+
+	if (!m)
+		return;
+	r = segment_of(m);
+	if (r)
+		pmi_seg_release(r->seg, m);
+	else
+		private_put((struct device *)m); /* `m` is a private device's first member */
+}
+
+int pmem_metrics_registry_stats(struct pmem_metrics_registry *r,
+				struct pmem_metrics_registry_stats *out)
+{
+	int err;
+
+	if (!r || !out)
+		err = EINVAL;
+	else if ((err = pmi_ready(r)) == 0)
+		err = pmi_kind_of(r)->stats(r, out);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	return 0;
 }
 
 size_t pmem_metrics_registry_device_count(struct pmem_metrics_registry *r)

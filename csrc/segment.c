@@ -49,7 +49,7 @@
 #include <unistd.h>
 
 #define SEG_MAGIC "PMEMSEG"
-enum { SEG_VERSION = 2, SEG_MAX_CAPACITY = 1 << 24 };
+enum { SEG_VERSION = 3, SEG_MAX_CAPACITY = 1 << 24 };
 
 struct segment {
 	char magic[8];
@@ -58,11 +58,14 @@ struct segment {
 	uint64_t fields_hash; /* of the field names: a library with other fields refuses the file */
 	uint64_t capacity, slot_size, index_off, slots_off, size;
 	_Atomic uint64_t seq;  /* even when the index is whole; odd while an insert changes it */
-	_Atomic uint64_t used; /* devices: slots [0, used), index[0, used) */
+	_Atomic uint64_t used; /* devices in the index: index[0, used) */
 	uint64_t claims_off, claim_size; /* SEG_CLAIMS records of flushes under way */
 	uint64_t procs_off;              /* SEG_PROCS incarnation numbers (uint32_t) */
 	/* The insert lock: 0, or the holder's token, (process slot + 1) << 32 | incarnation. */
 	_Atomic uint64_t insert_owner;
+	_Atomic uint64_t high;           /* slots ever handed out: [0, high); the rest are zeros */
+	_Atomic uint64_t alloc_failures; /* allocations refused for want of a slot */
+	_Atomic uint64_t flushes;        /* flushes published: 0, nobody writes lines from it */
 };
 
 /*
@@ -95,6 +98,14 @@ struct claim {
  * segment open for writing).
  */
 enum { CLAIM_LOCK_BASE = 8, PROC_LOCK_BASE = 64 };
+
+/*
+ * A process's references to the devices of a segment: a read lock on one
+ * byte per slot, from REF_LOCK_BASE on (past the file's end: the kernel
+ * locks any range), held while the process holds a reference to the slot's
+ * device.  A slot is given to a new device only while nobody holds it.
+ */
+#define REF_LOCK_BASE ((off_t)1 << 32)
 
 static uint64_t round64(uint64_t x)
 {
@@ -135,6 +146,14 @@ static size_t slot_id_len(const struct device *d)
 	uint32_t len = *(const volatile uint32_t *)&d->id_len;
 
 	return len <= ID_MAX_BYTES ? len : 0;
+}
+
+/* Whether a slot in state `word` holds a device the index lists: live, or retired (not drained). */
+static bool is_device(uint32_t word)
+{
+	uint32_t state = pmi_dev_state(word);
+
+	return state == DEV_LIVE || state == DEV_RETIRED;
 }
 
 /* ---- Creating and opening ------------------------------------------------ */
@@ -335,6 +354,10 @@ int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigne
 		err = ENOMEM;
 	for (int i = 0; err == 0 && i < 2; i++)
 		err = pthread_mutex_init(&g->thread_lock[i], NULL);
+	if (err == 0)
+		err = pthread_mutex_init(&g->ref_lock, NULL);
+	if (err == 0 && g->writable && !(g->refs = calloc(g->capacity, sizeof(*g->refs))))
+		err = ENOMEM;
 	if (err == 0 && g->writable)
 		err = claim_proc(g);
 	if (err)
@@ -349,6 +372,8 @@ void pmi_seg_close(struct pmi_seg *g)
 	if (g->fd >= 0)
 		close(g->fd);
 	free(g->path);
+	free(g->refs);
+	g->refs = NULL;
 	g->map = NULL;
 	g->fd = -1;
 	g->path = NULL;
@@ -371,10 +396,12 @@ int pmi_seg_check_identity(const struct pmi_seg *g)
  * descriptor number, and fresh thread locks (a parent's thread may have held
  * them; it does not exist here).
  */
+static int refs_after_fork(struct pmi_seg *g);
+
 int pmi_seg_after_fork(struct pmi_seg *g)
 {
 	char proc[64];
-	int fd;
+	int fd, err;
 
 	for (int i = 0; i < 2; i++)
 		g->thread_lock[i] = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
@@ -384,13 +411,17 @@ int pmi_seg_after_fork(struct pmi_seg *g)
 	if (fd < 0)
 		return errno;
 	if (dup3(fd, g->fd, O_CLOEXEC) < 0) {
-		int err = errno;
-
+		err = errno;
 		close(fd);
 		return err;
 	}
 	close(fd);
-	return g->writable ? claim_proc(g) : 0; /* the parent's slot stays the parent's */
+	if (!g->writable)
+		return 0;
+	/* The references the child inherited are its own too: their locks, on its description. */
+	if ((err = refs_after_fork(g)) != 0)
+		return err;
+	return claim_proc(g); /* the parent's slot stays the parent's */
 }
 
 /* ---- Locks ------------------------------------------------------------------ */
@@ -577,11 +608,13 @@ static void sort_by_id(uint32_t *v, size_t n, const struct by_id *c)
 }
 
 /*
- * The lengths of the ids of slots [0, n) at `base`, each read once, into
- * `len`: EBADMSG if a slot is unpublished or its id impossible.  Each id is
+ * The state words and id lengths of slots [0, n) at `base`, each read once,
+ * into `state` and `len` (0 where the slot holds no device): EBADMSG if a
+ * slot below `high` is unpublished, or a device's id impossible.  Each id is
  * checked against the rules when it is copied (snapshot.c), and by a rebuild.
  */
-static int read_lengths(const char *base, uint64_t slot_size, size_t n, uint32_t *len)
+static int read_slots(const char *base, uint64_t slot_size, size_t n, uint32_t *state,
+		      uint32_t *len)
 {
 	for (size_t i = 0; i < n; i++) {
 		const struct device *d = (const void *)(base + i * slot_size);
@@ -589,7 +622,10 @@ static int read_lengths(const char *base, uint64_t slot_size, size_t n, uint32_t
 		/* Acquire pairs with the release store of `published` in seg_insert(). */
 		if (!atomic_load_explicit(&d->published, memory_order_acquire))
 			return EBADMSG;
-		if ((len[i] = (uint32_t)slot_id_len(d)) == 0)
+		/* Acquire pairs with the release stores of `state`: a device's id and counters. */
+		state[i] = atomic_load_explicit(&d->state, memory_order_acquire);
+		len[i] = is_device(state[i]) ? (uint32_t)slot_id_len(d) : 0;
+		if (is_device(state[i]) && len[i] == 0)
 			return EBADMSG;
 	}
 	return 0;
@@ -598,37 +634,43 @@ static int read_lengths(const char *base, uint64_t slot_size, size_t n, uint32_t
 /* ---- Inserting -------------------------------------------------------------- */
 
 /*
- * Rebuild the index from the published slots (the caller holds the insert
- * lock): after an insert died half-way, or when `used` is impossible.
- * Slots are handed out in order, so the published ones come first.  0,
- * EBADMSG if a slot is not what this library writes, ENOMEM.
+ * Rebuild the index from the slots (the caller holds the insert lock):
+ * after an insert or a drain died half-way, or when `used` is impossible.
+ * The slots below `high` that hold devices are listed; one that is not
+ * what this library writes (unpublished, an impossible id: another
+ * process's doing) is left out, and its counts with it.  0, EBADMSG for an
+ * impossible `high`, ENOMEM.
  */
 static int seg_rebuild(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 {
 	struct segment *h = hdr(g);
 	_Atomic uint32_t *index = seg_index(g);
 	struct by_id c = {.base = g->map + g->slots_off, .slot_size = g->slot_size};
+	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire);
 	uint32_t *v, *len;
 	size_t n = 0;
 	int err = 0;
 
+	if (high > g->capacity)
+		return EBADMSG;
 	v = pmi_malloc(2 * g->capacity * sizeof(*v));
 	if (!v)
 		return ENOMEM;
 	len = v + g->capacity;
 	c.len = len;
 	atomic_store_explicit(&h->seq, seq | 1, memory_order_relaxed);
-	for (; n < g->capacity; n++) {
-		struct device *d = seg_slot(g, n);
+	for (size_t s = 0; s < high; s++) {
+		struct device *d = seg_slot(g, s);
+		uint32_t word;
 
 		if (!atomic_load_explicit(&d->published, memory_order_acquire))
-			break;
-		len[n] = (uint32_t)slot_id_len(d);
-		if (len[n] == 0 || pmem_metrics_id_check(d->id, len[n]) != PMEM_METRICS_ID_OK) {
-			err = EBADMSG;
-			break;
-		}
-		v[n] = (uint32_t)n;
+			continue;
+		word = atomic_load_explicit(&d->state, memory_order_acquire);
+		len[s] = (uint32_t)slot_id_len(d);
+		if (!is_device(word) || len[s] == 0 ||
+		    pmem_metrics_id_check(d->id, len[s]) != PMEM_METRICS_ID_OK)
+			continue;
+		v[n++] = (uint32_t)s;
 	}
 	if (err == 0)
 		sort_by_id(v, n, &c); /* an id in two slots stays in both (snapshot.c reports them as one) */
@@ -646,15 +688,16 @@ static int seg_rebuild(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 
 /*
  * Where `id` is among the first `used` index entries, or would go (*at;
- * SIZE_MAX if an entry is not a device): the device, or NULL.  Without the insert lock an insert may be moving the
- * entries: the search can then miss (the caller looks again, locked), never
- * leave the index or report a wrong device (it compares the id itself).
+ * SIZE_MAX if an entry is not a device): the device, or NULL.  Without the
+ * insert lock an insert or a drain may be moving the entries: the search
+ * can then miss (the caller looks again, locked), never leave the index or
+ * report a wrong device (it compares the id itself, and the slot's state).
  */
-static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const char *id, size_t len,
-			       size_t *at)
+static struct device *seg_find(const struct pmi_seg *g, uint64_t used, uint64_t high,
+			       const char *id, size_t len, size_t *at)
 {
 	_Atomic uint32_t *index = seg_index(g);
-	size_t lo = 0, hi = used <= g->capacity ? used : g->capacity; /* the caller's `used` is bounded; so is this */
+	size_t lo = 0, hi = used <= high ? used : high; /* the caller's `high` is bounded; so is this */
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -663,11 +706,15 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const cha
 		size_t d_len;
 		int cmp;
 
-		if (slot >= used) {
+		if (slot >= high) {
 			*at = SIZE_MAX; /* not a device: corrupt, or being moved */
 			return NULL;
 		}
 		d = seg_slot(g, slot);
+		if (!is_device(atomic_load_explicit(&d->state, memory_order_acquire))) {
+			*at = SIZE_MAX; /* drained, being taken out of the index, or corrupt */
+			return NULL;
+		}
 		d_len = slot_id_len(d);
 		cmp = pmi_id_cmp(id, len, d->id, d_len);
 		if (cmp == 0)
@@ -682,36 +729,294 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, const cha
 }
 
 /*
- * Look for `id` in the first `used` slots themselves, in slot order: for
+ * Look for `id` in the first `high` slots themselves, in slot order: for
  * when the index cannot be rebuilt (a slot that is no device), so that an
  * id allocated before is still found.  The device, or NULL.
  */
-static struct device *seg_scan(const struct pmi_seg *g, uint64_t used, const char *id, size_t len)
+static struct device *seg_scan(const struct pmi_seg *g, uint64_t high, const char *id, size_t len)
 {
-	for (uint64_t i = 0; i < used && i < g->capacity; i++) {
+	for (uint64_t i = 0; i < high && i < g->capacity; i++) {
 		struct device *d = seg_slot(g, i);
 
 		if (!atomic_load_explicit(&d->published, memory_order_acquire))
 			break;
-		if (slot_id_len(d) == len && memcmp(d->id, id, len) == 0)
+		if (is_device(atomic_load_explicit(&d->state, memory_order_acquire)) &&
+		    slot_id_len(d) == len && memcmp(d->id, id, len) == 0)
 			return d;
 	}
 	return NULL;
 }
 
-/* Insert `id` at index position `at` (the caller holds the insert lock): the device, or NULL + *err. */
-static struct device *seg_insert(struct pmi_seg *g, uint64_t seq, uint64_t used, const char *id,
-				 size_t len, size_t at, int *err)
+/* ---- References: which slots a process may still write to -------------------- */
+
+static uint64_t slot_of(const struct pmi_seg *g, const void *d)
+{
+	return (uint64_t)((const char *)d - (g->map + g->slots_off)) / g->slot_size;
+}
+
+static int ref_lock(int fd, uint64_t slot, short type)
+{
+	struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_len = 1};
+
+	fl.l_start = REF_LOCK_BASE + (off_t)slot;
+	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
+/* One more reference of this process to slot `s`: its byte-range lock taken with the first. */
+static int ref_get(struct pmi_seg *g, uint64_t s)
+{
+	int err = 0;
+
+	pthread_mutex_lock(&g->ref_lock);
+	if (g->refs[s] == UINT32_MAX)
+		err = EOVERFLOW;
+	else if (g->refs[s] == 0)
+		err = ref_lock(g->fd, s, F_RDLCK);
+	if (err == 0)
+		g->refs[s]++;
+	pthread_mutex_unlock(&g->ref_lock);
+	return err;
+}
+
+/* One reference less to slot `s`: its lock let go with the last. */
+static void ref_put(struct pmi_seg *g, uint64_t s)
+{
+	pthread_mutex_lock(&g->ref_lock);
+	if (g->refs[s] > 0 && --g->refs[s] == 0)
+		ref_lock(g->fd, s, F_UNLCK);
+	pthread_mutex_unlock(&g->ref_lock);
+}
+
+/*
+ * Take a reference to `d` if it is still the device of `id` (revive: a
+ * retired one is made live again): 0, EAGAIN if it is not (drained, or its
+ * slot given to another id since it was found: look again), or the lock's
+ * error.  Checked after the reference's lock is held, and a slot is reused
+ * only while no other process holds that lock, so a device that passes
+ * here stays this id's for as long as the reference is held.
+ */
+static int seg_take(struct pmi_seg *g, struct device *d, const char *id, size_t len, bool revive)
+{
+	uint64_t s = slot_of(g, d);
+	uint32_t word;
+	int err = ref_get(g, s);
+
+	if (err)
+		return err;
+	/* Acquire pairs with the release stores of `state`: the id and counters set before. */
+	word = atomic_load_explicit(&d->state, memory_order_acquire);
+	for (;;) {
+		if (!is_device(word) || slot_id_len(d) != len || memcmp(d->id, id, len) != 0) {
+			ref_put(g, s);
+			return EAGAIN;
+		}
+		if (!revive || pmi_dev_state(word) == DEV_LIVE)
+			return 0;
+		/* Retired, not drained yet: brought back (the drain's compare-and-swap then fails). */
+		if (atomic_compare_exchange_weak_explicit(&d->state, &word, pmi_dev_word(word, DEV_LIVE),
+							  memory_order_acq_rel, memory_order_acquire))
+			return 0;
+	}
+}
+
+bool pmi_seg_holds(const struct pmi_seg *g, const struct pmem_metrics *m)
+{
+	const char *p = (const char *)m, *slots = g->map + g->slots_off;
+
+	return g->map && p >= slots && p < slots + g->capacity * g->slot_size;
+}
+
+void pmi_seg_release(struct pmi_seg *g, const struct pmem_metrics *m)
+{
+	ref_put(g, slot_of(g, m));
+}
+
+/* After fork(): the child's own locks for the references it inherited (fork.c). */
+static int refs_after_fork(struct pmi_seg *g)
+{
+	g->ref_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	for (uint64_t s = 0; g->refs && s < g->capacity; s++) {
+		int err = g->refs[s] ? ref_lock(g->fd, s, F_RDLCK) : 0;
+
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* ---- Inserting, and taking drained devices out ------------------------------------ */
+
+/* Whether an active claim (a flush on its way, or a dead flusher's) names slot `s`. */
+static bool slot_claimed(const struct pmi_seg *g, uint64_t s)
+{
+	for (int k = 0; k < SEG_CLAIMS; k++) {
+		const struct claim *c =
+			(const struct claim *)(g->map + g->claims_off + (uint64_t)k * g->claim_size);
+		uint64_t n = *(const volatile uint64_t *)&c->n;
+
+		if (atomic_load_explicit(&c->state, memory_order_acquire) != CLAIM_ACTIVE)
+			continue;
+		for (uint64_t i = 0; i < n && i < g->capacity; i++)
+			if (*(const volatile uint32_t *)&c->e[i].slot == s)
+				return true;
+	}
+	return false;
+}
+
+/* Whether another process holds a reference to slot `s` (its lock: the kernel knows). */
+static bool slot_referenced(const struct pmi_seg *g, uint64_t s)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_len = 1};
+
+	fl.l_start = REF_LOCK_BASE + (off_t)s;
+	if (fcntl(g->fd, F_OFD_GETLK, &fl) != 0)
+		return true; /* cannot tell: leave it */
+	return fl.l_type != F_UNLCK;
+}
+
+/*
+ * A slot a drained device left that nobody can write to any more (insert
+ * lock held): no reference to it in any process, no active claim naming it
+ * (a dead flusher's claim is undone by moving baselines there), and no
+ * flush copying or moving meanwhile (the flush lock, taken here by `dl`).
+ * Taken (state DEV_FREE) and returned; SIZE_MAX if there is none, with
+ * *err 0 or the flush lock's error.
+ */
+static uint64_t seg_reusable(struct pmi_seg *g, uint64_t high, const struct pmi_deadline *dl,
+			     int *err)
+{
+	uint64_t found = SIZE_MAX;
+
+	if ((*err = pmi_seg_lock(g, SEG_FLUSH_LOCK, dl)) != 0)
+		return SIZE_MAX;
+	for (uint64_t s = 0; s < high && found == SIZE_MAX; s++) {
+		struct device *d = seg_slot(g, s);
+		uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
+
+		if (pmi_dev_state(word) != DEV_DRAINED || g->refs[s] != 0 || slot_claimed(g, s) ||
+		    slot_referenced(g, s))
+			continue;
+		/* A reference taken since the look at its lock checks the state after: it lets go. */
+		if (atomic_compare_exchange_strong_explicit(&d->state, &word,
+							    pmi_dev_word(word, DEV_FREE),
+							    memory_order_acq_rel, memory_order_relaxed))
+			found = s;
+	}
+	pmi_seg_unlock(g, SEG_FLUSH_LOCK);
+	return found;
+}
+
+/*
+ * Take the index entries of slots that hold no device out of it (insert
+ * lock held): drained devices, and whatever else is not a device.
+ */
+static void seg_compact(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 {
 	struct segment *h = hdr(g);
 	_Atomic uint32_t *index = seg_index(g);
-	struct device *d;
+	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire), n = 0;
 
-	if (used >= g->capacity) {
-		*err = ENOSPC;
+	atomic_store_explicit(&h->seq, seq | 1, memory_order_relaxed);
+	for (uint64_t i = 0; i < *used; i++) {
+		uint32_t slot = atomic_load_explicit(&index[i], memory_order_relaxed);
+
+		if (slot >= high || !is_device(atomic_load_explicit(&seg_slot(g, slot)->state,
+								     memory_order_acquire)))
+			continue;
+		atomic_store_explicit(&index[n++], slot, memory_order_relaxed);
+	}
+	/* Release pairs with the acquire loads of `used` by readers. */
+	atomic_store_explicit(&h->used, n, memory_order_release);
+	*used = n;
+	atomic_store_explicit(&h->seq, (seq | 1) + 1, memory_order_release);
+}
+
+/*
+ * In a segment nobody flushes (scraped only), retired devices past their
+ * grace period are drained by whoever needs their room.  Whether any was.
+ */
+static bool seg_expire(struct pmi_seg *g, uint64_t high)
+{
+	uint64_t now = pmi_now_ms(), grace = pmi_retire_grace_ms();
+	bool any = false;
+
+	if (atomic_load_explicit(&hdr(g)->flushes, memory_order_relaxed) != 0)
+		return false; /* lines are written: each retired device waits for its final one */
+	for (uint64_t s = 0; s < high; s++) {
+		struct device *d = seg_slot(g, s);
+		uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
+
+		if (pmi_dev_state(word) == DEV_RETIRED &&
+		    now - atomic_load_explicit(&d->retired_ms, memory_order_relaxed) >= grace)
+			any |= atomic_compare_exchange_strong_explicit(
+				&d->state, &word, pmi_dev_word(word, DEV_DRAINED), memory_order_acq_rel,
+				memory_order_relaxed);
+	}
+	return any;
+}
+
+/*
+ * Whether devices are on their way out of a full segment: retired ones
+ * waiting for their final flush, or drained ones whose last references are
+ * still held.  An allocation waits for their room (within its deadline).
+ */
+static bool seg_leaving(const struct pmi_seg *g)
+{
+	uint64_t high = atomic_load_explicit(&hdr(g)->high, memory_order_acquire);
+
+	for (uint64_t s = 0; s < high && s < g->capacity; s++) {
+		uint32_t state = pmi_dev_state(
+			atomic_load_explicit(&seg_slot(g, s)->state, memory_order_relaxed));
+
+		if (state == DEV_DRAINED || state == DEV_RETIRED)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Insert `id` at index position `at` (the caller holds the insert lock), in
+ * a slot never used, or else one a drained device left: the device, or NULL
+ * + *err (ENOSPC: no room).
+ */
+static struct device *seg_insert(struct pmi_seg *g, uint64_t *seq, uint64_t *used,
+				 const char *id, size_t len, size_t at,
+				 const struct pmi_deadline *dl, int *err)
+{
+	struct segment *h = hdr(g);
+	_Atomic uint32_t *index = seg_index(g);
+	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire), slot = high;
+	struct device *d;
+	uint32_t word;
+
+	if (high > g->capacity || *used > high) {
+		*err = EBADMSG;
 		return NULL;
 	}
-	d = seg_slot(g, used);
+	if (high == g->capacity) {
+		slot = seg_reusable(g, high, dl, err);
+		if (slot == SIZE_MAX && *err == 0 && seg_expire(g, high)) {
+			seg_compact(g, *seq, used);
+			*seq = (*seq | 1) + 1;
+			at = SIZE_MAX; /* the index moved: find the place again below */
+			slot = seg_reusable(g, high, dl, err);
+		}
+		if (slot == SIZE_MAX) {
+			*err = *err ? *err : ENOSPC;
+			return NULL;
+		}
+		/* Its old entry, and any other drained device's, out of the index first. */
+		seg_compact(g, *seq, used);
+		*seq = (*seq | 1) + 1;
+		at = SIZE_MAX;
+	}
+	if (at == SIZE_MAX && seg_find(g, *used, high, id, len, &at) == NULL && at == SIZE_MAX) {
+		*err = EBADMSG;
+		return NULL;
+	}
+	d = seg_slot(g, slot);
+	/* A slot given to a new device: a flush that reported the old one leaves it alone. */
+	atomic_fetch_add_explicit(&d->born, 1, memory_order_relaxed);
 	for (size_t f = 0; f < NFIELDS; f++) {
 		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
 
@@ -721,61 +1026,56 @@ static struct device *seg_insert(struct pmi_seg *g, uint64_t seq, uint64_t used,
 	d->id_len = (uint32_t)len;
 	memcpy(d->id, id, len);
 	d->id[len] = '\0';
-	/* Release pairs with the acquire loads in read_lengths() and seg_rebuild(). */
+	atomic_store_explicit(&d->retired_ms, 0, memory_order_relaxed);
+	/* Release pairs with the acquire loads in read_slots() and seg_rebuild(). */
 	atomic_store_explicit(&d->published, 1, memory_order_release);
+	word = atomic_load_explicit(&d->state, memory_order_relaxed);
+	/* Release pairs with the acquire loads of `state`: whoever sees it live sees the rest. */
+	atomic_store_explicit(&d->state, pmi_dev_word(word, DEV_LIVE), memory_order_release);
+	if (slot == high)
+		atomic_store_explicit(&h->high, high + 1, memory_order_release);
 	/*
 	 * The index changes now: a holder that dies from here on leaves `seq`
 	 * odd.  Only the next holder of the insert lock reads `seq` (readers
 	 * check the index itself), and the lock orders it after us: relaxed.
 	 */
-	atomic_store_explicit(&h->seq, seq + 1, memory_order_relaxed);
-	for (size_t k = used; k > at; k--)
+	atomic_store_explicit(&h->seq, *seq + 1, memory_order_relaxed);
+	for (size_t k = *used; k > at; k--)
 		atomic_store_explicit(&index[k],
 				      atomic_load_explicit(&index[k - 1], memory_order_relaxed),
 				      memory_order_relaxed);
 	pmi_pause_point("insert"); /* the index names one slot twice right here */
-	atomic_store_explicit(&index[at], (uint32_t)used, memory_order_relaxed);
+	atomic_store_explicit(&index[at], (uint32_t)slot, memory_order_relaxed);
 	/* Release pairs with the acquire loads of `used`: whoever sees it sees the slot and index. */
-	atomic_store_explicit(&h->used, used + 1, memory_order_release);
-	atomic_store_explicit(&h->seq, seq + 2, memory_order_release);
+	atomic_store_explicit(&h->used, *used + 1, memory_order_release);
+	atomic_store_explicit(&h->seq, *seq + 2, memory_order_release);
 	return d;
 }
 
-struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
-			     const struct pmi_deadline *dl, int *err)
+/* Find or insert `id` (the insert lock held, `seen_*` what the search without it saw). */
+static struct device *seg_alloc_locked(struct pmi_seg *g, const char *id, size_t len,
+				       uint64_t seen_seq, uint64_t seen_used, size_t at,
+				       const struct pmi_deadline *dl, int *err)
 {
-	struct segment *h;
-	struct device *d;
-	uint64_t used, seq, seen_seq, seen_used;
-	size_t at = SIZE_MAX;
-	bool search;
-
-	if (!g->writable) {
-		*err = EROFS;
-		return NULL;
-	}
-	h = hdr(g);
-	/* Acquire pairs with the release stores of `seq` and `used`: published slots and their index. */
-	seen_seq = atomic_load_explicit(&h->seq, memory_order_acquire);
-	seen_used = atomic_load_explicit(&h->used, memory_order_acquire);
-	if (seen_used <= g->capacity && (d = seg_find(g, seen_used, id, len, &at)) != NULL)
-		return d; /* the common case: no lock */
-	if ((*err = insert_lock(g, dl)) != 0)
-		return NULL;
-	seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
-	used = atomic_load_explicit(&h->used, memory_order_relaxed);
+	struct segment *h = hdr(g);
+	uint64_t seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
+	uint64_t used = atomic_load_explicit(&h->used, memory_order_relaxed);
+	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire);
+	struct device *d = NULL;
 	/*
 	 * Unless an insert began since `seen_seq` was even (each leaves it 2
 	 * higher, and only ever under this lock), the index the search above
 	 * missed in is the index now, and its `at` stands: no second search.
 	 */
-	search = seq != seen_seq || (seq & 1) || used != seen_used || at == SIZE_MAX;
-	if ((seq & 1) || used > g->capacity) {
+	bool search = seq != seen_seq || (seq & 1) || used != seen_used || at == SIZE_MAX;
+
+	if (high > g->capacity)
+		high = g->capacity; /* nonsense: what the slots say is checked by the rebuild */
+	if ((seq & 1) || used > high) {
 		/* An insert died half-way, or someone wrote nonsense: start again from the slots. */
 		*err = seg_rebuild(g, seq, &used);
 		seq = (seq | 1) + 1;
 	}
-	d = NULL;
 	/*
 	 * A miss is an absence if the index is in order.  One that another
 	 * process scrambled (every entry in range) can hide an id that is
@@ -783,95 +1083,156 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 	 * would make every insert O(devices), so instead a second slot of an
 	 * id is reported with the first, as one device (snapshot.c).
 	 */
-	if (*err == 0 && search && !(d = seg_find(g, used, id, len, &at)) && at == SIZE_MAX) {
-		/* The index names a slot that is no device: rebuild it and look again. */
+	if (*err == 0 && search && !(d = seg_find(g, used, high, id, len, &at)) && at == SIZE_MAX) {
+		/* The index names a slot that is no device (drained, or nonsense): rebuild it. */
 		*err = seg_rebuild(g, seq, &used);
 		seq += 2;
 		if (*err == 0)
-			d = seg_find(g, used, id, len, &at);
+			d = seg_find(g, used, high, id, len, &at);
 	}
-	if (*err == EBADMSG && (d = seg_scan(g, used, id, len)) != NULL)
+	if (*err == EBADMSG && (d = seg_scan(g, high, id, len)) != NULL)
 		*err = 0; /* no index to be had (a slot is not a device), but the id is there */
 	else if (*err == 0 && !d)
-		d = seg_insert(g, seq, used, id, len, at, err);
-	insert_unlock(g);
+		d = seg_insert(g, &seq, &used, id, len, at, dl, err);
 	return d;
 }
 
+struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
+			     const struct pmi_deadline *dl, int *err)
+{
+	struct segment *h;
+
+	if (!g->writable) {
+		*err = EROFS;
+		return NULL;
+	}
+	h = hdr(g);
+	/* A device found may be drained and its slot reused before its reference is held: again. */
+	for (unsigned round = 0;; round++) {
+		struct device *d;
+		uint64_t seen_seq, seen_used, seen_high;
+		size_t at = SIZE_MAX;
+
+		/* Acquire pairs with the release stores of `seq`, `used`, `high`: slots and index. */
+		seen_seq = atomic_load_explicit(&h->seq, memory_order_acquire);
+		seen_used = atomic_load_explicit(&h->used, memory_order_acquire);
+		seen_high = atomic_load_explicit(&h->high, memory_order_acquire);
+		d = seen_high <= g->capacity ? seg_find(g, seen_used, seen_high, id, len, &at) : NULL;
+		if (!d) {
+			if ((*err = insert_lock(g, dl)) != 0)
+				return NULL;
+			d = seg_alloc_locked(g, id, len, seen_seq, seen_used, at, dl, err);
+			insert_unlock(g);
+			if (!d && *err == ENOSPC && seg_leaving(g)) {
+				/* Full, but of devices on their way out: wait for their room. */
+				*err = EAGAIN;
+			} else if (!d) {
+				if (*err == ENOSPC)
+					atomic_fetch_add_explicit(&h->alloc_failures, 1,
+								  memory_order_relaxed);
+				return NULL;
+			}
+		}
+		if (d)
+			*err = seg_take(g, d, id, len, true);
+		if (*err == 0)
+			return d;
+		if (*err != EAGAIN)
+			return NULL;
+		if (pmi_deadline_passed(dl)) {
+			*err = ETIMEDOUT;
+			return NULL;
+		}
+		pmi_backoff(dl, round);
+	}
+}
+
 /*
- * Look `id` up without the insert lock, creating nothing: the device, or
- * NULL with *err ENOENT (not there) or EROFS (no mapping to point into).
+ * Look `id` up, creating nothing, and take a reference to it: the device,
+ * or NULL with *err ENOENT (not there) or EROFS (no mapping to point into).
  * A miss counts as an absence only if no insert ran across the search (the
  * sequence number even and unchanged, as a seqlock reader checks it);
  * after a few that did, or an index that is not in order, the slots
  * themselves are scanned, so an id that is there is found whatever another
  * process does to the index.
  */
-struct device *pmi_seg_find(const struct pmi_seg *g, const char *id, size_t len, int *err)
+struct device *pmi_seg_find(struct pmi_seg *g, const char *id, size_t len, int *err)
 {
 	const struct segment *h;
-	uint64_t used = 0;
-	size_t at;
 
 	if (!g->map) {
 		*err = EROFS;
 		return NULL;
 	}
 	h = hdr(g);
-	for (int tries = 0; tries < 4; tries++) {
-		/* Acquire pairs with the release stores of `seq` and `used` by inserts. */
+	for (int tries = 0; tries < 8; tries++) {
+		/* Acquire pairs with the release stores of `seq`, `used` and `high`. */
 		uint64_t seq = atomic_load_explicit(&h->seq, memory_order_acquire);
-		struct device *d;
+		uint64_t used = atomic_load_explicit(&h->used, memory_order_acquire);
+		uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire);
+		struct device *d = NULL;
+		size_t at = 0;
 
-		used = atomic_load_explicit(&h->used, memory_order_acquire);
-		if (used > g->capacity) {
+		if (used > high || high > g->capacity) {
 			*err = EBADMSG;
 			return NULL;
 		}
-		if ((d = seg_find(g, used, id, len, &at)) != NULL)
-			return d;
-		if (at == SIZE_MAX)
-			break; /* an entry that is no device: scan */
+		if (tries < 4) {
+			d = seg_find(g, used, high, id, len, &at);
+		} else {
+			d = seg_scan(g, high, id, len);
+			at = 0;
+		}
+		if (d) {
+			*err = seg_take(g, d, id, len, false);
+			if (*err == 0)
+				return d;
+			if (*err != EAGAIN)
+				return NULL;
+			continue; /* drained, or its slot reused, since: look again */
+		}
+		if (at == SIZE_MAX) {
+			tries = tries < 4 ? 3 : tries; /* an entry that is no device: scan */
+			continue;
+		}
 		/* The index loads above happen before the second load of `seq`. */
 		atomic_thread_fence(memory_order_acquire);
-		if (!(seq & 1) && atomic_load_explicit(&h->seq, memory_order_relaxed) == seq) {
+		if (tries >= 4 ||
+		    (!(seq & 1) && atomic_load_explicit(&h->seq, memory_order_relaxed) == seq)) {
 			*err = ENOENT;
 			return NULL;
 		}
 	}
-	used = atomic_load_explicit(&h->used, memory_order_acquire);
-	if (used > g->capacity) {
-		*err = EBADMSG;
-		return NULL;
-	}
-	{
-		struct device *d = seg_scan(g, used, id, len);
-
-		if (!d)
-			*err = ENOENT;
-		return d;
-	}
+	*err = ENOENT;
+	return NULL;
 }
 
 /* ---- Reading without a lock ------------------------------------------------------ */
 
-/* `used`, read once (from the mapping, or with pread when there is none): 0, or EBADMSG. */
-static int read_used(const struct pmi_seg *g, uint64_t *used)
+/*
+ * `used` and `high`, each read once (from the mapping, or with pread when
+ * there is none): 0, or EBADMSG.  `used` first: an insert raises `high`
+ * before `used`, so this never sees more devices than slots.
+ */
+static int read_counts(const struct pmi_seg *g, uint64_t *used, uint64_t *high)
 {
 	if (g->map) {
-		/* Acquire pairs with the release stores of `used` in seg_insert() and seg_rebuild(). */
+		/* Acquire pairs with the release stores of `used` and `high` (inserts, rebuilds). */
 		*used = atomic_load_explicit(&hdr(g)->used, memory_order_acquire);
+		*high = atomic_load_explicit(&hdr(g)->high, memory_order_acquire);
 	} else if (pread(g->fd, used, sizeof(*used), offsetof(struct segment, used)) !=
-		   (ssize_t)sizeof(*used)) {
+			   (ssize_t)sizeof(*used) ||
+		   pread(g->fd, high, sizeof(*high), offsetof(struct segment, high)) !=
+			   (ssize_t)sizeof(*high)) {
 		return EBADMSG; /* truncated under us */
 	}
-	return *used <= g->capacity ? 0 : EBADMSG;
+	return *used <= *high && *high <= g->capacity ? 0 : EBADMSG;
 }
 
 int pmi_seg_device_count(const struct pmi_seg *g, size_t *n)
 {
-	uint64_t used;
-	int err = read_used(g, &used);
+	uint64_t used, high;
+	int err = read_counts(g, &used, &high);
 
 	*n = err ? 0 : (size_t)used;
 	return err;
@@ -898,35 +1259,37 @@ static int pread_all(int fd, void *buf, size_t len, uint64_t off)
 enum { COPY_CHUNK = 64 };
 
 /*
- * Copy the first `n` slots' ids and counters, the index and each id's
- * length (`by_slot`) out of the file with pread() -- for a registry with no
- * mapping: a process that truncates the file makes this fail (EBADMSG),
- * where touching a mapping of the lost pages would be a SIGBUS.
+ * Copy the first `v->high` slots' states, ids and counters, and the first
+ * `v->n` index entries, out of the file with pread() -- for a registry
+ * with no mapping: a process that truncates the file makes this fail
+ * (EBADMSG), where touching a mapping of the lost pages would be a SIGBUS.
  */
-static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v, uint32_t *by_slot)
+static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v)
 {
-	size_t cap = v->n * 16 + 1, used = 0;
+	size_t cap = v->high * 16 + 1, used = 0;
 	char *chunk;
 	int err;
 
 	if ((err = pread_all(g->fd, v->slot, v->n * sizeof(uint32_t), g->index_off)) != 0)
 		return err;
-	v->copy = pmi_malloc(v->n * sizeof(*v->copy) + 1);
+	v->copy = pmi_malloc(v->high * sizeof(*v->copy) + 1);
 	v->ids = pmi_malloc(cap);
 	chunk = pmi_malloc(COPY_CHUNK * g->slot_size);
 	if (!v->copy || !v->ids || !chunk)
 		err = ENOMEM;
-	for (size_t s0 = 0; err == 0 && s0 < v->n; s0 += COPY_CHUNK) {
-		size_t k = v->n - s0 < COPY_CHUNK ? v->n - s0 : COPY_CHUNK;
+	for (size_t s0 = 0; err == 0 && s0 < v->high; s0 += COPY_CHUNK) {
+		size_t k = v->high - s0 < COPY_CHUNK ? v->high - s0 : COPY_CHUNK;
 
 		err = pread_all(g->fd, chunk, k * g->slot_size, g->slots_off + s0 * g->slot_size);
 		for (size_t j = 0; err == 0 && j < k; j++) {
 			struct device *d = (struct device *)(chunk + j * g->slot_size);
 			struct pmi_slot_copy *c = &v->copy[s0 + j];
-			size_t len = slot_id_len(d);
+			uint32_t word = atomic_load_explicit(&d->state, memory_order_relaxed);
+			size_t len = is_device(word) ? slot_id_len(d) : 0;
 
-			if (!atomic_load_explicit(&d->published, memory_order_relaxed) || len == 0) {
-				err = EBADMSG; /* below `used`, every slot is a device */
+			if (!atomic_load_explicit(&d->published, memory_order_relaxed) ||
+			    (is_device(word) && len == 0)) {
+				err = EBADMSG; /* below `high`, every slot is published */
 				break;
 			}
 			if (used + len > cap) {
@@ -941,7 +1304,9 @@ static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v, uint32_t 
 			memcpy(v->ids + used, d->id, len);
 			c->id_at = used;
 			used += len;
-			by_slot[s0 + j] = (uint32_t)len;
+			v->by_slot[s0 + j] = (uint32_t)len;
+			v->state_by_slot[s0 + j] = word;
+			c->retired_ms = atomic_load_explicit(&d->retired_ms, memory_order_relaxed);
 			for (size_t f = 0; f < NFIELDS; f++) {
 				struct pmem_metrics_counter *ctr = pmi_counter(&d->m, f);
 
@@ -957,31 +1322,38 @@ static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v, uint32_t 
 
 int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v)
 {
-	uint64_t used;
+	uint64_t used, high;
 	unsigned char *seen;
 	bool ok = true;
 	int err;
 
 	*v = (struct pmi_seg_view){.slot_size = g->slot_size};
-	if ((err = read_used(g, &used)) != 0)
+	if ((err = read_counts(g, &used, &high)) != 0)
 		return err;
 	v->n = (size_t)used;
-	/* One block: slot[n], len[n], the lengths by slot number[n], then a byte per slot. */
-	v->slot = pmi_malloc(v->n * (3 * sizeof(uint32_t) + 1) + 1);
+	v->high = (size_t)high;
+	/*
+	 * One block: slot[high], len[high], state[high] (by position: a sort
+	 * may list up to `high`), the lengths and states by slot number[high],
+	 * then a byte per slot.
+	 */
+	v->slot = pmi_malloc(v->high * (5 * sizeof(uint32_t) + 1) + 1);
 	if (!v->slot)
 		return ENOMEM;
-	v->len = v->slot + v->n;
-	v->by_slot = v->len + v->n;
-	seen = (unsigned char *)(v->by_slot + v->n);
+	v->len = v->slot + v->high;
+	v->state = v->len + v->high;
+	v->by_slot = v->state + v->high;
+	v->state_by_slot = v->by_slot + v->high;
+	seen = (unsigned char *)(v->state_by_slot + v->high);
 	if (g->map) {
 		_Atomic uint32_t *index = seg_index(g);
 
 		v->base = g->map + g->slots_off;
 		for (size_t i = 0; i < v->n; i++)
 			v->slot[i] = atomic_load_explicit(&index[i], memory_order_relaxed);
-		err = read_lengths(v->base, v->slot_size, v->n, v->by_slot);
+		err = read_slots(v->base, v->slot_size, v->high, v->state_by_slot, v->by_slot);
 	} else {
-		err = copy_slots(g, v, v->by_slot);
+		err = copy_slots(g, v);
 	}
 	if (err) {
 		pmi_seg_view_free(v);
@@ -992,16 +1364,18 @@ int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v)
 	 * strictly increase along it is checked on the copies the caller makes
 	 * (the walk it does anyway); if not, it calls pmi_seg_view_sort().
 	 */
-	memset(seen, 0, v->n);
+	memset(seen, 0, v->high);
 	for (size_t i = 0; ok && i < v->n; i++) {
-		ok = v->slot[i] < v->n && !seen[v->slot[i]];
+		ok = v->slot[i] < v->high && !seen[v->slot[i]] && v->by_slot[v->slot[i]] != 0;
 		if (ok)
 			seen[v->slot[i]] = 1;
 	}
 	if (!ok)
 		return pmi_seg_view_sort(v);
-	for (size_t i = 0; i < v->n; i++)
+	for (size_t i = 0; i < v->n; i++) {
 		v->len[i] = v->by_slot[v->slot[i]];
+		v->state[i] = v->state_by_slot[v->slot[i]];
+	}
 	return 0;
 }
 
@@ -1015,11 +1389,15 @@ int pmi_seg_view_sort(struct pmi_seg_view *v)
 		return EBADMSG; /* sorted already, and still not in order: the ids changed as we read */
 	}
 	v->sorted = true;
-	for (size_t i = 0; i < v->n; i++)
-		v->slot[i] = (uint32_t)i;
+	v->n = 0;
+	for (size_t s = 0; s < v->high; s++)
+		if (v->by_slot[s] != 0) /* a device (its id has a length) */
+			v->slot[v->n++] = (uint32_t)s;
 	sort_by_id(v->slot, v->n, &c);
-	for (size_t i = 0; i < v->n; i++)
+	for (size_t i = 0; i < v->n; i++) {
 		v->len[i] = v->by_slot[v->slot[i]];
+		v->state[i] = v->state_by_slot[v->slot[i]];
+	}
 	return 0;
 }
 
@@ -1190,4 +1568,99 @@ void pmi_seg_claim_close(struct pmi_seg *g, int k)
 	atomic_store_explicit(&claim_at(g, k)->state, 0, memory_order_release);
 	atomic_fetch_and_explicit(&g->mine, ~(1u << k), memory_order_relaxed);
 	ofd_lock(g->fd, CLAIM_LOCK_BASE + k, F_UNLCK);
+}
+
+/* ---- Devices that come and go -------------------------------------------------------- */
+
+/*
+ * Retire `id`: live -> retired, without the insert lock (one
+ * compare-and-swap on its slot).  ENOENT unless it is live.
+ */
+int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len)
+{
+	struct device *d;
+	uint32_t word;
+	int err = 0;
+
+	if (!g->writable)
+		return EROFS;
+	d = pmi_seg_find(g, id, len, &err);
+	if (!d)
+		return err;
+	word = atomic_load_explicit(&d->state, memory_order_acquire);
+	err = ENOENT;
+	while (pmi_dev_state(word) == DEV_LIVE) {
+		atomic_store_explicit(&d->retired_ms, pmi_now_ms(), memory_order_relaxed);
+		/* Release: whoever sees it retired sees when. */
+		if (atomic_compare_exchange_weak_explicit(&d->state, &word,
+							  pmi_dev_word(word, DEV_RETIRED),
+							  memory_order_acq_rel, memory_order_acquire)) {
+			err = 0;
+			break;
+		}
+	}
+	pmi_seg_release(g, &d->m);
+	return err;
+}
+
+/*
+ * After a published flush: drain the retired devices it reported that
+ * nothing was added to since (still retired as it saw them, their slots
+ * not reborn), and take them out of the index.  The slot stays the drained
+ * device's until no process holds a reference to it (seg_reusable()).
+ */
+void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep)
+{
+	struct pmi_deadline dl = pmi_seg_deadline(-1);
+	bool any = false;
+
+	atomic_fetch_add_explicit(&hdr(g)->flushes, 1, memory_order_relaxed);
+	for (size_t i = 0; i < rep->m; i++) {
+		struct device *d = rep->devs[i];
+		uint32_t word = rep->states[i];
+
+		if (!d || pmi_dev_state(word) != DEV_RETIRED ||
+		    atomic_load_explicit(&d->born, memory_order_acquire) != rep->borns[i] ||
+		    !pmi_device_settled(d))
+			continue;
+		any |= atomic_compare_exchange_strong_explicit(&d->state, &word,
+							       pmi_dev_word(word, DEV_DRAINED),
+							       memory_order_acq_rel, memory_order_relaxed);
+	}
+	/* Out of the index: else the next insert does it (it finds entries that are no device). */
+	if (any && insert_lock(g, &dl) == 0) {
+		uint64_t seq = atomic_load_explicit(&hdr(g)->seq, memory_order_relaxed);
+		uint64_t used = atomic_load_explicit(&hdr(g)->used, memory_order_relaxed);
+
+		if (!(seq & 1) && used <= g->capacity)
+			seg_compact(g, seq, &used);
+		insert_unlock(g);
+	}
+}
+
+int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *out)
+{
+	struct pmi_seg_view v;
+	uint64_t failures;
+	int err = pmi_seg_view(g, &v);
+
+	if (err)
+		return err;
+	out->capacity = g->capacity;
+	out->devices = 0;
+	out->retired = 0;
+	for (size_t s = 0; s < v.high; s++) {
+		uint32_t state = pmi_dev_state(v.state_by_slot[s]);
+
+		out->devices += state == DEV_LIVE;
+		out->retired += state == DEV_RETIRED || state == DEV_DRAINED;
+	}
+	pmi_seg_view_free(&v);
+	if (g->map)
+		failures = atomic_load_explicit(&hdr(g)->alloc_failures, memory_order_relaxed);
+	else if (pread(g->fd, &failures, sizeof(failures),
+		       offsetof(struct segment, alloc_failures)) != (ssize_t)sizeof(failures))
+		return EBADMSG;
+	out->alloc_failures = failures;
+	return 0;
 }

@@ -26,6 +26,8 @@ struct pmem_metrics_snapshot {
 	size_t m;
 	struct device **devs;
 	uint64_t *moves;
+	uint32_t *states; /* m: each device's state word at the take (see pmi_reported) */
+	uint32_t *borns;  /* m: each device's `born` at the take */
 	/*
 	 * In a segment: the claim record that holds what this flush moved at
 	 * its take (segment.c, "Claims"), so that it holds no flush lock while
@@ -60,7 +62,7 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool
 	size_t arrays = merging ? 3 : 2;
 	size_t size = sizeof(struct pmem_metrics_snapshot) +
 		      arrays * n * NFIELDS * sizeof(uint64_t) +
-		      n * (sizeof(struct device *) + sizeof(size_t)) + ids_len;
+		      n * (sizeof(struct device *) + sizeof(size_t) + 2 * sizeof(uint32_t)) + ids_len;
 	struct pmem_metrics_snapshot *s = pmi_malloc(size);
 
 	if (!s)
@@ -73,7 +75,9 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool
 	s->moves = merging ? s->diffs + n * NFIELDS : s->diffs;
 	s->devs = (struct device **)(s->seen + arrays * n * NFIELDS);
 	s->id_at = (size_t *)(s->devs + n);
-	s->ids = (char *)(s->id_at + n);
+	s->states = (uint32_t *)(s->id_at + n);
+	s->borns = s->states + n;
+	s->ids = (char *)(s->borns + n);
 	s->ids_len = ids_len;
 	s->state = state;
 	s->reg = r;
@@ -99,6 +103,18 @@ static void load_counters(struct device *d, uint64_t *seen, uint64_t *diff)
 	}
 }
 
+bool pmi_device_settled(struct device *d)
+{
+	for (size_t f = 0; f < NFIELDS; f++) {
+		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
+
+		if (atomic_load_explicit(&c->current, memory_order_relaxed) !=
+		    atomic_load_explicit(&c->old, memory_order_acquire))
+			return false;
+	}
+	return true;
+}
+
 /*
  * Devices are separate allocations (they never move), so a large snapshot
  * walks scattered memory: ask for a device's lines a few devices ahead, so
@@ -117,6 +133,33 @@ static void prefetch_device(const struct device *d)
 #endif
 }
 
+/*
+ * Whether a device in state `word` is in a snapshot of kind `state`: a
+ * flush reports live and retired devices (a retired one's final delta); a
+ * peek shows a retired one only for the grace period after its retirement
+ * (a scrape-only registry is never flushed, so that is when it leaves).
+ * A drained device's final delta was reported: it is in neither.
+ */
+bool pmi_reports(uint32_t word, uint64_t retired_ms, enum pmi_snapshot_state state)
+{
+	switch (pmi_dev_state(word)) {
+	case DEV_LIVE:
+		return true;
+	case DEV_RETIRED:
+		return state != SNAPSHOT_PEEK || pmi_now_ms() - retired_ms < pmi_retire_grace_ms();
+	default:
+		return false;
+	}
+}
+
+void pmi_snapshot_reported(const struct pmem_metrics_snapshot *s, struct pmi_reported *out)
+{
+	out->m = s->m;
+	out->devs = s->devs;
+	out->states = s->states;
+	out->borns = s->borns;
+}
+
 int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
 		     struct pmem_metrics_snapshot **out)
 {
@@ -129,13 +172,20 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 		pthread_rwlock_unlock(&r->lock);
 		return ENOMEM;
 	}
+	s->n = s->m = 0; /* counted up as devices are copied: not every one is reported */
 	ids = s->ids;
-	for (size_t i = 0; i < s->n; i++) {
-		struct device *d = r->v[i];
+	for (size_t k = 0, i = 0; k < r->n; k++) {
+		struct device *d = r->v[k];
+		uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
 
-		if (i + PREFETCH_AHEAD < s->n)
-			prefetch_device(r->v[i + PREFETCH_AHEAD]);
+		if (k + PREFETCH_AHEAD < r->n)
+			prefetch_device(r->v[k + PREFETCH_AHEAD]);
+		if (!pmi_reports(word, atomic_load_explicit(&d->retired_ms, memory_order_relaxed),
+				 state))
+			continue;
 		s->devs[i] = d;
+		s->states[i] = word;
+		s->borns[i] = 0; /* a private device is never reborn: it is freed */
 		s->id_at[i] = (size_t)(ids - s->ids);
 		memcpy(ids, d->id, d->id_len + 1);
 		ids += d->id_len + 1;
@@ -144,7 +194,9 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 			s->agg[f] += s->diffs[i * NFIELDS + f];
 		if (i == 0 && state == SNAPSHOT_OPEN)
 			pmi_pause_point("copy"); /* half copied right here */
+		s->n = s->m = ++i;
 	}
+	s->ids_len = (size_t)(ids - s->ids);
 	pthread_rwlock_unlock(&r->lock);
 	*out = s;
 	return 0;
@@ -159,17 +211,24 @@ int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 static int copy_view(struct pmem_metrics_snapshot *s, const struct pmi_seg_view *v)
 {
 	char *ids = s->ids;
-	size_t rows = 0;
+	size_t rows = 0, prev_len = 0;
+	size_t m = 0; /* devices copied: slots, each of a row (two of one row: one id twice) */
 
 	memset(s->agg, 0, sizeof(s->agg));
 	for (size_t i = 0; i < v->n; i++) {
 		size_t len = v->len[i];
-		uint64_t *seen = &s->seen[rows * NFIELDS], *diff = &s->moves[i * NFIELDS];
+		uint64_t *seen = &s->seen[rows * NFIELDS], *diff = &s->moves[m * NFIELDS];
 		uint64_t loaded[NFIELDS];
 		int order = -1; /* the previous id against this one: before it, as it should be */
+		uint64_t retired_ms;
 
 		if (!v->copy && i + PREFETCH_AHEAD < v->n)
 			prefetch_device(pmi_view_device(v, i + PREFETCH_AHEAD));
+		retired_ms = v->copy ? v->copy[v->slot[i]].retired_ms
+				     : atomic_load_explicit(&pmi_view_device(v, i)->retired_ms,
+							    memory_order_relaxed);
+		if (!pmi_reports(v->state[i], retired_ms, s->state))
+			continue; /* drained, or retired and past its grace (a peek) */
 		/*
 		 * The copy is what gets reported, so the copy is checked: an id
 		 * this library accepts (a NUL in it would report a count under
@@ -181,21 +240,36 @@ static int copy_view(struct pmem_metrics_snapshot *s, const struct pmi_seg_view 
 		if (pmem_metrics_id_check(ids, len) != PMEM_METRICS_ID_OK)
 			return EBADMSG;
 		if (rows > 0)
-			order = pmi_id_cmp(s->ids + s->id_at[rows - 1], v->len[i - 1], ids, len);
+			order = pmi_id_cmp(s->ids + s->id_at[rows - 1], prev_len, ids, len);
 		if (order > 0)
 			return EAGAIN;
+		s->states[m] = v->state[i];
 		if (v->copy) {
 			const struct pmi_slot_copy *c = &v->copy[v->slot[i]];
 
-			s->devs[i] = NULL; /* a copy: nothing to commit to */
+			s->devs[m] = NULL; /* a copy: nothing to commit to */
+			s->borns[m] = 0;
 			for (size_t f = 0; f < NFIELDS; f++) {
 				loaded[f] = c->current[f];
 				diff[f] = c->current[f] - c->old[f];
 			}
 		} else {
-			s->devs[i] = pmi_view_device(v, i);
-			load_counters(s->devs[i], loaded, diff);
+			struct device *d = pmi_view_device(v, i);
+
+			s->devs[m] = d;
+			s->borns[m] = atomic_load_explicit(&d->born, memory_order_acquire);
+			load_counters(d, loaded, diff);
+			/*
+			 * A peek holds no lock: the slot may have been drained and given
+			 * to another device while it was read.  Its state, read again,
+			 * says (a flush holds the flush lock, which a reuse takes).
+			 */
+			if (s->state == SNAPSHOT_PEEK &&
+			    atomic_load_explicit(&d->state, memory_order_acquire) != v->state[i])
+				continue;
 		}
+		m++;
+		prev_len = len;
 		if (order == 0) { /* the id again: the same device, in a second slot */
 			seen -= NFIELDS;
 			for (size_t f = 0; f < NFIELDS; f++) {
@@ -211,11 +285,11 @@ static int copy_view(struct pmem_metrics_snapshot *s, const struct pmi_seg_view 
 		}
 		for (size_t f = 0; f < NFIELDS; f++)
 			s->agg[f] += diff[f];
-		if (i == 0 && s->state == SNAPSHOT_OPEN)
+		if (m == 1 && s->state == SNAPSHOT_OPEN)
 			pmi_pause_point("copy"); /* half copied right here */
 	}
 	s->n = rows;
-	s->m = v->n;
+	s->m = m;
 	s->ids_len = (size_t)(ids - s->ids);
 	return 0;
 }
@@ -233,9 +307,13 @@ int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 		err = pmi_seg_view(r->seg, &v);
 	if (err)
 		return err;
-	for (size_t i = 0; i < v.n; i++)
-		ids_len += v.len[i] + 1;
-	s = snapshot_new(v.n, ids_len, true, state, r);
+	/*
+	 * Room for every device slot, not only the index's: a sort of the slots
+	 * (the index out of order) can list more than the index did.
+	 */
+	for (size_t k = 0; k < v.high; k++)
+		ids_len += v.by_slot[k] + 1;
+	s = snapshot_new(v.high, ids_len, true, state, r);
 	if (!s) {
 		pmi_seg_view_free(&v);
 		return ENOMEM;
@@ -312,6 +390,7 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	held = *slot;
+	atomic_fetch_add_explicit(&r->open_flushes, 1, memory_order_relaxed);
 	claim(*slot, k);
 	return 0;
 }
@@ -436,6 +515,9 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 
 	pthread_rwlock_rdlock(&r->lock);
 	for (size_t i = 0; i < s->m; i++) {
+		/* A segment's slot given to another device since (after a drain): not ours to move. */
+		if (back && atomic_load_explicit(&s->devs[i]->born, memory_order_acquire) != s->borns[i])
+			continue;
 		for (size_t f = 0; f < NFIELDS; f++) {
 			struct pmem_metrics_counter *c = pmi_counter(&s->devs[i]->m, f);
 			uint64_t diff = s->moves[i * NFIELDS + f];
@@ -498,6 +580,13 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
 			return; /* open in another thread: only that thread can release it */
 		abandon(s);
 	}
+	if (s->state == SNAPSHOT_PUBLISHED) {
+		/* Delivered for good (it can no longer be withdrawn): retired devices leave. */
+		atomic_fetch_add_explicit(&s->reg->flushes, 1, memory_order_relaxed);
+		pmi_kind_of(s->reg)->drain(s->reg, s);
+	}
+	if (s->state != SNAPSHOT_PEEK)
+		atomic_fetch_sub_explicit(&s->reg->open_flushes, 1, memory_order_release);
 	free(s);
 }
 

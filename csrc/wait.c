@@ -88,3 +88,11 @@ int pmi_mutex_lock_by(pthread_mutex_t *mutex, const struct pmi_deadline *d)
 	}
 #endif
 }
+
+uint64_t pmi_now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+}

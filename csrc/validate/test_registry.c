@@ -262,6 +262,115 @@ static void test_find_looks_up_and_creates_nothing(void)
 	CHECK(pmem_metrics_device_count() == n + 1);
 }
 
+/* Device `id`'s diff of field `f` in snapshot `s`; -1 if `s` has no such device. */
+static int64_t diff_in(const struct pmem_metrics_snapshot *s, const char *id, size_t f)
+{
+	for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++)
+		if (strcmp(pmem_metrics_snapshot_id(s, i), id) == 0)
+			return (int64_t)pmem_metrics_snapshot_diffs(s)[i * NF + f];
+	return -1;
+}
+
+/* One flush: device `id`'s diff of field `f` (-1: not reported), committed. */
+static int64_t flush_diff(const char *id, size_t f)
+{
+	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+	int64_t d = diff_in(s, id, f);
+
+	pmem_metrics_snapshot_commit(s);
+	return d;
+}
+
+static void test_a_retired_device_is_reported_once_more_then_gone(void)
+{
+	struct pmem_metrics *m = pmem_metrics_alloc("ret-a"), *again;
+	struct pmem_metrics_registry_stats st;
+	struct pmem_metrics_snapshot *s;
+	size_t n = pmem_metrics_device_count();
+
+	pmem_metrics_add(&m->cfg_fails, 5);
+	CHECK(flush_diff("ret-a", 1) == 5);
+	pmem_metrics_add(&m->cfg_fails, 2);
+	CHECK(pmem_metrics_retire("ret-a") == 0);
+	errno = 0;
+	CHECK(pmem_metrics_retire("ret-a") == -1 && errno == ENOENT); /* retired already */
+	CHECK(pmem_metrics_registry_stats(pmem_metrics_registry_default(), &st) == 0 &&
+	      st.retired >= 1 && st.capacity == 0);
+	s = pmem_metrics_snapshot_peek(); /* a scrape still sees it (grace) */
+	CHECK(diff_in(s, "ret-a", 1) == 2);
+	pmem_metrics_snapshot_free(s);
+	CHECK(pmem_metrics_find("ret-a") == m); /* found, not revived */
+	pmem_metrics_release(m);
+	CHECK(flush_diff("ret-a", 1) == 2); /* its final delta */
+	CHECK(flush_diff("ret-a", 1) == -1); /* then gone */
+	CHECK(pmem_metrics_device_count() == n - 1);
+	s = pmem_metrics_snapshot_peek();
+	CHECK(diff_in(s, "ret-a", 1) == -1);
+	pmem_metrics_snapshot_free(s);
+	errno = 0;
+	CHECK(pmem_metrics_find("ret-a") == NULL && errno == ENOENT);
+	errno = 0;
+	CHECK(pmem_metrics_retire("ret-a") == -1 && errno == ENOENT);
+
+	/* A pointer held past the final flush counts into nothing another device reports. */
+	pmem_metrics_add(&m->cfg_fails, 100);
+	again = pmem_metrics_alloc("ret-a"); /* a new device, from zero */
+	CHECK(again && again != m && pmem_metrics_count(&again->cfg_fails) == 0);
+	pmem_metrics_inc(&again->cfg_fails);
+	CHECK(flush_diff("ret-a", 1) == 1);
+	pmem_metrics_release(m); /* the last reference: freed (ASan would see a use after) */
+	pmem_metrics_release(again);
+	pmem_metrics_release(NULL);
+	errno = 0;
+	CHECK(pmem_metrics_retire("ret-unknown") == -1 && errno == ENOENT);
+	errno = 0;
+	CHECK(pmem_metrics_retire("") == -1 && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_retire(NULL) == -1 && errno == EINVAL);
+}
+
+static void test_an_alloc_before_the_final_flush_revives_it(void)
+{
+	struct pmem_metrics *m = pmem_metrics_alloc("ret-b");
+
+	pmem_metrics_add(&m->event_fails, 3);
+	CHECK(pmem_metrics_retire("ret-b") == 0);
+	CHECK(pmem_metrics_alloc("ret-b") == m); /* the same device: nothing twice, nothing lost */
+	pmem_metrics_add(&m->event_fails, 4);
+	CHECK(flush_diff("ret-b", 2) == 7);
+	CHECK(flush_diff("ret-b", 2) == 0); /* live: still there */
+	pmem_metrics_release(m);
+}
+
+static void test_what_lands_during_the_final_flush_keeps_it_for_one_more(void)
+{
+	struct pmem_metrics *m = pmem_metrics_alloc("ret-c");
+	struct pmem_metrics_snapshot *s = NULL;
+
+	pmem_metrics_add(&m->activate_fails, 1);
+	CHECK(pmem_metrics_retire("ret-c") == 0);
+	CHECK(pmem_metrics_snapshot_take_into(&s, -1) == 0 && diff_in(s, "ret-c", 0) == 1);
+	pmem_metrics_add(&m->activate_fails, 6); /* after the take */
+	pmem_metrics_snapshot_publish(&s);
+	pmem_metrics_snapshot_dispose(&s);
+	CHECK(flush_diff("ret-c", 0) == 6); /* not lost: reported by the next */
+	CHECK(flush_diff("ret-c", 0) == -1);
+
+	pmem_metrics_release(m);
+
+	/* A final flush withdrawn after its publish: the device stays for the next. */
+	m = pmem_metrics_alloc("ret-d");
+	pmem_metrics_add(&m->activate_fails, 2);
+	CHECK(pmem_metrics_retire("ret-d") == 0);
+	CHECK(pmem_metrics_snapshot_take_into(&s, -1) == 0 && diff_in(s, "ret-d", 0) == 2);
+	pmem_metrics_snapshot_publish(&s);
+	pmem_metrics_snapshot_withdraw(&s);
+	pmem_metrics_snapshot_dispose(&s);
+	CHECK(flush_diff("ret-d", 0) == 2);
+	CHECK(flush_diff("ret-d", 0) == -1);
+	pmem_metrics_release(m);
+}
+
 static void test_a_peek_reads_counts_and_changes_nothing(void)
 {
 	struct pmem_metrics *m = pmem_metrics_alloc("reg-peek");
@@ -389,6 +498,9 @@ int main(void)
 	RUN(test_fields_from_the_x_macro);
 	RUN(test_alloc_is_idempotent);
 	RUN(test_find_looks_up_and_creates_nothing);
+	RUN(test_a_retired_device_is_reported_once_more_then_gone);
+	RUN(test_an_alloc_before_the_final_flush_revives_it);
+	RUN(test_what_lands_during_the_final_flush_keeps_it_for_one_more);
 	RUN(test_counter_semantics_and_wrap);
 	RUN(test_id_rules);
 	RUN(test_bad_ids_are_refused_and_change_nothing);

@@ -623,6 +623,217 @@ static void test_a_process_can_hold_several_registries(void)
 	CHECK(in_child(fork_with_a_flush_open, NULL) == 0);
 }
 
+/* ---- Devices that come and go ------------------------------------------------------- */
+
+/* One flush of `r`: the sum of field `f` over every device it reported; -1 if the take fails. */
+static int64_t flush_sum(struct pmem_metrics_registry *r, size_t f, const char *only, int64_t *one)
+{
+	struct pmem_metrics_snapshot *s = pmem_metrics_registry_snapshot_take(r);
+	int64_t sum = 0;
+
+	if (!s)
+		return -1;
+	if (one)
+		*one = -1;
+	for (size_t i = 0; i < pmem_metrics_snapshot_len(s); i++) {
+		sum += (int64_t)pmem_metrics_snapshot_diffs(s)[i * NF + f];
+		if (one && only && strcmp(pmem_metrics_snapshot_id(s, i), only) == 0)
+			*one = (int64_t)pmem_metrics_snapshot_diffs(s)[i * NF + f];
+	}
+	pmem_metrics_snapshot_commit(s);
+	return sum;
+}
+
+static bool retire_and_reuse(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("churn1"), 2, 0600);
+	struct pmem_metrics *a, *b, *c, *held;
+	struct pmem_metrics_registry_stats st;
+	int64_t one;
+
+	(void)arg;
+	a = r ? pmem_metrics_registry_alloc(r, "a") : NULL;
+	b = r ? pmem_metrics_registry_alloc(r, "b") : NULL;
+	CHECK(a && b);
+	if (check_failures != before)
+		return false;
+	pmem_metrics_add(&a->cfg_fails, 3);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_alloc(r, "c") && errno == ENOSPC); /* full of live devices */
+	CHECK(pmem_metrics_registry_retire(r, "a", 1) == 0);
+	errno = 0;
+	CHECK(pmem_metrics_registry_retire(r, "a", 1) == -1 && errno == ENOENT);
+	CHECK(pmem_metrics_registry_stats(r, &st) == 0 && st.capacity == 2 && st.devices == 1 &&
+	      st.retired == 1 && st.alloc_failures == 1);
+	CHECK(flush_sum(r, 1, "a", &one) == 3 && one == 3); /* the final delta */
+	CHECK(flush_sum(r, 1, "a", &one) == 0 && one == -1); /* gone */
+	CHECK(pmem_metrics_registry_device_count(r) == 1);
+	/* Its slot is still referenced (`a`): no room yet (waited for), and writes there reach no one. */
+	errno = 0;
+	CHECK(!pmem_metrics_registry_alloc_within(r, "c", 1, 20) && errno == ETIMEDOUT);
+	pmem_metrics_add(&a->cfg_fails, 1000);
+	CHECK(flush_sum(r, 1, NULL, NULL) == 0);
+	held = a;
+	pmem_metrics_release(held); /* the last reference: the slot can be reused */
+	c = pmem_metrics_registry_alloc(r, "c");
+	CHECK(c == a); /* the very slot, a new device from zero */
+	CHECK(c && pmem_metrics_count(&c->cfg_fails) == 0);
+	pmem_metrics_inc(&c->cfg_fails);
+	CHECK(flush_sum(r, 1, "c", &one) == 1 && one == 1);
+	/* Retired, then allocated again before its final flush: the same device. */
+	pmem_metrics_add(&b->event_fails, 2);
+	CHECK(pmem_metrics_registry_retire(r, "b", 1) == 0);
+	CHECK(pmem_metrics_registry_alloc(r, "b") == b);
+	pmem_metrics_add(&b->event_fails, 5);
+	CHECK(flush_sum(r, 2, "b", &one) == 7 && one == 7);
+	CHECK(flush_sum(r, 2, "b", &one) == 0 && one == 0); /* live */
+	errno = 0;
+	CHECK(pmem_metrics_registry_find(r, "a", 1) == NULL && errno == ENOENT);
+	return check_failures == before;
+}
+
+/* Holds a reference to "x" of segment churn2 and waits to be killed. */
+static bool hold_and_wait(const void *arg)
+{
+	const int *fds = arg;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("churn2"), 1, 0600);
+	char c = 'h';
+
+	if (!r || !pmem_metrics_registry_find(r, "x", 1))
+		return false;
+	if (write(fds[1], &c, 1) != 1)
+		return false;
+	pause();
+	return true;
+}
+
+static bool a_killed_holder_gives_its_references_back(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("churn2"), 1, 0600);
+	struct pmem_metrics *x = r ? pmem_metrics_registry_alloc(r, "x") : NULL;
+	int fds[2];
+	pid_t pid;
+	char c;
+
+	(void)arg;
+	CHECK(x && pipe(fds) == 0);
+	if (check_failures != before)
+		return false;
+	pid = fork();
+	if (pid == 0)
+		_exit(hold_and_wait(fds) ? 0 : 1);
+	CHECK(read(fds[0], &c, 1) == 1);
+	pmem_metrics_release(x);
+	CHECK(pmem_metrics_registry_retire(r, "x", 1) == 0 && flush_sum(r, 0, NULL, NULL) == 0);
+	errno = 0;
+	CHECK(!pmem_metrics_registry_alloc_within(r, "y", 1, 20) && errno == ETIMEDOUT); /* held */
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	CHECK(pmem_metrics_registry_alloc(r, "y") != NULL); /* the kernel let its lock go */
+	close(fds[0]);
+	close(fds[1]);
+	return check_failures == before;
+}
+
+#define CHURNERS 3
+#define CHURN_CYCLES 3000
+
+struct churn {
+	_Atomic uint64_t added, reported;
+	atomic_int enospc, left;
+};
+
+static struct churn *churn;
+
+static bool churner(const void *arg)
+{
+	int p = *(const int *)arg;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("churn3"), 64, 0600);
+	bool ok = r != NULL;
+
+	for (int i = 0; ok && i < CHURN_CYCLES; i++) {
+		char id[32];
+		struct pmem_metrics *m;
+
+		snprintf(id, sizeof(id), "p%d-%d", p, i);
+		m = pmem_metrics_registry_alloc(r, id);
+		if (!m) {
+			atomic_fetch_add(&churn->enospc, 1);
+			fprintf(stderr, "churner %d: alloc %s: %s\n", p, id, strerror(errno));
+			ok = false;
+			break;
+		}
+		pmem_metrics_add(&m->queue_event_count, (uint64_t)(i % 7 + 1));
+		atomic_fetch_add(&churn->added, (uint64_t)(i % 7 + 1));
+		ok = pmem_metrics_registry_retire(r, id, strlen(id)) == 0;
+		pmem_metrics_release(m);
+	}
+	atomic_fetch_sub(&churn->left, 1);
+	return ok;
+}
+
+static bool churn_flusher(const void *arg)
+{
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("churn3"), 64, 0600);
+	struct timespec pause = {.tv_nsec = 2000000};
+
+	(void)arg;
+	while (r && atomic_load(&churn->left) > 0) {
+		int64_t sum = flush_sum(r, 3, NULL, NULL);
+
+		if (sum < 0)
+			return false;
+		atomic_fetch_add(&churn->reported, (uint64_t)sum);
+		nanosleep(&pause, NULL);
+	}
+	for (int i = 0; r && i < 3; i++) /* the last final deltas, then nothing */
+		atomic_fetch_add(&churn->reported, (uint64_t)flush_sum(r, 3, NULL, NULL));
+	return r != NULL;
+}
+
+static void test_devices_come_and_go(void)
+{
+	pid_t pids[CHURNERS + 1];
+	int ids[CHURNERS];
+	struct pmem_metrics_registry_stats st;
+	struct pmem_metrics_registry *r;
+
+	CHECK(in_child(retire_and_reuse, NULL) == 0);
+	CHECK(in_child(a_killed_holder_gives_its_references_back, NULL) == 0);
+
+	/* Three processes plug and unplug through 64 slots while a fourth flushes. */
+	churn = mmap(NULL, sizeof(*churn), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(churn != MAP_FAILED);
+	if (churn == MAP_FAILED)
+		return;
+	atomic_store(&churn->left, CHURNERS);
+	fflush(stdout);
+	for (int p = 0; p <= CHURNERS; p++) {
+		ids[p < CHURNERS ? p : 0] = p;
+		pids[p] = fork();
+		if (pids[p] == 0)
+			_exit(p < CHURNERS ? !churner(&p) : !churn_flusher(NULL));
+	}
+	for (int p = 0; p <= CHURNERS; p++) {
+		int status;
+
+		CHECK(waitpid(pids[p], &status, 0) == pids[p] && WIFEXITED(status) &&
+		      WEXITSTATUS(status) == 0);
+	}
+	(void)ids;
+	CHECK(atomic_load(&churn->enospc) == 0);
+	CHECK(atomic_load(&churn->reported) == atomic_load(&churn->added));
+	r = pmem_metrics_registry_open(seg_path("churn3"), 64, 0600);
+	CHECK(r && pmem_metrics_registry_stats(r, &st) == 0 && st.devices == 0 &&
+	      st.alloc_failures == 0);
+	printf("# %d processes x %d plug/unplug cycles through 64 slots: %llu counted, %llu reported\n",
+	       CHURNERS, CHURN_CYCLES, (unsigned long long)atomic_load(&churn->added),
+	       (unsigned long long)atomic_load(&churn->reported));
+	munmap(churn, sizeof(*churn));
+}
+
 /* ---- A process that ignores the locks ----------------------------------------------- */
 
 /*
@@ -854,7 +1065,8 @@ static bool ids_are_checked_not_trusted(const void *arg)
 		return false;
 	pmem_metrics_add(&aa->cfg_fails, 3);
 	pmem_metrics_add(&bb->cfg_fails, 4);
-	id = (char *)scrib.id_len[0] + sizeof(uint32_t); /* slot 0's id: "aa" */
+	/* slot 0's id ("aa"): after id_len, state, refs, born, a pad and retired_ms */
+	id = (char *)scrib.id_len[0] + 5 * sizeof(uint32_t) + sizeof(uint64_t);
 	CHECK(memcmp(id, "aa", 3) == 0);
 
 	*scrib.id_len[1] = 3; /* "bb\0": a NUL inside, as read */
@@ -1063,6 +1275,7 @@ int main(void)
 	RUN(test_a_stopped_process_holds_nobody_for_longer_than_they_wait);
 	RUN(test_a_report_on_its_way_holds_no_other_flush);
 	RUN(test_find_looks_up_without_creating);
+	RUN(test_devices_come_and_go);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);
