@@ -153,7 +153,10 @@ def test_demo_with_20000_devices_on_a_few_threads(tmp_path: Path) -> None:
         proc.kill()
         proc.communicate()
     assert proc.returncode == 0, err
-    assert len(check_lines(out.read_text(), 20000, err)) == 5
+    # Four beats and the final line, less any beat a slow line made it skip (a loaded machine).
+    lines = len(check_lines(out.read_text(), 20000, err))
+    assert 2 <= lines <= 5
+    assert lines == int(re.search(r"(\d+) metrics lines", err).group(1))
 
 
 def test_demo_summary_states_the_measured_duration(tmp_path: Path) -> None:
