@@ -71,7 +71,9 @@ def test_demo_to_stdout(tmp_path: Path) -> None:
     proc = run_demo(tmp_path, "--devices", "3", "--duration", "1", "--interval", "0.3")
     assert proc.returncode == 0, proc.stderr
     objs = check_lines(proc.stdout, 3, proc.stderr)
-    assert len(objs) == 4  # at 0.3, 0.6 and 0.9 s, and the final one
+    # At 0.3, 0.6 and 0.9 s, and the final one (a beat a stalled machine missed is skipped).
+    assert 2 <= len(objs) <= 4
+    assert len(objs) == int(re.search(r"(\d+) metrics lines", proc.stderr).group(1))
     stamps = [obj["utc_timestamp_ms"] for obj in objs]
     assert stamps == sorted(stamps)
     assert [k for k in objs[0] if k.startswith("pmem_")] == ["pmem_drv0", "pmem_drv1", "pmem_drv2"]
@@ -153,7 +155,10 @@ def test_demo_with_20000_devices_on_a_few_threads(tmp_path: Path) -> None:
         proc.kill()
         proc.communicate()
     assert proc.returncode == 0, err
-    assert len(check_lines(out.read_text(), 20000, err)) == 5
+    # Four beats and the final line, less any beat a slow line made it skip (a loaded machine).
+    lines = len(check_lines(out.read_text(), 20000, err))
+    assert 2 <= lines <= 5
+    assert lines == int(re.search(r"(\d+) metrics lines", err).group(1))
 
 
 def test_demo_summary_states_the_measured_duration(tmp_path: Path) -> None:
@@ -236,4 +241,4 @@ def test_demo_with_worker_processes_sharing_a_segment(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "on 3 worker processes" in proc.stderr
     objs = check_lines(proc.stdout, 5, proc.stderr)  # exact: the lines sum to what they made
-    assert len(objs) == 4
+    assert 2 <= len(objs) <= 4
