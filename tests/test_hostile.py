@@ -32,7 +32,8 @@ from pmem_metrics.prometheus import register
 HEADER_SIZE = 80
 OFF_CAPACITY, OFF_USED = 24, 72
 SLOT_SIZE = 640
-SLOT_ID = 264  # after four 64-byte counters, `published` and `id_len`
+SLOT_ID = 288  # after four 64-byte counters, `published`, `id_len`, `state`, `refs`, `born`,
+# a pad and `retired_ms`
 MAX_CAPACITY = 1 << 24
 
 BOUND_S = 60

@@ -189,7 +189,8 @@ def spoil(path: Path, what: str) -> None:
             f.seek(USED_AT)
             f.write((1 << 40).to_bytes(8, sys.byteorder))
         else:  # the first device's id gets a NUL: it would read as another id
-            f.seek(slots_at + 64 * len(FIELDS) + 8)  # past the counters, `published`, `id_len`
+            # past the counters, `published`, `id_len`, `state`, `refs`, `born`, a pad, `retired_ms`
+            f.seek(slots_at + 64 * len(FIELDS) + 32)
             f.write(b"z\0")
 
 
