@@ -1,0 +1,214 @@
+"""The model of the live view (python -m pmem_metrics top), with a fake clock.
+
+Rates are checked exactly against injected times: never against a timing
+threshold.
+"""
+
+from __future__ import annotations
+
+from pmem_metrics.cli._table import COLUMNS, Monitor, Rates, Row, View, as_json, is_zero, table
+
+
+class Clock:
+    """A clock the test sets."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSource:
+    """A :class:`~pmem_metrics.cli._table.Source` whose counts the test sets (``None``: fails)."""
+
+    def __init__(self, path: str, counts: dict[str, dict[str, int]] | None) -> None:
+        self.path = path
+        self.counts = counts
+        self.error: str | None = None
+        self.fresh = True
+
+    def read(self) -> dict[str, dict[str, int]] | None:
+        self.error = None if self.counts is not None else "no segment"
+        return None if self.counts is None else {k: dict(v) for k, v in self.counts.items()}
+
+
+def by_key(rows: list[Row]) -> dict[tuple[str, str, str], Row]:
+    return {(r.segment, r.drive_id, r.field): r for r in rows}
+
+
+# --- the model, with exact times ------------------------------------------------------------
+
+
+def test_rate_is_the_delta_over_the_interval_and_average_since_first_seen() -> None:
+    rates = Rates()
+    rows = rates.update("s", {"d": {"cfg_fails": 10}}, now=10.0)
+    assert rows == [Row("s", "d", "cfg_fails", 10, None, None)]  # no second read yet
+    rows = rates.update("s", {"d": {"cfg_fails": 15}}, now=12.5)
+    assert rows == [Row("s", "d", "cfg_fails", 15, 5 / 2.5, 5 / 2.5)]
+    rows = rates.update("s", {"d": {"cfg_fails": 18}}, now=14.0)
+    assert rows == [Row("s", "d", "cfg_fails", 18, 3 / 1.5, 8 / 4.0)]
+    rows = rates.update("s", {"d": {"cfg_fails": 18}}, now=14.0)  # no time passed: unknown
+    assert rows == [Row("s", "d", "cfg_fails", 18, None, 8 / 4.0)]
+
+
+def test_a_device_that_appears_later_starts_its_own_baseline_and_one_that_vanishes_drops() -> None:
+    rates = Rates()
+    rates.update("s", {"a": {"f": 1}}, now=0.0)
+    rows = rates.update("s", {"a": {"f": 3}, "b": {"f": 7}}, now=1.0)
+    assert [(r.drive_id, r.rate, r.average) for r in rows] == [("a", 2.0, 2.0), ("b", None, None)]
+    rows = rates.update("s", {"a": {"f": 5}, "b": {"f": 11}}, now=3.0)
+    assert [(r.drive_id, r.rate, r.average) for r in rows] == [("a", 1.0, 4 / 3), ("b", 2.0, 2.0)]
+    rows = rates.update("s", {"b": {"f": 11}}, now=4.0)
+    assert [r.drive_id for r in rows] == ["b"]
+    rows = rates.update("s", {"a": {"f": 9}, "b": {"f": 11}}, now=5.0)  # back: a new baseline
+    assert [(r.drive_id, r.rate, r.average) for r in rows] == [("a", None, None), ("b", 0.0, 1.0)]
+
+
+def test_segments_have_their_own_baselines_and_forget_starts_one_anew() -> None:
+    rates = Rates()
+    rates.update("s1", {"d": {"f": 1}}, now=0.0)
+    rates.update("s2", {"d": {"f": 100}}, now=0.0)
+    assert rates.update("s1", {"d": {"f": 3}}, now=1.0)[0].rate == 2.0
+    assert rates.update("s2", {"d": {"f": 110}}, now=1.0)[0].rate == 10.0
+    rates.forget("s2")
+    assert rates.update("s2", {"d": {"f": 5}}, now=2.0)[0].rate is None
+    assert rates.update("s1", {"d": {"f": 4}}, now=2.0)[0].average == 1.5
+
+
+def test_a_counter_that_wraps_still_has_its_rate() -> None:
+    rates = Rates()
+    rates.update("s", {"d": {"f": 2**64 - 2}}, now=0.0)
+    assert rates.update("s", {"d": {"f": 3}}, now=1.0)[0].rate == 5.0
+
+
+def test_the_monitor_reads_every_source_by_its_clock_and_follows_them() -> None:
+    clock = Clock(50.0)
+    one = FakeSource("one", {"d": {"f": 4}})
+    two = FakeSource("two", {"d": {"f": 0}})
+    monitor = Monitor([one, two], clock)
+    monitor.poll()
+    assert monitor.interval is None
+    one.counts, two.counts = {"d": {"f": 10}}, {"d": {"f": 8}, "new": {"f": 1}}
+    clock.now = 52.0
+    rows = by_key(monitor.poll())
+    assert monitor.interval == 2.0
+    assert rows["one", "d", "f"] == Row("one", "d", "f", 10, 3.0, 3.0)
+    assert rows["two", "d", "f"] == Row("two", "d", "f", 8, 4.0, 4.0)
+    assert rows["two", "new", "f"].rate is None
+    # Unreadable: its rows drop out and its error is kept; back: new baselines.
+    one.counts = None
+    clock.now = 53.0
+    assert {r.segment for r in monitor.poll()} == {"two"}
+    assert monitor.errors() == {"one": "no segment", "two": None}
+    one.counts = {"d": {"f": 12}}
+    clock.now = 54.0
+    assert by_key(monitor.poll())["one", "d", "f"].rate is None
+    assert monitor.errors() == {"one": None, "two": None}
+    # Reopened (replaced): new baselines, though the counts read fine.
+    two.fresh = True
+    clock.now = 55.0
+    assert by_key(monitor.poll())["two", "d", "f"].average is None
+
+
+def rows_of(*specs: tuple[str, int, float | None]) -> list[Row]:
+    return [Row("s", drive_id, "cfg_fails", n, rate, rate) for drive_id, n, rate in specs]
+
+
+def test_zero_rows_are_hidden_unless_shown() -> None:
+    rows = rows_of(("a", 0, None), ("b", 0, 0.0), ("c", 1, 0.0), ("d", 0, 2.0))
+    assert [is_zero(r) for r in rows] == [True, True, False, False]
+    view = View(COLUMNS[1:])
+    assert view.select(rows) == ([rows[2], rows[3]], 2)
+    assert not view.press("z")
+    assert view.select(rows) == (rows, 0)
+
+
+def test_sort_by_every_column_numbers_high_first_and_reversed() -> None:
+    rows = rows_of(("b", 5, 1.0), ("a", 9, None), ("c", 1, 3.0), ("d", 5, 0.5))
+    view = View(COLUMNS[1:], zeros=True)
+    assert view.sort == "drive_id"
+    assert [r.drive_id for r in view.select(rows)[0]] == ["a", "b", "c", "d"]
+    view.press("r")
+    assert [r.drive_id for r in view.select(rows)[0]] == ["d", "c", "b", "a"]
+    view.press("r")
+    view.press("s")
+    assert view.sort == "field"  # every row ties: their order stays
+    assert [r.drive_id for r in view.select(rows)[0]] == ["b", "a", "c", "d"]
+    view.press("s")
+    assert view.sort == "total"  # high first; a tie keeps its order
+    assert [r.drive_id for r in view.select(rows)[0]] == ["a", "b", "d", "c"]
+    view.press("r")
+    assert [r.drive_id for r in view.select(rows)[0]] == ["c", "b", "d", "a"]
+    view.press("r")
+    view.press("s")
+    assert view.sort == "rate"  # an unknown rate sorts lowest
+    assert [r.drive_id for r in view.select(rows)[0]] == ["c", "b", "d", "a"]
+    view.press("s")
+    assert view.sort == "average"
+    view.press("s")
+    assert view.sort == "drive_id"  # round again
+    several = View(COLUMNS)
+    assert several.sort == "segment"
+    several.press("s")
+    assert several.sort == "drive_id"
+
+
+def test_the_filter_is_typed_after_slash_applied_by_enter_cleared_when_empty() -> None:
+    rows = rows_of(("vm1-a", 1, 0.0), ("vm2-a", 1, 0.0), ("vm1-b", 1, 0.0))
+    view = View(COLUMNS[1:], text="vm2")
+    assert [r.drive_id for r in view.select(rows)[0]] == ["vm2-a"]
+    view.press("/")
+    for key in "vm1-q":  # q and s are text while typing, not commands
+        assert not view.press(key)
+    view.press("\b")
+    assert view.editing == "vm1-"
+    assert "filter ids: vm1-_" in view.keys()
+    assert [r.drive_id for r in view.select(rows)[0]] == ["vm2-a"]  # not applied yet
+    view.press("\n")
+    assert view.editing is None
+    assert [r.drive_id for r in view.select(rows)[0]] == ["vm1-a", "vm1-b"]
+    view.press("/")
+    view.press("x")
+    view.press("\x1b")  # Escape: the filter stays as it was
+    assert view.text == "vm1-"
+    view.press("/")
+    view.press("\r")  # empty: cleared
+    assert view.text == ""
+    assert len(view.select(rows)[0]) == 3
+    assert view.press("q")
+
+
+def test_the_key_line_shows_the_state() -> None:
+    view = View(COLUMNS[1:])
+    assert view.keys() == (
+        "q quit  s sort: ID (A to Z)  r reverse  z zeros: hidden  / filter ids: -"
+    )
+    for key in "ssrz":
+        view.press(key)
+    assert "s sort: COUNT (low first)" in view.keys()
+    assert "z zeros: shown" in view.keys()
+
+
+def test_the_table_is_aligned_with_numbers_right() -> None:
+    rows = [Row("s", "drv0", "cfg_fails", 12345, 2.5, None), Row("s", "d", "f", 7, 0.0, 1 / 3)]
+    assert table(rows, COLUMNS[1:]) == [
+        "ID    FIELD      COUNT  RATE/S  AVG/S",
+        "drv0  cfg_fails  12345    2.50      -",
+        "d     f              7    0.00   0.33",
+    ]
+    assert table([], COLUMNS) == ["SEGMENT  ID  FIELD  COUNT  RATE/S  AVG/S"]
+
+
+def test_the_json_object_holds_every_segment_and_the_rows() -> None:
+    rows = [Row("a", "d", "cfg_fails", 3, 1.5, None)]
+    assert as_json(rows, {"a": None, "b": "no segment"}, 2.0) == {
+        "interval": 2.0,
+        "segments": {
+            "a": {
+                "error": None,
+                "devices": {"d": {"cfg_fails": {"count": 3, "rate": 1.5, "average": None}}},
+            },
+            "b": {"error": "no segment", "devices": {}},
+        },
+    }
