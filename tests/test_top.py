@@ -1,12 +1,42 @@
-"""The model of the live view (python -m pmem_metrics top), with a fake clock.
+"""The live view (python -m pmem_metrics top): its model with a fake clock, one-shot runs.
 
-Rates are checked exactly against injected times: never against a timing
-threshold.
+Rates are checked exactly against injected times, or, where a real clock
+runs, against the interval the output itself reports: never against a
+timing threshold.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pmem_metrics import FIELDS, Registry, open_segment
 from pmem_metrics.cli._table import COLUMNS, Monitor, Rates, Row, View, as_json, is_zero, table
+from pmem_metrics.cli.top import Segment, open_all, print_once
+
+PATIENCE = 30.0
+"""Seconds any one wait below may take before the test fails (a bound, not a timing check)."""
+
+TOP = [sys.executable, "-m", "pmem_metrics", "top"]
+
+
+def make_segment(path: Path, **cfg_fails: int) -> Registry:
+    """A new segment at *path*, each keyword a device with that many cfg_fails."""
+    seg = open_segment(path)
+    for drive_id, n in cfg_fails.items():
+        seg.alloc(drive_id).cfg_fails.add(n)
+    return seg
+
+
+def run_top(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TOP, *args], cwd=cwd, capture_output=True, text=True, timeout=PATIENCE)
 
 
 class Clock:
@@ -212,3 +242,203 @@ def test_the_json_object_holds_every_segment_and_the_rows() -> None:
             "b": {"error": "no segment", "devices": {}},
         },
     }
+
+
+# --- segments, read in this process ---------------------------------------------------------
+
+
+def test_a_removed_segment_is_named_and_a_new_one_at_its_path_starts_new_baselines(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "seg"
+    make_segment(path, d=5)
+    clock = Clock(0.0)
+    monitor = Monitor(open_all([str(path)]), clock)
+    monitor.poll()
+    os.unlink(path)
+    clock.now = 1.0
+    assert monitor.poll() == []
+    assert monitor.errors() == {str(path): "no segment"}
+    make_segment(path, d=2)
+    clock.now = 2.0
+    assert by_key(monitor.poll())[str(path), "d", "cfg_fails"] == Row(
+        str(path), "d", "cfg_fails", 2, None, None
+    )
+    assert monitor.errors() == {str(path): None}
+
+
+def test_an_unreadable_segment_is_named_with_its_problem(tmp_path: Path) -> None:
+    path = tmp_path / "seg"
+    make_segment(path, d=5)
+    [segment] = open_all([str(path)])
+    os.unlink(path)
+    path.write_bytes(b"not a segment at all" * 100)
+    assert segment.read() is None
+    assert segment.error is not None and "not a pmem_metrics segment" in segment.error
+
+
+def test_print_once_reports_the_rate_over_its_own_interval_exactly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seg = make_segment(tmp_path / "seg", d=10)
+    clock = Clock(7.0)
+    monitor = Monitor(open_all([str(tmp_path / "seg")]), clock)
+    waited = []
+
+    def wait(deadline: float) -> bool:
+        waited.append(deadline)
+        seg.alloc("d").cfg_fails.add(6)  # what the interval adds
+        clock.now = 9.0  # what the clock says after it, a little late
+        return False
+
+    assert print_once(monitor, View(COLUMNS[1:]), 1.5, True, wait) == 0
+    assert waited == [8.5]
+    obj = json.loads(capsys.readouterr().out)
+    assert obj == {
+        "interval": 2.0,
+        "segments": {
+            str(tmp_path / "seg"): {
+                "error": None,
+                "devices": {"d": {"cfg_fails": {"count": 16, "rate": 3.0, "average": 3.0}}},
+            }
+        },
+    }
+
+
+def test_print_once_prints_nothing_when_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_segment(tmp_path / "seg", d=10)
+    monitor = Monitor(open_all([str(tmp_path / "seg")]))
+    assert print_once(monitor, View(COLUMNS[1:]), 1.0, False, lambda deadline: True) is None
+    assert capsys.readouterr().out == ""
+
+
+def test_one_segment_under_two_names_is_read_once(tmp_path: Path) -> None:
+    make_segment(tmp_path / "seg", d=1)
+    os.link(tmp_path / "seg", tmp_path / "alias")
+    segments = open_all([str(tmp_path / "seg"), str(tmp_path / "alias"), str(tmp_path / "seg")])
+    assert [s.path for s in segments] == [str(tmp_path / "seg")]
+    assert isinstance(segments[0], Segment) and segments[0].registry is not None
+
+
+# --- one-shot runs ----------------------------------------------------------------------------
+
+
+def test_once_prints_exact_counts_and_hides_zero_rows(tmp_path: Path) -> None:
+    seg = make_segment(tmp_path / "seg", drv0=5, idle=0)
+    seg.alloc("drv1").queue_event_count.add(4321)
+    r = run_top(tmp_path, "--shm", "seg", "--once", "--interval", "0.01")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["ID", "FIELD", "COUNT", "RATE/S", "AVG/S"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["drv0", "cfg_fails", "5"],
+        ["drv1", "queue_event_count", "4321"],
+    ]
+    r = run_top(tmp_path, "--shm", "seg", "--once", "--interval", "0.01", "--all", "--filter", "id")
+    assert [line.split()[:3] for line in r.stdout.splitlines()[1:]] == [
+        ["idle", f, "0"] for f in FIELDS
+    ]
+
+
+def test_json_counts_are_exact_and_rates_agree_with_its_interval(tmp_path: Path) -> None:
+    seg = make_segment(tmp_path / "seg", quiet=3, busy=1000)
+    busy = seg.alloc("busy").cfg_fails
+    stop = threading.Event()
+    added = [0]
+
+    def bump() -> None:
+        while not stop.is_set():
+            busy.inc()
+            added[0] += 1
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=bump)
+    t.start()
+    try:
+        r = run_top(tmp_path, "--shm", "seg", "--json", "--interval", "0.2")
+    finally:
+        stop.set()
+        t.join()
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout)
+    interval = obj["interval"]
+    devices = obj["segments"]["seg"]["devices"]
+    assert obj["segments"]["seg"]["error"] is None
+    assert devices["quiet"] == {"cfg_fails": {"count": 3, "rate": 0.0, "average": 0.0}}
+    b = devices["busy"]["cfg_fails"]
+    assert 1000 <= b["count"] <= 1000 + added[0]
+    assert b["average"] == b["rate"]  # both since the first of the two reads
+    delta = b["rate"] * interval  # what the interval added: whole, and within the count
+    assert delta == pytest.approx(round(delta), abs=1e-6)
+    assert 0 <= round(delta) <= b["count"] - 1000
+
+
+def test_top_needs_only_read_permission(tmp_path: Path) -> None:
+    path = tmp_path / "seg"
+    make_segment(path, d=9)
+    path.chmod(0o440)
+    r = run_top(tmp_path, "--shm", str(path), "--json", "--interval", "0.01")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["segments"][str(path)]["devices"]["d"]["cfg_fails"]["count"] == 9
+
+
+def test_top_never_flushes(tmp_path: Path) -> None:
+    seg = make_segment(tmp_path / "seg", d=9)
+    seg.alloc("e").queue_event_count.add(4)
+    for mode in ("--json", "--once"):
+        r = run_top(tmp_path, "--shm", "seg", mode, "--interval", "0.01")
+        assert r.returncode == 0, r.stderr
+    flushed = seg.flush_metrics()
+    assert flushed["pmem_d"]["cfg_fails"] == 9
+    assert flushed["pmem_e"]["queue_event_count"] == 4
+
+
+def test_several_segments_are_labelled(tmp_path: Path) -> None:
+    make_segment(tmp_path / "one", d=1)
+    make_segment(tmp_path / "two", d=2)
+    r = run_top(tmp_path, "--shm", "one", "--shm", "two", "--once", "--interval", "0.01")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["SEGMENT", "ID", "FIELD", "COUNT", "RATE/S", "AVG/S"]
+    assert [line.split()[:4] for line in lines[1:]] == [
+        ["one", "d", "cfg_fails", "1"],
+        ["two", "d", "cfg_fails", "2"],
+    ]
+    r = run_top(tmp_path, "--shm", "one", "--shm", "two", "--json", "--interval", "0.01")
+    segments = json.loads(r.stdout)["segments"]
+    assert {p: s["devices"]["d"]["cfg_fails"]["count"] for p, s in segments.items()} == {
+        "one": 1,
+        "two": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--shm", "one", "--shm", "missing", "--once"], "no segment at 'missing' (--shm)"),
+        (["--shm", "", "--json"], "not a segment path: '' (--shm)"),
+        (["--shm", "junk", "--json"], "'junk'"),
+        (["--shm", "one"], "needs a terminal; --once or --json"),
+    ],
+)
+def test_errors_are_one_line_naming_the_path(tmp_path: Path, args: list[str], says: str) -> None:
+    make_segment(tmp_path / "one", d=1)
+    (tmp_path / "junk").write_bytes(b"x" * 4096)
+    r = run_top(tmp_path, *args)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.startswith("python -m pmem_metrics")
+    assert says in r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_an_interval_below_the_floor_is_refused_naming_interval(tmp_path: Path) -> None:
+    make_segment(tmp_path / "one", d=1)
+    r = run_top(tmp_path, "--shm", "one", "--once", "--interval", "0.001")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == (
+        "python -m pmem_metrics top: error: argument --interval: must be 0.01 s or more, got 0.001"
+    )
