@@ -214,15 +214,18 @@ def draw(stdscr: curses.window, monitor: Monitor, view: View, every: float) -> N
     """One frame: a title, the keys, a line per unreadable segment, then the table that fits."""
     rows, hidden = view.select(monitor.rows)
     devices = len({(r.segment, r.drive_id) for r in monitor.rows})
-    lines = [
-        f"pmem_metrics top: {devices} devices in {len(monitor.segments)} segment(s), "
-        f"every {every:g} s; {len(rows)} rows shown, {hidden} zero rows hidden",
-        view.keys(),
-        *(f"{path}: {error}" for path, error in monitor.errors().items() if error),
-    ]
+    errors = [f"{path}: {error}" for path, error in monitor.errors().items() if error]
     height, width = stdscr.getmaxyx()
-    header = len(lines)
-    lines += table(rows[: max(0, height - header - 1)], view.columns)
+    header = 2 + len(errors)
+    room = max(0, height - header - 1)  # rows that fit under the table's header
+    below = f", {len(rows) - room} below the window" if len(rows) > room else ""
+    lines = [
+        f"pmem_metrics top: {devices} devices in {len(monitor.segments)} segment(s), every "
+        f"{every:g} s; {len(rows)} rows{below}, {hidden} zero rows hidden",
+        view.keys(),
+        *errors,
+        *table(rows[:room], view.columns),
+    ]
     stdscr.erase()
     for y, text in enumerate(lines[:height]):
         try:  # the last column is left alone: writing the bottom right cell fails
