@@ -1,19 +1,28 @@
-"""The live view (python -m pmem_metrics top): its model with a fake clock, one-shot runs.
+"""The live view (python -m pmem_metrics top): its model with a fake clock, one-shot runs, a pty.
 
 Rates are checked exactly against injected times, or, where a real clock
 runs, against the interval the output itself reports: never against a
-timing threshold.
+timing threshold.  The live view runs under a pseudo-terminal; every wait
+on it is bounded, and the child is killed whatever happens.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -442,3 +451,178 @@ def test_an_interval_below_the_floor_is_refused_naming_interval(tmp_path: Path) 
     assert r.stderr.splitlines()[-1] == (
         "python -m pmem_metrics top: error: argument --interval: must be 0.01 s or more, got 0.001"
     )
+
+
+# --- the live view, under a pseudo-terminal ---------------------------------------------------
+
+
+class Terminal:
+    """``top ARGS`` on a pseudo-terminal of *rows* x *cols*, its controlling terminal."""
+
+    def __init__(self, cwd: Path, *args: str, rows: int = 24, cols: int = 80, term: str = "xterm"):
+        master, slave = os.openpty()
+        # The size is set before the child exists, so curses starts with it.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {**os.environ, "TERM": term}
+        argv = [*TOP, *args]
+        pid = os.fork()
+        if pid == 0:  # only system calls from here to exec: the parent may have threads
+            try:
+                os.close(master)
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for fd in (0, 1, 2):
+                    os.dup2(slave, fd)
+                os.chdir(cwd)
+                os.execve(sys.executable, argv, env)
+            finally:
+                os._exit(127)
+        os.close(slave)
+        self.pid, self.fd = pid, master
+        self.output = b""
+        self.status: int | None = None
+        self.deadline = time.monotonic() + PATIENCE
+
+    def _read(self, timeout: float) -> bool:
+        """Read what is there within *timeout*; ``False`` at the end (the child closed it)."""
+        if not select.select([self.fd], [], [], max(0.0, timeout))[0]:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            data = b""  # Linux: EIO once the child's side is closed
+        self.output += data
+        return bool(data)
+
+    def expect(self, text: bytes) -> None:
+        """Read until *text* has come (fail at the deadline, or if the child ends first)."""
+        while text not in self.output:
+            left = self.deadline - time.monotonic()
+            assert left > 0, f"never saw {text!r} in {self.output[-2000:]!r}"
+            if not self._read(min(left, 0.5)):
+                pytest.fail(f"ended before {text!r}: {self.wait()}, {self.output[-2000:]!r}")
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Change the window's size: the kernel sends the child SIGWINCH."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def wait(self) -> int:
+        """Read to the end, then the child's exit status (fail at the deadline)."""
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+                break
+            assert time.monotonic() < self.deadline, f"still running: {self.output[-2000:]!r}"
+            self._read(0.05)
+        while self._read(0.5):  # what the child wrote last (endwin's restore)
+            assert time.monotonic() < self.deadline
+        return self.status
+
+    def close(self) -> None:
+        if self.status is None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.status = -signal.SIGKILL
+        os.close(self.fd)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[list[Terminal]]:
+    """Terminals to start; each child is killed at the end if it still runs."""
+    started: list[Terminal] = []
+    yield started
+    for t in started:
+        t.close()
+
+
+def start(started: list[Terminal], cwd: Path, *args: str, **how: Any) -> Terminal:
+    t = Terminal(cwd, *args, **how)
+    started.append(t)
+    return t
+
+
+def test_live_view_shows_rows_takes_keys_and_quits(
+    tmp_path: Path, terminal: list[Terminal]
+) -> None:
+    seg = make_segment(tmp_path / "seg", drv0=4321, other=0)
+    t = start(terminal, tmp_path, "--shm", "seg", "--interval", "0.1")
+    t.expect(b"drv0")
+    t.expect(b"4321")
+    seg.alloc("late").event_fails.add(8765)  # a device that appears while it runs
+    t.expect(b"late")
+    t.expect(b"8765")
+    # A frame sends only what changed on the screen: expect text that is new there.
+    t.send(b"z")
+    t.expect(b"other")  # its zero rows, shown now
+    t.send(b"s")
+    t.expect(b"FIELD (A to Z)")
+    t.send(b"r/oth")
+    t.expect(b"Enter applies")
+    t.send(b"\r")
+    t.expect(b"filter ids: oth")
+    t.send(b"q")
+    assert t.wait() == 0
+    assert b"Traceback" not in t.output
+
+
+def test_live_view_survives_tiny_terminals_and_resizes(
+    tmp_path: Path, terminal: list[Terminal]
+) -> None:
+    make_segment(tmp_path / "seg", **{f"drv{i}": 4321 for i in range(6)})
+    t = start(terminal, tmp_path, "--shm", "seg", "--interval", "0.05", rows=2, cols=4)
+    t.expect(b"pme")  # what fits of the title: the last column is left alone
+    for rows, cols in ((1, 1), (3, 20), (1, 80), (40, 200), (6, 132)):
+        t.resize(rows, cols)
+    t.expect(b"3 below the window")  # 6 rows; 3 fit under the title, keys and header
+    t.expect(b"drv0")
+    t.send(b"zsr/x\x7f\r")
+    t.send(b"q")
+    assert t.wait() == 0
+    assert b"Traceback" not in t.output
+
+
+@pytest.mark.parametrize(("how", "status"), [("SIGTERM", 0), ("SIGINT", 130), ("ctrl-c", 130)])
+def test_live_view_ends_cleanly_on_a_signal(
+    tmp_path: Path, terminal: list[Terminal], how: str, status: int
+) -> None:
+    make_segment(tmp_path / "seg", drv0=4321)
+    t = start(terminal, tmp_path, "--shm", "seg", "--interval", "0.1")
+    t.expect(b"drv0")
+    if how == "ctrl-c":
+        t.send(b"\x03")
+    else:
+        os.kill(t.pid, getattr(signal, how))
+    assert t.wait() == status
+    assert b"Traceback" not in t.output
+    assert b"\x1b[?1049l" in t.output  # the terminal restored (xterm's rmcup)
+
+
+def test_live_view_names_a_removed_segment_and_follows_a_new_one(
+    tmp_path: Path, terminal: list[Terminal]
+) -> None:
+    make_segment(tmp_path / "seg", drv0=4321)
+    t = start(terminal, tmp_path, "--shm", "seg", "--interval", "0.05")
+    t.expect(b"4321")
+    os.unlink(tmp_path / "seg")
+    t.expect(b"seg: no segment")
+    make_segment(tmp_path / "seg", fresh=8765)
+    t.expect(b"8765")
+    t.send(b"q")
+    assert t.wait() == 0
+
+
+def test_live_view_refuses_an_unknown_terminal_in_one_line(
+    tmp_path: Path, terminal: list[Terminal]
+) -> None:
+    make_segment(tmp_path / "seg", drv0=1)
+    t = start(terminal, tmp_path, "--shm", "seg", term="no-such-terminal-kind")
+    assert t.wait() == 1
+    text = t.output.decode().strip()
+    assert text.startswith("python -m pmem_metrics top: cannot use this terminal")
+    assert len(text.splitlines()) == 1
