@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from pmem_metrics import FIELDS, Registry, open_segment
-from pmem_metrics.cli._table import COLUMNS, Monitor, Rates, Row, View, as_json, is_zero, table
+from pmem_metrics.cli._monitor import Monitor, Rates, Row, is_zero
+from pmem_metrics.cli._table import COLUMNS, View, as_json, table
 from pmem_metrics.cli.top import Segment, open_all, print_once
 
 PATIENCE = 30.0
@@ -59,7 +60,7 @@ class Clock:
 
 
 class FakeSource:
-    """A :class:`~pmem_metrics.cli._table.Source` whose counts the test sets (``None``: fails)."""
+    """A :class:`~pmem_metrics.cli._monitor.Source` whose counts the test sets (``None``: fails)."""
 
     def __init__(self, path: str, counts: dict[str, dict[str, int]] | None) -> None:
         self.path = path

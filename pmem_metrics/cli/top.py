@@ -41,8 +41,9 @@ from ..errors import SegmentReplacedError
 from ..registry import Counts, Registry
 from ..segment import open_segment
 from ._args import interval
+from ._monitor import Monitor
 from ._service import Signals
-from ._table import COLUMNS, Monitor, View, as_json, table
+from ._table import COLUMNS, View, as_json, table
 
 _ME = "python -m pmem_metrics top"
 _KEY_WAIT = 0.1  # seconds the live view waits for a key at most: how soon it sees a signal
