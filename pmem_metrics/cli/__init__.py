@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Callable
 
 from .. import __version__, capi
-from . import demo, export
+from . import demo, export, top
 
 PROG = "python -m pmem_metrics"
 
@@ -53,7 +53,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--libs", action="store_true", help="print linker flags for C code using libpmemmetrics"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (demo, export):
+    for command in (demo, export, top):
         command.add_parser(sub)
     return parser, dict(sub.choices)
 
