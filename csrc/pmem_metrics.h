@@ -510,8 +510,9 @@ int pmem_metrics_registry_retire(struct pmem_metrics_registry *r, const char *dr
  * How full a registry is.  `capacity`: device slots (0: a private registry,
  * which grows); `devices`: live devices; `retired`: devices retired and not
  * yet let go (waiting for their final flush, or, in a segment, for the
- * references still held to them); `alloc_failures`: allocations refused
- * since the segment was created (ENOSPC) or the process started (ENOMEM).
+ * references still held to them: capacity - devices - retired slots are
+ * free); `alloc_failures`: allocations refused since the segment was
+ * created (ENOSPC) or the process started (ENOMEM).
  */
 struct pmem_metrics_registry_stats {
 	size_t capacity, devices, retired;

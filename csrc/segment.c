@@ -701,7 +701,7 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, uint64_t 
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		uint32_t slot = atomic_load_explicit(&index[mid], memory_order_relaxed);
+		uint32_t slot = atomic_load_explicit(&index[mid], memory_order_relaxed), state;
 		struct device *d;
 		size_t d_len;
 		int cmp;
@@ -711,12 +711,18 @@ static struct device *seg_find(const struct pmi_seg *g, uint64_t used, uint64_t 
 			return NULL;
 		}
 		d = seg_slot(g, slot);
-		if (!is_device(atomic_load_explicit(&d->state, memory_order_acquire))) {
-			*at = SIZE_MAX; /* drained, being taken out of the index, or corrupt */
+		state = pmi_dev_state(atomic_load_explicit(&d->state, memory_order_acquire));
+		if (state == DEV_FREE) {
+			*at = SIZE_MAX; /* given to a new device right now, or corrupt */
 			return NULL;
 		}
+		/* A drained device's id still orders its entry until the entry is taken out. */
 		d_len = slot_id_len(d);
 		cmp = pmi_id_cmp(id, len, d->id, d_len);
+		if (cmp == 0 && state == DEV_DRAINED) {
+			*at = SIZE_MAX; /* this id, drained: its entry goes before another is made */
+			return NULL;
+		}
 		if (cmp == 0)
 			return d;
 		if (cmp < 0)
@@ -1653,7 +1659,10 @@ int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *o
 		uint32_t state = pmi_dev_state(v.state_by_slot[s]);
 
 		out->devices += state == DEV_LIVE;
-		out->retired += state == DEV_RETIRED || state == DEV_DRAINED;
+		/* A drained device whose references are all given back is room, not a device. */
+		out->retired += state == DEV_RETIRED ||
+				(state == DEV_DRAINED &&
+				 ((g->refs && g->refs[s] != 0) || slot_referenced(g, s)));
 	}
 	pmi_seg_view_free(&v);
 	if (g->map)

@@ -37,11 +37,12 @@ from .errors import (
     SegmentFullError,
     SegmentReplacedError,
     SegmentTimeoutError,
+    UnknownDeviceError,
     UntrustedSegmentError,
     WriterStateError,
 )
 from .flush import Flush
-from .registry import Counts, Registry
+from .registry import Counts, Registry, Stats
 from .segment import attach, open_segment
 from .writer import METRICS, MetricsWriter
 
@@ -55,6 +56,8 @@ get = _default.get
 ids = _default.ids
 is_shared = _default.is_shared
 read = _default.read
+retire = _default.retire
+stats = _default.stats
 del _default
 
 __version__ = _version("pmem_metrics")
@@ -83,6 +86,8 @@ __all__ = [
     "SegmentFullError",
     "SegmentReplacedError",
     "SegmentTimeoutError",
+    "Stats",
+    "UnknownDeviceError",
     "UntrustedSegmentError",
     "WriterStateError",
     "attach",
@@ -96,4 +101,6 @@ __all__ = [
     "is_shared",
     "open_segment",
     "read",
+    "retire",
+    "stats",
 ]

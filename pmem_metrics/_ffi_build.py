@@ -22,7 +22,8 @@ def cdef_from_header(text: str) -> str:
     """The CFFI declarations of the public header *text*: the one place they are written.
 
     Integer ``#define``s and enum constants become ``#define NAME ...`` (their
-    values stay in the header), the structs are opaque, enums keep their
+    values stay in the header), structs are opaque but those of plain
+    fields (a few integers: their layout stays C's, ``...``), enums keep their
     listed values, and every prototype (an inline definition too) is declared
     as it stands.  The test-only fault-injection block is left out.
     """
@@ -34,13 +35,20 @@ def cdef_from_header(text: str) -> str:
     text = re.sub(r"enum\s*\{[^}]*\}\s*;", "", text)
     enums = re.findall(r"enum\s+\w+\s*\{[^}]*\}\s*;", text)
     text = re.sub(r"enum\s+\w+\s*\{[^}]*\}\s*;", "", text)
-    structs = sorted(set(re.findall(r"struct\s+(pmem_metrics\w*)", text)))
+    # Structs of plain fields (not the counters', whose fields are atomics) keep them.
+    plain = {
+        name: " ".join(body.split())
+        for name, body in re.findall(r"struct\s+(pmem_metrics\w*)\s*\{([^}]*)\}\s*;", text)
+        if re.fullmatch(r"[\w\s,;]*", body) and "_Atomic" not in body
+    }
+    structs = sorted(set(re.findall(r"struct\s+(pmem_metrics\w*)", text)) - set(plain))
     text = re.sub(r"struct\s+\w+\s*\{[^}]*\}\s*;", "", text)
     text = re.sub(r"\binline\s+([^;{]*?\))\s*\{(?:[^{}]|\{[^{}]*\})*\}", r"\1;", text)
     protos = re.findall(r"([A-Za-z_][^;{}]*?\bpmem_metrics_\w+\s*\([^;{}]*\))\s*;", text)
     return "\n".join(
         [f"#define {name} ..." for name in consts]
         + [f"struct {name};" for name in structs]
+        + [f"struct {name} {{ {body} ...; }};" for name, body in sorted(plain.items())]
         + [" ".join(e.split()) for e in enums]
         + [" ".join(p.split()) + ";" for p in protos]
     )

@@ -14,12 +14,13 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar
 
 from ._binding import DEFAULT_REGISTRY, FIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
-from .errors import InvalidDriveIdError, registry_error
+from .errors import InvalidDriveIdError, UnknownDeviceError, registry_error
 
 # The C functions of Counter's hot path, and the conversion add() applies.
 _alloc_within: Callable[[CData, bytes, int, int], CData] = lib.pmem_metrics_registry_alloc_within
 _inc: Callable[[CData], None] = lib.pmem_metrics_inc
 _add: Callable[[CData, int], None] = lib.pmem_metrics_add
+_release: Callable[[CData], None] = lib.pmem_metrics_release
 _index = operator.index
 
 # The longest repr of a drive id that an error message quotes whole.  A
@@ -53,12 +54,14 @@ class Counter:
     ``2**64``.
     """
 
-    __slots__ = ("_c",)
+    __slots__ = ("_c", "_device")
 
     _c: CData  # the C struct pmem_metrics_counter * of this counter
+    _device: CData  # its device's pointer, whose collection gives the device's reference back
 
-    def __init__(self, c: CData) -> None:
+    def __init__(self, c: CData, device: CData) -> None:
         self._c = c
+        self._device = device
 
     # The hot path.  Python methods, not the C functions bound to the counter
     # (as they were): a wrong call then names Counter.inc/Counter.add, not the
@@ -186,12 +189,18 @@ def _refuse_id(drive_id: str, raw: bytes, err: int) -> None:
 
 
 def _handle(cls: type[_Device], m: CData, drive_id: str, origin: str) -> _Device:
+    """A handle on the device *m*, holding the reference C took for it (released when collected).
+
+    Its counters keep the device's pointer too: a counter kept after its
+    handle is gone still holds the device, whose room is then never reused.
+    """
+    m = ffi.gc(m, _release)
     self = object.__new__(cls)
     self._m = m
     self._origin = origin
     self.drive_id = drive_id
     for i, name in enumerate(FIELDS):
-        setattr(self, name, Counter(lib.pmem_metrics_field(m, i)))
+        setattr(self, name, Counter(lib.pmem_metrics_field(m, i), m))
     return self
 
 
@@ -229,3 +238,17 @@ def find_in(r: CData, drive_id: str, origin: str) -> PmemMetricsPerDevice | None
         shown = _shown(drive_id)
         raise registry_error(err, r, f"look {shown} up in", f"cannot look up {shown}")
     return _handle(PmemMetricsPerDevice, m, drive_id, origin)
+
+
+def retire_in(r: CData, drive_id: str) -> None:
+    """:meth:`Registry.retire` in the C registry *r*."""
+    raw = _id_bytes(drive_id)
+    if lib.pmem_metrics_registry_retire(r, raw, len(raw)) != 0:
+        err = ffi.errno
+        shown = _shown(drive_id)
+        if err == errno.ENOENT:
+            raise UnknownDeviceError(
+                f"no live device {shown} to retire (never allocated, or retired already)"
+            )
+        _refuse_id(drive_id, raw, err)
+        raise registry_error(err, r, f"retire {shown} in", f"cannot retire {shown}")

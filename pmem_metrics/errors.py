@@ -20,6 +20,13 @@ class InvalidDriveIdError(PmemMetricsError, ValueError):
     """A drive id broke one of the rules (empty, too long, control characters, bad UTF-8)."""
 
 
+class UnknownDeviceError(PmemMetricsError, KeyError):
+    """No live device has that id: never allocated, or retired already."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError's own quotes its message
+
+
 class OutOfMemoryError(PmemMetricsError, MemoryError):
     """The C library could not allocate memory; nothing was changed."""
 

@@ -148,7 +148,19 @@ class PmemCollector(Collector):
                     family.add_metric([drive_id, *extra], value)
             if up:
                 up[0].add_metric(list(extra), 1)
+                self._add_room(up[1:], source, extra)
         return iter([*families, *up])
+
+    @staticmethod
+    def _add_room(room: list[Any], source: _Source, extra: tuple[str, ...]) -> None:
+        """A segment's capacity, devices, retired devices and allocation failures."""
+        try:
+            stats = source.registry.stats()
+        except (PmemMetricsError, OSError) as e:  # read a moment ago: logged, left out
+            _log.warning("pmem_metrics: cannot read segment %r's room: %s", extra[0], e)
+            return
+        for family, value in zip(room, (stats.capacity or 0, *stats[1:])):
+            family.add_metric(list(extra), value)
 
     def _peek(self, source: _Source, deadline: float) -> Snapshot:
         """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
@@ -173,11 +185,29 @@ class PmemCollector(Collector):
         )
         return snap
 
-    def _up(self) -> list[GaugeMetricFamily]:
+    def _up(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         if len(self._labels) == 1:
             return []
         doc = "Whether the last scrape could read the segment (1) or not (0)."
-        return [GaugeMetricFamily("pmem_segment_up", doc, labels=["segment"])]
+        return [
+            GaugeMetricFamily("pmem_segment_up", doc, labels=["segment"]),
+            GaugeMetricFamily(
+                "pmem_segment_capacity", "Device slots of the segment.", labels=["segment"]
+            ),
+            GaugeMetricFamily(
+                "pmem_segment_devices", "Live devices in the segment.", labels=["segment"]
+            ),
+            GaugeMetricFamily(
+                "pmem_segment_retired",
+                "Retired devices of the segment not let go yet (final flush, or references).",
+                labels=["segment"],
+            ),
+            CounterMetricFamily(
+                "pmem_segment_alloc_failures",
+                "Allocations the segment refused for want of room.",
+                labels=["segment"],
+            ),
+        ]
 
     def _family(self, name: str) -> CounterMetricFamily:
         return CounterMetricFamily(f"pmem_{name}", FIELD_DOCS[name], labels=self._labels)

@@ -23,15 +23,29 @@ registry.
 from __future__ import annotations
 
 import errno
+from typing import Any, NamedTuple
 
 from ._binding import DEFAULT_REGISTRY, FIELDS, CData, ffi, lib
 from ._snapshot import Snapshot, peek
-from .device import PmemMetricsPerDevice, alloc_in, find_in
+from .device import PmemMetricsPerDevice, alloc_in, find_in, retire_in
 from .errors import registry_error
 from .flush import Flush, as_dict, as_json, flush_in
 
 Counts = dict[str, dict[str, int]]
 """What :meth:`Registry.read` returns: ``{drive_id: {field: value}}``, in id order."""
+
+
+class Stats(NamedTuple):
+    """How full a registry is: :meth:`Registry.stats`."""
+
+    capacity: int | None
+    """Device slots of a segment; ``None`` for a private registry (it grows)."""
+    devices: int
+    """Live devices."""
+    retired: int
+    """Retired devices not let go yet: waiting for their final flush, or for references."""
+    alloc_failures: int
+    """Allocations refused for want of room (a segment: since it was created)."""
 
 
 class Registry:
@@ -74,6 +88,29 @@ class Registry:
         counters are not mapped into this process: :meth:`read` them).
         """
         return find_in(self._r, drive_id, self._origin())
+
+    def retire(self, drive_id: str) -> None:
+        """Retire device *drive_id* (a hot-unplugged drive): reported once more, then gone.
+
+        The next flush reports its final delta, in its own entry and in the
+        aggregate; later lines and scrapes do not show it (a registry that
+        nobody flushes stops showing it to scrapes after a grace period,
+        ``PMEM_METRICS_RETIRE_GRACE_MS``, default 5 minutes).  An
+        :meth:`alloc` of the id before that flush gives the same device back;
+        after it, a new one from zero.  Handles still held keep the device's
+        room, and what they add after its final flush is counted nowhere,
+        never into another device.  Raises :class:`UnknownDeviceError` (a
+        ``KeyError``) for an id no live device has, as :meth:`alloc` does for
+        a bad id, and :class:`ReadOnlySegmentError` in a read-only registry.
+        """
+        retire_in(self._r, drive_id)
+
+    def stats(self) -> Stats:
+        """How full this registry is: capacity, live devices, retired ones, allocation failures."""
+        out: Any = ffi.new("struct pmem_metrics_registry_stats *")  # a struct: fields by name
+        if lib.pmem_metrics_registry_stats(self._r, out) != 0:
+            raise registry_error(ffi.errno, self._r, "read", "cannot read the registry's stats")
+        return Stats(out.capacity or None, out.devices, out.retired, out.alloc_failures)
 
     def __contains__(self, drive_id: object) -> bool:
         """Whether a device *drive_id* exists here (``False`` for what is not an id)."""
