@@ -101,7 +101,10 @@
  *   once: EUSERS): a waiter that finds the slot's lock free takes a dead
  *   holder's lock over.  A wait polls until a deadline: every wait on a
  *   segment is bounded (the call's timeout, or
- *   PMEM_METRICS_SEGMENT_WAIT_MS), and a binding waits in slices.
+ *   PMEM_METRICS_SEGMENT_WAIT_MS), and a binding waits in slices.  A
+ *   process's references to a device (pmem_metrics_alloc(), _find()) are a
+ *   shared byte-range lock on one byte per slot: a retired device's slot is
+ *   reused only while nobody holds it, and a dead process holds nothing.
  * - Readers take no lock: a peek (a scrape), a device count and a flush's
  *   copy read the slots that `used` says are published (release stores by
  *   the inserter, acquire loads here) and check the sorted index before
@@ -154,8 +157,9 @@
  *
  * Limitations
  * ===========
- * - Devices are never freed: a `struct pmem_metrics *` stays valid until the
- *   process exits, and ids cannot be removed.
+ * - A `struct pmem_metrics *` stays valid until its reference is released
+ *   (pmem_metrics_release()); a device leaves only when retired
+ *   (pmem_metrics_retire()), after its final flush.
  * - Drive ids are 1 to PMEM_METRICS_ID_MAX_CHARS code points of valid UTF-8
  *   with no control characters (C0, DEL, C1).
  * - Counters wrap modulo 2^64; a diff stays right across one wrap between

@@ -90,3 +90,8 @@ def test_prometheus(tmp_path: Path) -> None:
     for field in FIELDS:
         assert f"# TYPE pmem_{field}_total counter" in out
         assert any(line.startswith(f'pmem_{field}_total{{drive_id="drv0"}} ') for line in out)
+
+
+def test_devices_that_come_and_go(tmp_path: Path) -> None:
+    out = run(example("## Devices that come and go (hot-unplug)"), tmp_path).splitlines()
+    assert out == ["2", "False", "0"]
