@@ -29,7 +29,7 @@ import pytest
 from pmem_metrics import FIELDS, Registry, open_segment
 from pmem_metrics.cli._monitor import Monitor, Rates, Row, is_zero
 from pmem_metrics.cli._table import COLUMNS, View, as_json, table
-from pmem_metrics.cli.top import Segment, open_all, print_once
+from pmem_metrics.cli.top import Segment, describe, open_all, print_once
 
 PATIENCE = 30.0
 """Seconds any one wait below may take before the test fails (a bound, not a timing check)."""
@@ -310,6 +310,7 @@ def test_print_once_reports_the_rate_over_its_own_interval_exactly(
             str(tmp_path / "seg"): {
                 "error": None,
                 "devices": {"d": {"cfg_fails": {"count": 16, "rate": 3.0, "average": 3.0}}},
+                "room": {"capacity": 4096, "devices": 1, "retired": 0, "alloc_failures": 0},
             }
         },
     }
@@ -580,7 +581,7 @@ def test_live_view_survives_tiny_terminals_and_resizes(
     t.expect(b"pme")  # what fits of the title: the last column is left alone
     for rows, cols in ((1, 1), (3, 20), (1, 80), (40, 200), (6, 132)):
         t.resize(rows, cols)
-    t.expect(b"3 below the window")  # 6 rows; 3 fit under the title, keys and header
+    t.expect(b"4 below the window")  # 6 rows; 2 fit under the title, keys, room and header
     t.expect(b"drv0")
     t.send(b"zsr/x\x7f\r")
     t.send(b"q")
@@ -611,7 +612,7 @@ def test_live_view_names_a_removed_segment_and_follows_a_new_one(
     t = start(terminal, tmp_path, "--shm", "seg", "--interval", "0.05")
     t.expect(b"4321")
     os.unlink(tmp_path / "seg")
-    t.expect(b"seg: no segment")
+    t.expect(b"no segment")  # in the segment's line, which said how full it was
     make_segment(tmp_path / "seg", fresh=8765)
     t.expect(b"8765")
     t.send(b"q")
@@ -627,3 +628,16 @@ def test_live_view_refuses_an_unknown_terminal_in_one_line(
     text = t.output.decode().strip()
     assert text.startswith("python -m pmem_metrics top: cannot use this terminal")
     assert len(text.splitlines()) == 1
+
+
+def test_json_and_the_live_view_show_each_segments_room(tmp_path: Path) -> None:
+    seg = open_segment(tmp_path / "seg", capacity=8)
+    seg.alloc("a").cfg_fails.add(1)
+    seg.alloc("b")
+    seg.retire("b")
+    r = run_top(tmp_path, "--shm", "seg", "--json", "--interval", "0.05")
+    assert r.returncode == 0, r.stderr
+    room = json.loads(r.stdout)["segments"]["seg"]["room"]
+    assert room == {"capacity": 8, "devices": 1, "retired": 1, "alloc_failures": 0}
+    line = describe(seg.stats())
+    assert line == "1 live of 8 slots, 1 retired, 0 allocations refused"

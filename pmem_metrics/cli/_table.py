@@ -127,15 +127,26 @@ def table(rows: Iterable[Row], columns: tuple[str, ...]) -> list[str]:
 Json = dict[str, object]
 
 
-def as_json(rows: Iterable[Row], errors: Mapping[str, str | None], interval: float | None) -> Json:
+def as_json(
+    rows: Iterable[Row],
+    errors: Mapping[str, str | None],
+    interval: float | None,
+    rooms: Mapping[str, tuple[int | None, int, int, int] | None] | None = None,
+) -> Json:
     """``top --json``'s object: *rows* by segment (every one in *errors*), device and field.
 
     *errors* maps each segment's path to why it could not be read (``None``:
-    it could); *interval* is the seconds the rates are over.
+    it could); *interval* is the seconds the rates are over; *rooms* each
+    segment's room (:class:`~pmem_metrics.Stats`), where known.
     """
     devices: dict[str, dict[str, dict[str, Json]]] = {path: {} for path in errors}
     for r in rows:
         fields = devices[r.segment].setdefault(r.drive_id, {})
         fields[r.field] = {"count": r.total, "rate": r.rate, "average": r.average}
-    segments = {path: {"error": errors[path], "devices": devices[path]} for path in errors}
+    segments: dict[str, Json] = {
+        path: {"error": errors[path], "devices": devices[path]} for path in errors
+    }
+    for path, room in (rooms or {}).items():
+        names = ("capacity", "devices", "retired", "alloc_failures")
+        segments[path]["room"] = None if room is None else dict(zip(names, room))
     return {"interval": interval, "segments": segments}

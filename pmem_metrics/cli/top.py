@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import SegmentReplacedError
-from ..registry import Counts, Registry
+from ..registry import Counts, Registry, Stats
 from ..segment import open_segment
 from ._args import interval
 from ._monitor import Monitor
@@ -58,6 +58,7 @@ class Segment:
         self.registry: Registry | None = registry
         self.error: str | None = None  # why the last read failed
         self.fresh = True  # opened since the last read: its devices start new baselines
+        self.room: Stats | None = None  # its capacity, devices, retired ones, failures
 
     def read(self) -> Counts | None:
         """Its counts now; ``None`` when it cannot be read (:attr:`error` says why)."""
@@ -67,11 +68,13 @@ class Segment:
                     self.registry = open_segment(self.path, readonly=True, create=False)
                     self.fresh = True
                 counts = self.registry.read()
+                self.room = self.registry.stats()
             except SegmentReplacedError:
                 self.registry = None
                 continue
             except OSError as e:
                 self.error = "no segment" if e.errno == errno.ENOENT else e.strerror or str(e)
+                self.room = None
                 return None
             self.error = None
             return counts
@@ -153,6 +156,22 @@ def _main(args: argparse.Namespace) -> int:
     return signals.status if status is None else status
 
 
+def room_of(segment: object) -> Stats | None:
+    """A segment's room as last read (``None``: not read, or not a segment's)."""
+    room = getattr(segment, "room", None)
+    return room if isinstance(room, Stats) else None
+
+
+def describe(room: Stats | None) -> str:
+    """A segment's room in a few words, for the live view."""
+    if room is None:
+        return "room not known"
+    return (
+        f"{room.devices} live of {room.capacity} slots, {room.retired} retired, "
+        f"{room.alloc_failures} allocations refused"
+    )
+
+
 def print_once(
     monitor: Monitor, view: View, interval: float, as_object: bool, wait: Callable[[float], bool]
 ) -> int | None:
@@ -169,7 +188,8 @@ def print_once(
     rows, _ = view.select(monitor.poll())
     errors = monitor.errors()
     if as_object:
-        print(json.dumps(as_json(rows, errors, monitor.interval)), flush=True)
+        rooms = {s.path: room_of(s) for s in monitor.segments}
+        print(json.dumps(as_json(rows, errors, monitor.interval, rooms)), flush=True)
     else:
         print("\n".join(table(rows, view.columns)), flush=True)
     for path, error in errors.items():
@@ -215,7 +235,10 @@ def draw(stdscr: curses.window, monitor: Monitor, view: View, every: float) -> N
     """One frame: a title, the keys, a line per unreadable segment, then the table that fits."""
     rows, hidden = view.select(monitor.rows)
     devices = len({(r.segment, r.drive_id) for r in monitor.rows})
-    errors = [f"{path}: {error}" for path, error in monitor.errors().items() if error]
+    errors = [
+        f"{s.path}: {s.error}" if s.error else f"{s.path}: {describe(room_of(s))}"
+        for s in monitor.segments
+    ]
     height, width = stdscr.getmaxyx()
     header = 2 + len(errors)
     room = max(0, height - header - 1)  # rows that fit under the table's header
