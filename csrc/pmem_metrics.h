@@ -341,7 +341,8 @@ size_t pmem_metrics_device_count(void);
  * one back.  A caller that never releases keeps its device's room for
  * good -- never unsafe.  Increments through a pointer still held after the
  * final flush go to the retired device, which nothing reports: they are
- * counted nowhere, and never into another device.  In a segment, the
+ * counted nowhere, and never into another device; so may those that race
+ * the final flush (the increment checks nothing).  In a segment, the
  * references of a process that died are let go by the kernel (each is a
  * byte-range lock of its open file), without its help.
  *

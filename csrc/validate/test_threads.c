@@ -485,6 +485,84 @@ static void test_several_registries_flush_exactly(void)
 	rmdir(dir);
 }
 
+/* ---- Devices that come and go, from threads (TSan runs this) -------------------- */
+
+#define CHURN_THREADS 3
+#define CHURN_ITERS 4000
+
+struct churn {
+	_Atomic uint64_t added, reported;
+	atomic_int left;
+};
+
+/*
+ * Plug, count, unplug, over and over, 50 ids a thread: an id comes back
+ * before its final flush (revived) or after it (a new device).  (A thread
+ * counting into a device another thread retired races its final flush: what
+ * lands after the flush's take is counted nowhere -- the hot path checks
+ * nothing -- so each thread here retires only its own.)
+ */
+static void *churn_devices(void *arg)
+{
+	struct churn *c = arg;
+	static atomic_int next;
+	int me = atomic_fetch_add(&next, 1);
+
+	for (int i = 0; i < CHURN_ITERS; i++) {
+		char id[32];
+		struct pmem_metrics *m;
+
+		snprintf(id, sizeof(id), "churn-%d-%d", me, i % 50);
+		m = pmem_metrics_alloc(id);
+		if (!m)
+			return (void *)1;
+		pmem_metrics_add(&m->queue_event_count, 3);
+		atomic_fetch_add(&c->added, 3);
+		if (pmem_metrics_retire(id) != 0)
+			return (void *)2;
+		pmem_metrics_release(m);
+	}
+	atomic_fetch_sub(&c->left, 1);
+	return NULL;
+}
+
+static uint64_t churn_flush(void)
+{
+	struct pmem_metrics_snapshot *s = pmem_metrics_snapshot_take();
+	uint64_t sum = 0;
+
+	for (size_t i = 0; s && i < pmem_metrics_snapshot_len(s); i++)
+		if (strncmp(pmem_metrics_snapshot_id(s, i), "churn-", 6) == 0)
+			sum += pmem_metrics_snapshot_diffs(s)[i * NF + 3];
+	pmem_metrics_snapshot_commit(s);
+	return sum;
+}
+
+static void test_devices_come_and_go_under_threads(void)
+{
+	struct churn c = {.left = CHURN_THREADS};
+	pthread_t t[CHURN_THREADS];
+	struct pmem_metrics_registry_stats st;
+
+	for (int i = 0; i < CHURN_THREADS; i++)
+		pthread_create(&t[i], NULL, churn_devices, &c);
+	while (atomic_load(&c.left) > 0)
+		atomic_fetch_add(&c.reported, churn_flush());
+	for (int i = 0; i < CHURN_THREADS; i++) {
+		void *r;
+
+		pthread_join(t[i], &r);
+		CHECK(r == NULL);
+	}
+	for (int i = 0; i < 3; i++) /* the last final deltas */
+		atomic_fetch_add(&c.reported, churn_flush());
+	CHECK(atomic_load(&c.reported) == atomic_load(&c.added));
+	CHECK(pmem_metrics_registry_stats(pmem_metrics_registry_default(), &st) == 0);
+	printf("# %d threads x %d plug/unplug cycles: %llu counted, %llu reported, %zu live after\n",
+	       CHURN_THREADS, CHURN_ITERS, (unsigned long long)atomic_load(&c.added),
+	       (unsigned long long)atomic_load(&c.reported), st.devices);
+}
+
 int main(void)
 {
 	RUN(test_exact_totals_under_concurrency);
@@ -492,5 +570,6 @@ int main(void)
 	RUN(test_aggregate_is_the_sum_while_counters_are_hot);
 	RUN(test_inserts_get_through_a_storm_of_lookups);
 	RUN(test_several_registries_flush_exactly);
+	RUN(test_devices_come_and_go_under_threads);
 	return check_summary();
 }
