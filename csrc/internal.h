@@ -321,6 +321,7 @@ struct pmem_metrics_registry {
 	_Atomic uint64_t flushes;        /* published flushes: none means nobody writes lines */
 	_Atomic uint32_t open_flushes;   /* private: taken and not yet freed (see private_drain()) */
 	_Atomic uint64_t alloc_failures; /* private: allocations that failed (no memory) */
+	uint64_t swept_ms; /* private: when expired retired devices were last let go (lock held) */
 	struct pmem_metrics_registry *next; /* in `opened` */
 };
 

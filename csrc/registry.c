@@ -166,6 +166,37 @@ static void private_remove(struct pmem_metrics_registry *r, size_t at)
 	r->id_bytes -= d->id_len + 1;
 }
 
+/*
+ * A registry nobody flushes (scraped only) lets retired devices go once
+ * their grace period is over -- else it would grow for ever as devices come
+ * and go.  At most once a second, by an allocation of a new id (write lock
+ * held).
+ */
+static void private_expire(struct pmem_metrics_registry *r)
+{
+	uint64_t now = pmi_now_ms(), grace = pmi_retire_grace_ms();
+
+	/* Not with a flush out: it holds the devices it copied until it is settled. */
+	if (atomic_load_explicit(&r->flushes, memory_order_relaxed) != 0 ||
+	    atomic_load_explicit(&r->open_flushes, memory_order_acquire) != 0 ||
+	    now - r->swept_ms < (grace < 1000 ? grace : 1000))
+		return;
+	r->swept_ms = now;
+	for (size_t i = r->n; i-- > 0;) {
+		struct device *d = r->v[i];
+		uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
+
+		if (pmi_dev_state(word) != DEV_RETIRED ||
+		    now - atomic_load_explicit(&d->retired_ms, memory_order_relaxed) < grace ||
+		    !atomic_compare_exchange_strong_explicit(&d->state, &word,
+							     pmi_dev_word(word, DEV_DRAINED),
+							     memory_order_acq_rel, memory_order_relaxed))
+			continue;
+		private_remove(r, i);
+		private_put(d); /* the array's reference */
+	}
+}
+
 static struct device *private_alloc(struct pmem_metrics_registry *r, const char *id, size_t len,
 				    int timeout_ms, int *err)
 {
@@ -189,6 +220,7 @@ static struct device *private_alloc(struct pmem_metrics_registry *r, const char 
 		return NULL;
 	}
 	pthread_rwlock_wrlock(&r->lock);
+	private_expire(r);
 	d = private_find(r, id, len, &at);
 	if (d && !private_take(d, true)) {
 		/* Drained, its drainer not here yet: take it out now (the drainer then finds it gone). */

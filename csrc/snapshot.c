@@ -381,8 +381,11 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 	pmi_pause_point("take");
 	/* First: flushes whose processes died give back what they took (segment.c). */
 	k = r->seg ? pmi_seg_claim_open(r->seg) : -1;
+	/* Counted before the copy: no device it copies is let go while it is out. */
+	atomic_fetch_add_explicit(&r->open_flushes, 1, memory_order_acq_rel);
 	err = kind->load(r, SNAPSHOT_OPEN, slot);
 	if (err) {
+		atomic_fetch_sub_explicit(&r->open_flushes, 1, memory_order_release);
 		if (k >= 0)
 			pmi_seg_claim_close(r->seg, k);
 		kind->flush_unlock(r);
@@ -390,7 +393,6 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	held = *slot;
-	atomic_fetch_add_explicit(&r->open_flushes, 1, memory_order_relaxed);
 	claim(*slot, k);
 	return 0;
 }

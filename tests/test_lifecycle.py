@@ -305,3 +305,41 @@ def test_a_churner_killed_mid_run_leaks_no_room(tmp_path: Path) -> None:
     held = [seg.alloc(f"fill{i}") for i in range(64 - stats["devices"])]
     assert len(held) == 64 - stats["devices"] and killed_at > 0
     time.sleep(0)  # (nothing timed: the room is there or the allocs above raised)
+
+
+GRACE = """
+import gc, sys, time
+import pmem_metrics as p
+seg = p.open_segment(sys.argv[1], capacity=2)
+a, b = seg.alloc("a"), seg.alloc("b")
+p.PmemMetricsPerDevice.alloc("priv").cfg_fails.add(1)
+seg.retire("a")
+p.retire("priv")
+shown = ("a" in seg.read(), "priv" in p.read())
+deadline = time.monotonic() + 30
+while ("a" in seg.read() or "priv" in p.read()) and time.monotonic() < deadline:
+    time.sleep(0.01)  # the grace period (0.2 s here) runs out; nothing flushes
+hidden = ("a" not in seg.read(), "priv" not in p.read())
+del a
+gc.collect()
+c = seg.alloc("c")  # its room: a segment nobody flushes lets an expired device go
+before = p.stats().retired
+time.sleep(1.1)
+p.PmemMetricsPerDevice.alloc("other")  # a new id sweeps the private registry
+print(shown, hidden, seg.stats().devices, before, p.stats().retired)
+"""
+
+
+def test_a_registry_nobody_flushes_lets_retired_devices_go_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "PMEM_METRICS_RETIRE_GRACE_MS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-c", GRACE, str(tmp_path / "seg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(True,", "True)", "(True,", "True)", "2", "1", "0"]
