@@ -294,9 +294,12 @@ inline uint64_t pmem_metrics_fetch_diff(const struct pmem_metrics_counter *c)
 /*
  * The metrics of the device `drive_id` (NUL-terminated UTF-8), created with
  * every counter at 0 on first use.  The same id always gives the same
- * pointer.  Returns NULL with errno EINVAL for an id that
- * pmem_metrics_id_check() rejects, ENOMEM when out of memory; a failed call
- * changes nothing.
+ * pointer (until the device is retired and its final flush is done: see
+ * pmem_metrics_retire()).  Each call takes a reference to the device, which
+ * pmem_metrics_release() gives back; one never given back keeps the
+ * device's room, nothing worse.  Returns NULL with errno EINVAL for an id
+ * that pmem_metrics_id_check() rejects, ENOMEM when out of memory; a failed
+ * call changes nothing.
  */
 struct pmem_metrics *pmem_metrics_alloc(const char *drive_id);
 
