@@ -1,4 +1,4 @@
-"""pmem_metrics.otel (the OpenTelemetry bridge).
+"""pmem_metrics.otel (the OpenTelemetry bridge) and the exporter's --otlp-endpoint.
 
 Values are checked exactly: against ``count()`` after the threads that
 increment have stopped, and, over OTLP/HTTP, as decoded from the protobuf a
@@ -12,6 +12,10 @@ import inspect
 import logging
 import math
 import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -399,3 +403,63 @@ def test_otlp_http_round_trip(tmp_path: Path, receiver: Receiver) -> None:
     assert receiver.wait_for(lambda v: v == wanted(devices, "vm-1"), "the new counts")
     assert len(receiver.requests) == 2
     mp.shutdown()
+
+
+def test_exporter_pushes_through_a_receiver_down_then_up(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    path = tmp_path / "seg"
+    seg = open_segment(path)
+    devices = {f"drv{i}": seg.alloc(f"drv{i}") for i in range(3)}
+    for n, m in enumerate(devices.values()):
+        m.event_fails.add(n + 1)
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "1"}  # a failed export fails fast
+    env.pop("OTEL_SERVICE_NAME", None)
+    env.pop("OTEL_RESOURCE_ATTRIBUTES", None)
+    cmd = [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(path)]
+    proc = subprocess.Popen(
+        [*cmd, "--otlp-endpoint", receiver.url, "--otlp-interval", "0.2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reading = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr or ()])
+    reading.start()
+    try:
+        said = [lines.get(timeout=PATIENCE)]
+        assert said[0] == f"export: pushing OpenTelemetry metrics to {receiver.url} every 0.2 s\n"
+        said.append(lines.get(timeout=PATIENCE))  # the receiver is down: refused
+        failed = f"export: OTLP export to {receiver.url} failed (the next one carries its counts): "
+        assert said[-1] == failed + "[Errno 111] Connection refused\n"
+        receiver.start()
+        got = receiver.wait_for(bool, "an export once the receiver is up")
+        assert got == wanted(devices, str(path))
+        devices["drv0"].cfg_fails.add(5)  # after the last export: the final one carries it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(PATIENCE) == 0
+    finally:
+        proc.kill()
+    reading.join(PATIENCE)
+    assert proc.stdout is not None and proc.stdout.read() == ""  # --otlp-endpoint alone: no lines
+    assert receiver.wait_for(lambda v: v == wanted(devices, str(path)), "the final export")
+    assert resource(receiver.requests[-1])["service.name"] == "pmem_metrics export"
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    said += rest
+    assert said[-1].startswith("export: served, 1 segment(s), ")
+    works_again = f"export: OTLP export to {receiver.url} works again\n"
+    assert said[1:-1] == [said[1]] * (len(said) - 3) + [works_again], said  # one line a failure
+
+
+def test_exporter_refuses_a_url_that_is_not_http(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", "x", "--otlp-endpoint", "x:1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "--otlp-endpoint: must be an http:// or https:// URL" in r.stderr
