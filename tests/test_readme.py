@@ -92,6 +92,14 @@ def test_prometheus(tmp_path: Path) -> None:
         assert any(line.startswith(f'pmem_{field}_total{{drive_id="drv0"}} ') for line in out)
 
 
+def test_opentelemetry(tmp_path: Path) -> None:
+    out = run(example("### OpenTelemetry"), tmp_path).splitlines()
+    assert out == [
+        f"pmem.{f} {{event}} {{'pmem.drive_id': 'drv0'}} {int(f == 'activate_fails')}"
+        for f in FIELDS
+    ]
+
+
 def test_devices_that_come_and_go(tmp_path: Path) -> None:
     out = run(example("## Devices that come and go (hot-unplug)"), tmp_path).splitlines()
     assert out == ["2", "False", "0"]

@@ -53,3 +53,36 @@ def prometheus_of(args: argparse.Namespace) -> tuple[int, str] | None:
     if args.prometheus_port is None:
         return None
     return args.prometheus_port, args.prometheus_addr
+
+
+def url(text: str) -> str:
+    """An argparse ``type``: an http:// or https:// URL with a host."""
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text}")
+    return text
+
+
+def add_otlp(p: argparse.ArgumentParser, what: str) -> None:
+    """``--otlp-endpoint`` and ``--otlp-interval``: push *what* to an OpenTelemetry receiver."""
+    p.add_argument(
+        "--otlp-endpoint",
+        type=url,
+        metavar="URL",
+        help=f"also push {what} to this OpenTelemetry OTLP/HTTP endpoint, the full URL "
+        "(http://HOST:4318/v1/metrics)",
+    )
+    p.add_argument(
+        "--otlp-interval",
+        type=interval,
+        default=60.0,
+        metavar="SECONDS",
+        help=f"seconds between two OTLP exports (default 60, at least {INTERVAL_FLOOR:g})",
+    )
+
+
+def otlp_of(args: argparse.Namespace) -> tuple[str, float] | None:
+    """``(url, interval)`` to push to, if ``--otlp-endpoint`` was given."""
+    if args.otlp_endpoint is None:
+        return None
+    return args.otlp_endpoint, args.otlp_interval

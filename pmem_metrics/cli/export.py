@@ -4,18 +4,19 @@ It opens existing shared segments (without attaching itself to any, and
 never creating one: a mistyped path is an error, not a new file; with
 ``--wait`` it waits for the segment to appear) and reports every device of
 every process in them: Firecracker metrics lines every ``--interval``
-seconds (and a final one), and/or a Prometheus endpoint, until Ctrl-C,
-SIGTERM or ``--duration``; SIGHUP reopens ``--metrics-path`` (log rotation).
-It creates no device of its own.
+seconds (and a final one), a Prometheus endpoint, an OpenTelemetry push
+(:mod:`._otlp`), or any of them together, until Ctrl-C, SIGTERM or
+``--duration``; SIGHUP reopens ``--metrics-path`` (log rotation).  It
+creates no device of its own.
 
 Lines are flushes: they report each count once, across every process that
 flushes the segment.  A flush moves the segment's baselines, so lines need
 write access to it.  A line has no room to say which segment it is from, so
-lines need exactly one ``--shm``.  Prometheus reads (it resets nothing) any
-number: every series is labelled ``segment`` with the path it was given as
-(one segment given twice, under two names, is read once, under the first).
-An exporter that only serves Prometheus opens its segments read-only, so
-read permission is all it needs (a 0640 segment scraped by its group).
+lines need exactly one ``--shm``.  Prometheus and OpenTelemetry read (they
+reset nothing) any number, each series labelled with the path it was given as
+(``segment``, ``pmem.segment``; one segment given twice is read once, under
+the first).  Without lines the segments are opened read-only: read
+permission is enough (a 0640 segment scraped by its group).
 
 The exporter follows its paths: when a segment is removed or replaced (its
 process restarted, say), a scrape reports ``pmem_segment_up`` 0 until a
@@ -32,18 +33,23 @@ import errno
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 from ..errors import SegmentError, SegmentReplacedError
 from ..registry import Registry
 from ..segment import open_segment
 from ..writer import MetricsWriter
-from ._args import add_prometheus, interval, prometheus_of, seconds
+from ._args import add_otlp, add_prometheus, interval, otlp_of, prometheus_of, seconds
 from ._service import Signals, serve_prometheus, write_lines
 
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a path that ``--wait`` waits on."""
 
 _ME = "python -m pmem_metrics export"
+
+
+def _say(line: str) -> None:  # one line on stderr, as export: LINE
+    print(f"export: {line}", file=sys.stderr, flush=True)
 
 
 def _missing(path: str) -> SystemExit:
@@ -72,7 +78,7 @@ def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None)
         if wait_until is None:
             raise _missing(path)
         if not announced:
-            print(f"export: waiting for a segment at {path!r}", file=sys.stderr, flush=True)
+            _say(f"waiting for a segment at {path!r}")
             announced = True
         if time.monotonic() >= wait_until:
             raise SystemExit(f"{_ME}: still no segment at {path!r} at the end of --duration")
@@ -112,20 +118,12 @@ class _Lines:
             if e.errno != errno.ENOENT:
                 raise
             if not self._gone:
-                print(
-                    f"export: the segment at {self._path!r} was removed; waiting for a new one",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _say(f"the segment at {self._path!r} was removed; waiting for a new one")
                 self._gone = True
             return False
         self._writer.set_registry(registry)
         self._gone = False
-        print(
-            f"export: the segment at {self._path!r} was replaced; lines come from the new one",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"the segment at {self._path!r} was replaced; lines come from the new one")
         return True
 
 
@@ -133,10 +131,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """The ``export`` command and its options."""
     p = commands.add_parser(
         "export",
-        help="report every device of a shared segment: metrics lines and/or Prometheus",
+        help="report every device of a shared segment: lines, Prometheus, OpenTelemetry",
         description="Report every device of existing shared segments, from every process "
         "in them: a Firecracker metrics line every --interval seconds (one --shm; needs write "
-        "access), and/or a Prometheus endpoint (any number of --shm; read access is enough). "
+        "access), and/or a Prometheus endpoint, and/or an OpenTelemetry push (any number of "
+        "--shm; read access is enough). "
         "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0); SIGHUP reopens "
         "--metrics-path.",
     )
@@ -150,7 +149,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--metrics-path",
         metavar="PATH",
-        help="file or named pipe to write lines to (default: stdout, unless only Prometheus)",
+        help="file or named pipe to write lines to (default: stdout, unless Prometheus or "
+        "OTLP was asked for)",
     )
     p.add_argument(
         "--interval",
@@ -172,12 +172,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="wait for a segment that is not there yet (until --duration), instead of failing",
     )
     add_prometheus(p, "the counters")
+    add_otlp(p, "the counters")
     p.set_defaults(run=_main)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(a: argparse.Namespace) -> int:
     return export(
-        args.shm, args.metrics_path, args.interval, args.duration, prometheus_of(args), args.wait
+        a.shm, a.metrics_path, a.interval, a.duration, prometheus_of(a), a.wait, otlp_of(a)
     )
 
 
@@ -188,35 +189,40 @@ def export(
     duration: float,
     prometheus: tuple[int, str] | None,
     wait: bool = False,
+    otlp: tuple[str, float] | None = None,
 ) -> int:
     """Run the exporter; return the process exit status (130 after a Ctrl-C, else 0).
 
-    Lines go to *metrics_path*, or to stdout unless only Prometheus was asked
-    for.  With *wait*, a segment not there yet is waited for (within
-    *duration*), not an error.
+    Lines go to *metrics_path*, or to stdout unless *prometheus* (port, address)
+    or *otlp* (URL, interval) was asked for.  With *wait*, a segment not there
+    yet is waited for (within *duration*), not an error.
     """
-    lines_wanted = metrics_path is not None or prometheus is None
+    lines_wanted = metrics_path is not None or (prometheus is None and otlp is None)
     paths = list(dict.fromkeys(shms))
     if lines_wanted and len(paths) != 1:
         raise SystemExit(
-            f"{_ME}: metrics lines report one segment; "
-            "give one --shm, or several with --prometheus-port and no --metrics-path"
+            f"{_ME}: metrics lines report one segment; give one --shm, or several with "
+            "--prometheus-port or --otlp-endpoint and no --metrics-path"
         )
     if lines_wanted and metrics_path is None and sys.stdout is None:
         raise SystemExit("python -m pmem_metrics: stdout is closed; give --metrics-path")
     for path in paths:
         if not path:
             raise _missing(path)
+    if otlp is not None:
+        try:
+            from ._otlp import Pusher  # the extra otel: imported only when asked for
+        except ImportError:
+            raise SystemExit(f"{_ME}: --otlp-endpoint needs pip install '.[otel]'") from None
     writer = MetricsWriter()
-    on_hup = writer.reopen if metrics_path is not None else None
-    with Signals(on_hup=on_hup) as signals:
+    with Signals(on_hup=writer.reopen if metrics_path is not None else None) as signals:
         start = time.monotonic()
         segments: dict[str, Registry] = {}
         for path in paths:
-            # Lines flush, which writes to the segment; Prometheus only reads.
+            # Lines flush, which writes to the segment; Prometheus and OTLP only read.
             registry = _open(path, not lines_wanted, signals, start + duration if wait else None)
             if registry is None:
-                print(f"export: interrupted while waiting for {path!r}", file=sys.stderr)
+                _say(f"interrupted while waiting for {path!r}")
                 return signals.status
             if registry not in segments.values():
                 segments[path] = registry
@@ -228,18 +234,16 @@ def export(
             follower = _Lines(paths[0], writer)
         if prometheus is not None:
             serve_prometheus(*prometheus, who="export", segments=segments, reopen=True)
-        if follower is not None:
-            # Beats count from now: the wait for a segment must not make them late.
-            opened = time.monotonic()
-            lines = write_lines(
-                signals, opened, interval, start + duration - opened, follower.write
-            )
-            lines += follower.write()
-        else:
-            signals.sleep_until(start + duration)
+        with nullcontext() if otlp is None else Pusher(*otlp, segments, "export"):
+            if follower is not None:
+                # Beats count from now: the wait for a segment must not make them late.
+                opened = time.monotonic()
+                lines = write_lines(
+                    signals, opened, interval, start + duration - opened, follower.write
+                )
+                lines += follower.write()
+            else:
+                signals.sleep_until(start + duration)
     what = f"{lines} metrics lines from {paths[0]}" if lines_wanted else "served"
-    print(
-        f"export: {what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s",
-        file=sys.stderr,
-    )
+    _say(f"{what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s")
     return signals.status

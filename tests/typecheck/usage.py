@@ -16,6 +16,7 @@ from pmem_metrics import (
     get_include,
     open_segment,
 )
+from pmem_metrics.otel import Instrumentation, instrument
 from pmem_metrics.prometheus import register
 
 m: PmemMetricsPerDevice = PmemMetricsPerDevice.alloc("drv0")
@@ -45,3 +46,6 @@ readonly_seg: Registry = open_segment(
 is_readonly: bool = readonly_seg.readonly
 seg_writer.set_registry(seg)
 following = register(None, {"vm-1": readonly_seg}, reopen=True)
+handle: Instrumentation = instrument()
+on_segments = instrument(None, segments={"vm-1": readonly_seg}, reopen=True)
+handle.uninstrument()

@@ -1,0 +1,249 @@
+"""OpenTelemetry bridge: every device's cumulative counts as observable counters.
+
+Needs the optional extra ``otel`` (``pip install '.[otel]'`` from a
+checkout), which brings opentelemetry-api and -sdk.  README.md, section
+OpenTelemetry, has an example.
+
+Each field becomes an observable counter ``pmem.<field>`` (unit
+``{event}``, the field's doc as description) with one point per device,
+attribute ``pmem.drive_id``, valued at the device's cumulative ``count()``;
+given several registries (``instrument(segments={"vm-1": seg1, ...})``),
+every point also gets ``pmem.segment``, the registry's key.  The SDK turns the
+cumulative counts into deltas where a reader asks for them, so the bridge
+never takes deltas itself (nor from the Firecracker lines or Prometheus), and
+a failed export loses nothing: the next one carries the total.  There is no
+aggregate series (the backend sums).  A retired device's series ends once
+``read()`` no longer shows it (after its final flush, or the grace period).
+
+# Design
+
+*One read per registry per collection.*  The SDK collects a reader by
+calling every observable instrument's callbacks in turn, from one thread,
+under the provider's lock.  The first of the four callbacks to run in a
+collection reads every registry (one C peek each, as a Prometheus scrape
+does); the other three use that read.  A callback whose field was already
+served from the read in hand reads again: that is how a new collection is
+told apart, whatever the order of the callbacks, with several readers on one
+provider, or with an instrument disabled by configuration.  So the fields of
+a device come from one instant; the read is under 1% of a collection either
+way, the SDK's work per point being the rest (figures: ``bench/README.md``).
+
+*Uninstrumenting.*  The API cannot unregister an observable instrument, and
+an SDK meter asked again for an instrument hands back the first one, its
+callbacks fixed.  So the four instruments are made once per meter provider,
+with callbacks that ask each active :class:`Instrumentation` of that
+provider; ``uninstrument()`` takes its own out, and ``instrument()`` again
+later works.
+
+*Errors.*  A registry that cannot be read (a segment removed, corrupt) is
+logged on the ``pmem_metrics`` logger (WARNING) and left out of that
+collection; nothing is raised into the SDK.  With ``reopen=True`` a segment
+whose path names a new file is opened again by that path, as
+:class:`~pmem_metrics.prometheus.PmemCollector` does.
+
+# Limitations
+
+Recent SDKs keep at most 2000 attribute sets per instrument and reader (the
+default ``cardinality_limits``), every device they saw counting; past that,
+new devices go into one ``otel.metric.overflow`` point: give the reader a
+larger limit (the exporter's is 2**20).  OTLP carries signed 64-bit integers:
+a count of 2**63 or more cannot be sent.  A drive id retired and allocated
+again starts from zero: a reset to a cumulative reader, and one negative delta
+from the SDK's delta conversion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Callable
+
+try:
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+    from opentelemetry.metrics import get_meter_provider as _global_provider
+except ImportError as e:  # pragma: no cover - depends on what is installed
+    raise ImportError("pmem_metrics.otel needs opentelemetry-api: pip install '.[otel]'") from e
+
+from ._binding import FIELD_DOCS, FIELDS
+from ._snapshot import Snapshot, peek
+from .errors import PmemMetricsError, SegmentReplacedError
+from .registry import Registry
+from .segment import open_segment
+
+_log = logging.getLogger("pmem_metrics")
+
+SCOPE = "pmem_metrics"
+"""The instrumentation scope (meter name) of the instruments."""
+DRIVE_ID = "pmem.drive_id"
+"""The attribute naming a point's device."""
+SEGMENT = "pmem.segment"
+"""The attribute naming a point's registry, given ``segments``."""
+UNIT = "{event}"
+"""The instruments' unit: a count of events."""
+
+__all__ = ["DRIVE_ID", "SCOPE", "SEGMENT", "UNIT", "Instrumentation", "instrument"]
+
+_Row = tuple[list[dict[str, str]], list[list[int]]]  # a registry's attributes per device, columns
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+class _Source:
+    """One registry an instrumentation reads, and the attributes its points get."""
+
+    __slots__ = ("attributes", "name", "registry")
+
+    def __init__(self, name: str | None, registry: Registry) -> None:
+        self.name = name
+        self.attributes = {} if name is None else {SEGMENT: name}
+        self.registry = registry  # replaced by the one its path names now, on reopening
+
+
+class Instrumentation:
+    """What :func:`instrument` returns: :meth:`uninstrument` stops it."""
+
+    def __init__(self, sources: list[_Source], reopen: bool) -> None:
+        self._sources = sources
+        self._reopen = reopen
+        self._lock = threading.Lock()
+        self._rows: list[_Row] = []
+        self._served = set(range(len(FIELDS)))  # every field: the first callback reads
+        self._active = True
+        self._provider: _Provider | None = None
+
+    def uninstrument(self) -> None:
+        """Stop: from the next collection on, no point comes from this instrumentation.
+
+        The instruments stay registered with the meter provider (the API
+        cannot unregister them), reporting the devices of other active
+        instrumentations, or nothing.  Calling it again does nothing.
+        """
+        with self._lock:
+            self._active = False
+            self._rows = []
+        if self._provider is not None:
+            self._provider.remove(self)
+
+    def observe(self, field: int, deadline: float) -> list[Observation]:
+        """The points of field number *field*: read anew if that field was served already."""
+        with self._lock:
+            if not self._active:
+                return []
+            if field in self._served:
+                self._rows = [row for s in self._sources if (row := self._read(s, deadline))]
+                self._served = set()
+            self._served.add(field)
+            rows = self._rows
+        return [Observation(v, a) for attrs, cols in rows for a, v in zip(attrs, cols[field])]
+
+    def _read(self, source: _Source, deadline: float) -> _Row | None:
+        """*source*'s attributes per device and counts per field; ``None`` (logged) on failure."""
+        try:
+            snap = self._peek(source, deadline)
+        except (PmemMetricsError, OSError, ValueError) as e:
+            what = "the default registry" if source.name is None else f"segment {source.name!r}"
+            _log.warning("pmem_metrics: OpenTelemetry: cannot read %s: %s", what, e)
+            return None
+        attributes = [{DRIVE_ID: i, **source.attributes} for i in Snapshot.split(snap.ids_text)]
+        return attributes, snap.columns(snap.counts)
+
+    def _peek(self, source: _Source, deadline: float) -> Snapshot:
+        """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
+        old = source.registry
+        try:
+            return peek(old._r, deadline)
+        except SegmentReplacedError:
+            if not self._reopen or old.path is None:
+                raise
+        # ENOENT (a SegmentError) until a new segment is there.  The old
+        # registry stays open until the process ends: C never frees one.
+        new = open_segment(old.path, readonly=old.readonly, create=False)
+        snap = peek(new._r, deadline)
+        source.registry = new
+        _log.warning(
+            "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
+            source.name,
+            old.path,
+        )
+        return snap
+
+
+class _Provider:
+    """A meter provider's four instruments, whose callbacks ask its active instrumentations."""
+
+    def __init__(self, provider: MeterProvider) -> None:
+        from . import __version__
+
+        self._lock = threading.Lock()
+        self._members: tuple[Instrumentation, ...] = ()
+        meter = provider.get_meter(SCOPE, __version__)
+        for number, name in enumerate(FIELDS):
+            meter.create_observable_counter(
+                f"pmem.{name}",
+                callbacks=[self._callback(number)],
+                unit=UNIT,
+                description=FIELD_DOCS[name],
+            )
+
+    def add(self, member: Instrumentation) -> None:
+        with self._lock:
+            self._members = (*self._members, member)
+
+    def remove(self, member: Instrumentation) -> None:
+        with self._lock:
+            self._members = tuple(m for m in self._members if m is not member)
+
+    def _callback(self, field: int) -> _Callback:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            deadline = time.monotonic() + options.timeout_millis / 1000
+            return [p for m in self._members for p in m.observe(field, deadline)]
+
+        return observe
+
+
+_providers: weakref.WeakKeyDictionary[MeterProvider, _Provider] = weakref.WeakKeyDictionary()
+_providers_lock = threading.Lock()
+
+
+def instrument(
+    meter_provider: MeterProvider | None = None,
+    *,
+    segments: Mapping[str, Registry] | None = None,
+    reopen: bool = False,
+) -> Instrumentation:
+    """Report every device's cumulative counts through *meter_provider*; return the handle.
+
+    *meter_provider*: the global one (``opentelemetry.metrics.get_meter_provider()``)
+    if None.  Of the process's default registry; or, given *segments* (a
+    name for each :class:`~pmem_metrics.Registry`), of each of those, every
+    point with attribute ``pmem.segment`` set to its name.  *reopen*: a
+    segment whose path comes to name another file is opened again by that
+    path (read-only if it was; never created).  Several instrumentations may
+    share a provider (each device under one set of attributes only: the SDK
+    would add up two observations of the same set).
+
+    Raises ``TypeError`` for *segments* that do not map ``str`` to
+    ``Registry``, or a *reopen* that is not a ``bool``.
+    """
+    if segments is not None and not (
+        isinstance(segments, Mapping)
+        and all(isinstance(k, str) and isinstance(v, Registry) for k, v in segments.items())
+    ):
+        raise TypeError("segments must map str to pmem_metrics.Registry")
+    if not isinstance(reopen, bool):
+        raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
+    sources = (
+        [_Source(None, Registry.default())]
+        if segments is None
+        else [_Source(name, r) for name, r in segments.items()]
+    )
+    member = Instrumentation(sources, reopen)
+    provider = _global_provider() if meter_provider is None else meter_provider
+    with _providers_lock:
+        if provider not in _providers:
+            _providers[provider] = _Provider(provider)
+        member._provider = _providers[provider]
+        member._provider.add(member)
+    return member
