@@ -14,7 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, SupportsIndex, TypeVar
 
 from ._binding import DEFAULT_REGISTRY, FIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
-from .errors import InvalidDriveIdError, UnknownDeviceError, registry_error
+from ._ids import id_bytes, quoted, refuse_id
+from .errors import UnknownDeviceError, registry_error
 
 # The C functions of Counter's hot path, and the conversion add() applies.
 _alloc_within: Callable[[CData, bytes, int, int], CData] = lib.pmem_metrics_registry_alloc_within
@@ -22,24 +23,6 @@ _inc: Callable[[CData], None] = lib.pmem_metrics_inc
 _add: Callable[[CData, int], None] = lib.pmem_metrics_add
 _release: Callable[[CData], None] = lib.pmem_metrics_release
 _index = operator.index
-
-# The longest repr of a drive id that an error message quotes whole.  A
-# longer one is quoted as its first characters (a repr of at most half this)
-# and its length: a megabyte-long id must not make a megabyte-long message.
-_ID_QUOTED_MAX = 80
-
-
-def _shown(drive_id: str) -> str:
-    """*drive_id* as an error message quotes it: its repr, shortened if long."""
-    whole = repr(drive_id[:_ID_QUOTED_MAX])  # if that cut the id, its repr is too long
-    if len(whole) <= _ID_QUOTED_MAX:
-        return whole
-    n = _ID_QUOTED_MAX // 2
-    head = repr(drive_id[:n])
-    while len(head) > _ID_QUOTED_MAX // 2 + 2 and n > 1:  # escapes: \x00 is 4 characters
-        n //= 2
-        head = repr(drive_id[:n])
-    return f"{head}... ({len(drive_id)} characters)"
 
 
 class Counter:
@@ -168,26 +151,6 @@ class PmemMetricsPerDevice:
 _Device = TypeVar("_Device", bound=PmemMetricsPerDevice)
 
 
-def _id_bytes(drive_id: str) -> bytes:
-    """*drive_id* as C takes it: ``TypeError`` or :class:`InvalidDriveIdError` if it cannot be."""
-    if not isinstance(drive_id, str):
-        raise TypeError(f"drive id must be a str, not {type(drive_id).__name__}")
-    try:
-        return drive_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidDriveIdError(
-            f"invalid drive id {_shown(drive_id)}: must be valid Unicode (no lone surrogates)"
-        ) from None
-
-
-def _refuse_id(drive_id: str, raw: bytes, err: int) -> None:
-    """Raise :class:`InvalidDriveIdError` naming the rule, if C refused *raw* (EINVAL) as an id."""
-    check = lib.pmem_metrics_id_check(raw, len(raw)) if err == errno.EINVAL else 0
-    if check != 0:
-        why = ffi.string(lib.pmem_metrics_id_strerror(check)).decode()
-        raise InvalidDriveIdError(f"invalid drive id {_shown(drive_id)}: {why}")
-
-
 def _handle(cls: type[_Device], m: CData, drive_id: str, origin: str) -> _Device:
     """A handle on the device *m*, holding the reference C took for it (released when collected).
 
@@ -206,7 +169,7 @@ def _handle(cls: type[_Device], m: CData, drive_id: str, origin: str) -> _Device
 
 def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Device:
     """:meth:`PmemMetricsPerDevice.alloc` in the C registry *r*, written *origin* in a repr."""
-    raw = _id_bytes(drive_id)
+    raw = id_bytes(drive_id)
     m = _alloc_within(r, raw, len(raw), WAIT_SLICE_MS)
     deadline = None
     # In a segment, another process may hold the insert lock: wait in slices
@@ -219,8 +182,8 @@ def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Devic
         m = _alloc_within(r, raw, len(raw), WAIT_SLICE_MS)
     if m == ffi.NULL:
         err = ffi.errno
-        _refuse_id(drive_id, raw, err)
-        shown = _shown(drive_id)
+        refuse_id(drive_id, raw, err)
+        shown = quoted(drive_id)
         message = f"cannot allocate metrics for drive id {shown}"
         raise registry_error(err, r, f"allocate {shown} in", message)
     return _handle(cls, m, drive_id, origin)
@@ -228,27 +191,27 @@ def alloc_in(r: CData, drive_id: str, cls: type[_Device], origin: str) -> _Devic
 
 def find_in(r: CData, drive_id: str, origin: str) -> PmemMetricsPerDevice | None:
     """The handle of *drive_id* in the C registry *r* if it exists there, creating nothing."""
-    raw = _id_bytes(drive_id)
+    raw = id_bytes(drive_id)
     m = lib.pmem_metrics_registry_find(r, raw, len(raw))
     if m == ffi.NULL:
         err = ffi.errno
         if err == errno.ENOENT:
             return None
-        _refuse_id(drive_id, raw, err)
-        shown = _shown(drive_id)
+        refuse_id(drive_id, raw, err)
+        shown = quoted(drive_id)
         raise registry_error(err, r, f"look {shown} up in", f"cannot look up {shown}")
     return _handle(PmemMetricsPerDevice, m, drive_id, origin)
 
 
 def retire_in(r: CData, drive_id: str) -> None:
     """:meth:`Registry.retire` in the C registry *r*."""
-    raw = _id_bytes(drive_id)
+    raw = id_bytes(drive_id)
     if lib.pmem_metrics_registry_retire(r, raw, len(raw)) != 0:
         err = ffi.errno
-        shown = _shown(drive_id)
+        shown = quoted(drive_id)
         if err == errno.ENOENT:
             raise UnknownDeviceError(
                 f"no live device {shown} to retire (never allocated, or retired already)"
             )
-        _refuse_id(drive_id, raw, err)
+        refuse_id(drive_id, raw, err)
         raise registry_error(err, r, f"retire {shown} in", f"cannot retire {shown}")

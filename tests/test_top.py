@@ -28,8 +28,8 @@ import pytest
 
 from pmem_metrics import FIELDS, Registry, open_segment
 from pmem_metrics.cli._monitor import Monitor, Rates, Row, is_zero
-from pmem_metrics.cli._table import COLUMNS, View, as_json, table
-from pmem_metrics.cli.top import Segment, describe, open_all, print_once
+from pmem_metrics.cli._table import COLUMNS, View, as_json, describe, table
+from pmem_metrics.cli.top import Segment, open_all, print_once
 
 PATIENCE = 30.0
 """Seconds any one wait below may take before the test fails (a bound, not a timing check)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ..registry import Stats
 from ._monitor import Row, is_zero
 
 COLUMNS = ("segment", "drive_id", "field", "total", "rate", "average")
@@ -150,3 +151,19 @@ def as_json(
         names = ("capacity", "devices", "retired", "alloc_failures")
         segments[path]["room"] = None if room is None else dict(zip(names, room))
     return {"interval": interval, "segments": segments}
+
+
+def room_of(segment: object) -> Stats | None:
+    """A segment's room as last read (``None``: not read, or not a segment's)."""
+    room = getattr(segment, "room", None)
+    return room if isinstance(room, Stats) else None
+
+
+def describe(room: Stats | None) -> str:
+    """A segment's room in a few words, for the live view."""
+    if room is None:
+        return "room not known"
+    return (
+        f"{room.devices} live of {room.capacity} slots, {room.retired} retired, "
+        f"{room.alloc_failures} allocations refused"
+    )

@@ -43,7 +43,7 @@ from ..segment import open_segment
 from ._args import interval
 from ._monitor import Monitor
 from ._service import Signals
-from ._table import COLUMNS, View, as_json, table
+from ._table import COLUMNS, View, as_json, describe, room_of, table
 
 _ME = "python -m pmem_metrics top"
 _KEY_WAIT = 0.1  # seconds the live view waits for a key at most: how soon it sees a signal
@@ -154,22 +154,6 @@ def _main(args: argparse.Namespace) -> int:
         else:
             status = curses.wrapper(live, monitor, view, args.interval, signals)
     return signals.status if status is None else status
-
-
-def room_of(segment: object) -> Stats | None:
-    """A segment's room as last read (``None``: not read, or not a segment's)."""
-    room = getattr(segment, "room", None)
-    return room if isinstance(room, Stats) else None
-
-
-def describe(room: Stats | None) -> str:
-    """A segment's room in a few words, for the live view."""
-    if room is None:
-        return "room not known"
-    return (
-        f"{room.devices} live of {room.capacity} slots, {room.retired} retired, "
-        f"{room.alloc_failures} allocations refused"
-    )
 
 
 def print_once(
