@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pmem_metrics import (
     FIELDS,
@@ -16,6 +17,7 @@ from pmem_metrics import (
     get_include,
     open_segment,
 )
+from pmem_metrics.exposition import Exposition, render, start_http_server
 from pmem_metrics.prometheus import register
 
 m: PmemMetricsPerDevice = PmemMetricsPerDevice.alloc("drv0")
@@ -45,3 +47,12 @@ readonly_seg: Registry = open_segment(
 is_readonly: bool = readonly_seg.readonly
 seg_writer.set_registry(seg)
 following = register(None, {"vm-1": readonly_seg}, reopen=True)
+
+page_text: bytes = render()
+page = Exposition({"vm-1": readonly_seg}, reopen=True)
+om_text: bytes = page.render(openmetrics=True)
+status, headers, body = page.respond("application/openmetrics-text", "gzip")
+header_pairs: list[tuple[str, str]] = headers
+handler: type[BaseHTTPRequestHandler] = page.handler()
+http_server: ThreadingHTTPServer = start_http_server(0, "127.0.0.1", {"vm-1": seg})
+http_server.shutdown()
