@@ -13,9 +13,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -233,6 +235,31 @@ def test_the_handler_mounts_in_a_server_of_ones_own(uid: str) -> None:
         Thread(target=server.handle_request, daemon=True).start()
         _, body = get(f"http://127.0.0.1:{server.server_address[1]}/")
     assert f'pmem_cfg_fails_total{{drive_id="{uid}own"}} 1.0\n'.encode() in body
+
+
+def test_the_demo_serves_openmetrics_without_prometheus_client(tmp_path: Path) -> None:
+    # prometheus_client made unimportable: the demo's endpoint does not need it.
+    (tmp_path / "prometheus_client").mkdir()
+    (tmp_path / "prometheus_client" / "__init__.py").write_text("raise ImportError('hidden')\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmem_metrics", "demo", "--devices", "3", "--duration", "5",
+         "--prometheus-port", "0", "--metrics-path", str(tmp_path / "m.json")],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/metrics", first)
+        assert url, first
+        headers, body = get(url.group(0), Accept=PROMETHEUS_2, **{"Accept-Encoding": "gzip"})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert headers["Content-Type"] == OPENMETRICS
+    families = {f.name: f for f in om_parse(gzip.decompress(body).decode())}
+    drives = {s.labels["drive_id"] for s in families["pmem_queue_event_count"].samples}
+    assert drives == {"drv0", "drv1", "drv2"}
 
 
 # ---- checked by the real thing, where installed --------------------------------------------
