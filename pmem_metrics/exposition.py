@@ -10,8 +10,6 @@ no Python object is made per sample.  Text format 0.0.4::
     # TYPE pmem_activate_fails_total counter
     pmem_activate_fails_total{drive_id="drv0",segment="vm-1"} 1.0
     ...
-    # HELP pmem_segment_up Whether the last scrape could read the segment (1) or not (0).
-    # TYPE pmem_segment_up gauge
     pmem_segment_up{segment="vm-1"} 1.0
 
 and OpenMetrics 1.0 when the ``Accept`` header asks for it (HELP and TYPE
@@ -21,13 +19,9 @@ PmemCollector's (:mod:`pmem_metrics._scrape` reads for both): the
 ``segment`` label, ``pmem_segment_up`` and the segment's room given
 *segments*, floats written as prometheus_client's ``floatToGoString``.
 
-To mount it: :meth:`Exposition.respond` gives status, headers and body for
-an ``Accept`` and ``Accept-Encoding`` (gzip when asked); :meth:`Exposition.handler`
-an ``http.server`` request handler class; :func:`start_http_server` serves it
-from a daemon thread::
-
-    from pmem_metrics.exposition import start_http_server
-    server = start_http_server(9464, "127.0.0.1")     # server.shutdown() stops it
+To mount it: :meth:`Exposition.respond` (status, headers, body for an
+``Accept`` and ``Accept-Encoding``), :meth:`Exposition.handler` (for
+``http.server``), or :func:`start_http_server` (a daemon thread).
 
 # Limitations
 
