@@ -35,9 +35,6 @@ whether or not anything scrapes.
 
 from __future__ import annotations
 
-import logging
-import math
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -50,27 +47,11 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     ) from e
 
 from ._binding import FIELD_DOCS, FIELDS
-from ._snapshot import Snapshot, peek
-from .errors import PmemMetricsError, SegmentReplacedError
+from ._scrape import ROOM, SCRAPE_TIMEOUT, UP_DOC, Sources
+from ._snapshot import Snapshot
 from .registry import Registry
-from .segment import open_segment
 
-_log = logging.getLogger("pmem_metrics")
-
-SCRAPE_TIMEOUT = 5.0
-"""Seconds one scrape waits, in all, for segments whose registry lock another process holds."""
-
-__all__ = ["PmemCollector", "register"]
-
-
-class _Source:
-    """One registry a collector reads, and the label values its series get."""
-
-    __slots__ = ("labels", "registry")
-
-    def __init__(self, labels: tuple[str, ...], registry: Registry) -> None:
-        self.labels = labels
-        self.registry = registry  # replaced by the one its path names now, on reopening
+__all__ = ["SCRAPE_TIMEOUT", "PmemCollector", "register"]
 
 
 class PmemCollector(Collector):
@@ -102,25 +83,8 @@ class PmemCollector(Collector):
         timeout: float = SCRAPE_TIMEOUT,
         reopen: bool = False,
     ) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
-        if not 0 < timeout < math.inf:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        self._timeout = float(timeout)
-        if segments is not None and not (
-            isinstance(segments, Mapping)
-            and all(isinstance(k, str) and isinstance(v, Registry) for k, v in segments.items())
-        ):
-            raise TypeError("segments must map str to pmem_metrics.Registry")
-        if not isinstance(reopen, bool):
-            raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
-        self._labels = ["drive_id"] if segments is None else ["drive_id", "segment"]
-        self._sources = (
-            [_Source((), Registry.default())]
-            if segments is None
-            else [_Source((name,), r) for name, r in segments.items()]
-        )
-        self._reopen = reopen
+        self._sources = Sources(segments, timeout=timeout, reopen=reopen)
+        self._labels = ["drive_id", "segment"] if self._sources.segmented else ["drive_id"]
 
     def describe(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The families, without samples: registering reads no counter."""
@@ -130,16 +94,8 @@ class PmemCollector(Collector):
         """One family per field, one sample per device, from one read of each registry."""
         families = [self._family(name) for name in FIELDS]
         up = self._up()
-        deadline = time.monotonic() + self._timeout  # each segment still gets one try
-        for source in self._sources:
-            extra = source.labels
-            try:
-                snap = self._peek(source, deadline)
-            except (PmemMetricsError, OSError, ValueError) as e:
-                if not up:
-                    raise  # the default registry alone: the scrape fails, as it should
-                # One segment that cannot be read must not hide the others.
-                _log.warning("pmem_metrics: cannot read segment %r: %s", extra[0], e)
+        for extra, snap, room in self._sources.read():
+            if snap is None:
                 up[0].add_metric(list(extra), 0)
                 continue
             ids = Snapshot.split(snap.ids_text)
@@ -148,65 +104,18 @@ class PmemCollector(Collector):
                     family.add_metric([drive_id, *extra], value)
             if up:
                 up[0].add_metric(list(extra), 1)
-                self._add_room(up[1:], source, extra)
+            if room is not None:
+                for gauge, value in zip(up[1:], room):
+                    gauge.add_metric(list(extra), value)
         return iter([*families, *up])
 
-    @staticmethod
-    def _add_room(room: list[Any], source: _Source, extra: tuple[str, ...]) -> None:
-        """A segment's capacity, devices, retired devices and allocation failures."""
-        try:
-            stats = source.registry.stats()
-        except (PmemMetricsError, OSError) as e:  # read a moment ago: logged, left out
-            _log.warning("pmem_metrics: cannot read segment %r's room: %s", extra[0], e)
-            return
-        for family, value in zip(room, (stats.capacity or 0, *stats[1:])):
-            family.add_metric(list(extra), value)
-
-    def _peek(self, source: _Source, deadline: float) -> Snapshot:
-        """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        old = source.registry
-        try:
-            return peek(old._r, deadline)
-        except SegmentReplacedError:
-            if not self._reopen or old.path is None:
-                raise
-        # ENOENT (a SegmentError) until a new segment is there.  The old
-        # registry stays open, and mapped if it was, until the process ends:
-        # the C library never frees a registry.
-        new = open_segment(old.path, readonly=old.readonly, create=False)
-        snap = peek(new._r, deadline)
-        # Concurrent scrapes may both get here: opening one file twice gives
-        # the same registry, and the assignment is atomic, so either wins.
-        source.registry = new
-        _log.warning(
-            "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
-            source.labels[0],
-            old.path,
-        )
-        return snap
-
     def _up(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
-        if len(self._labels) == 1:
+        if not self._sources.segmented:
             return []
-        doc = "Whether the last scrape could read the segment (1) or not (0)."
+        kinds: dict[str, Any] = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
         return [
-            GaugeMetricFamily("pmem_segment_up", doc, labels=["segment"]),
-            GaugeMetricFamily(
-                "pmem_segment_capacity", "Device slots of the segment.", labels=["segment"]
-            ),
-            GaugeMetricFamily(
-                "pmem_segment_devices", "Live devices in the segment.", labels=["segment"]
-            ),
-            GaugeMetricFamily(
-                "pmem_segment_retired",
-                "Retired devices of the segment not let go yet (final flush, or references).",
-                labels=["segment"],
-            ),
-            CounterMetricFamily(
-                "pmem_segment_alloc_failures",
-                "Allocations the segment refused for want of room.",
-                labels=["segment"],
-            ),
+            GaugeMetricFamily("pmem_segment_up", UP_DOC, labels=["segment"]),
+            *(kinds[kind](name, doc, labels=["segment"]) for name, kind, doc in ROOM),
         ]
 
     def _family(self, name: str) -> CounterMetricFamily:

@@ -131,8 +131,7 @@ import os, sys
 # may be where the other user cannot read, under /root) are still readable;
 # then become that user, before the exporter opens anything.
 # (3.13's argparse imports locale lazily, through gettext.)
-import encodings.idna, gettext, locale, pmem_metrics.cli, pmem_metrics.prometheus
-import prometheus_client, prometheus_client.exposition
+import encodings.idna, gettext, locale, pmem_metrics.cli, pmem_metrics.exposition
 os.setgroups([{GROUP}])
 os.setgid({NOBODY})
 os.setuid({NOBODY})

@@ -92,6 +92,15 @@ def test_prometheus(tmp_path: Path) -> None:
         assert any(line.startswith(f'pmem_{field}_total{{drive_id="drv0"}} ') for line in out)
 
 
+def test_the_fast_prometheus_endpoint(tmp_path: Path) -> None:
+    out = run(example("#### The fast endpoint (no prometheus_client needed)"), tmp_path)
+    assert out.splitlines() == [
+        "['# HELP pmem_activate_fails Number of times when activate failed on a pmem device.', "
+        "'# TYPE pmem_activate_fails counter', "
+        "'pmem_activate_fails_total{drive_id=\"drv0\"} 1.0'] True"
+    ]
+
+
 def test_opentelemetry(tmp_path: Path) -> None:
     out = run(example("### OpenTelemetry"), tmp_path).splitlines()
     assert out == [

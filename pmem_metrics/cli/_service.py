@@ -159,22 +159,15 @@ def serve_prometheus(
 ) -> None:
     """Serve the counters (of *segments*, if given) for Prometheus on addr:port while *who* runs.
 
-    *reopen*: as for :class:`pmem_metrics.prometheus.PmemCollector`.  A
-    failure to serve raises ``SystemExit`` with one line naming the address.
+    *reopen*: as for :class:`pmem_metrics.prometheus.PmemCollector`.  The
+    page is :mod:`pmem_metrics.exposition`'s (no prometheus_client needed),
+    from a daemon thread.  A failure to serve raises ``SystemExit`` with one
+    line naming the address.
     """
-    try:
-        from prometheus_client import CollectorRegistry, start_http_server
+    from ..exposition import Exposition  # http.server and zlib only for the commands that serve
 
-        from ..prometheus import register
-    except ImportError:
-        raise SystemExit(
-            f"python -m pmem_metrics {who}: --prometheus-port needs prometheus_client: "
-            "pip install '.[prometheus]' (from a checkout)"
-        ) from None
-    collectors = CollectorRegistry()
-    register(collectors, segments, reopen=reopen)
     try:
-        server, _ = start_http_server(port, addr=addr, registry=collectors)
+        server = Exposition(segments, reopen=reopen).serve(port, addr)
     except OSError as e:
         why = e.strerror or str(e)
         raise SystemExit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pmem_metrics import (
     FIELDS,
@@ -16,6 +17,7 @@ from pmem_metrics import (
     get_include,
     open_segment,
 )
+from pmem_metrics.exposition import Exposition, render, start_http_server
 from pmem_metrics.otel import Instrumentation, instrument
 from pmem_metrics.prometheus import register
 
@@ -49,3 +51,12 @@ following = register(None, {"vm-1": readonly_seg}, reopen=True)
 handle: Instrumentation = instrument()
 on_segments = instrument(None, segments={"vm-1": readonly_seg}, reopen=True)
 handle.uninstrument()
+
+page_text: bytes = render()
+page = Exposition({"vm-1": readonly_seg}, reopen=True)
+om_text: bytes = page.render(openmetrics=True)
+status, headers, body = page.respond("application/openmetrics-text", "gzip")
+header_pairs: list[tuple[str, str]] = headers
+handler: type[BaseHTTPRequestHandler] = page.handler()
+http_server: ThreadingHTTPServer = start_http_server(0, "127.0.0.1", {"vm-1": seg})
+http_server.shutdown()

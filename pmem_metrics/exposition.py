@@ -1,0 +1,250 @@
+"""The Prometheus endpoint without prometheus_client: text rendered from one peek per registry.
+
+What :class:`pmem_metrics.prometheus.PmemCollector` gives through
+prometheus_client's ``generate_latest()``, byte for byte, but rendered as
+:func:`pmem_metrics.flush_metrics_json` renders JSON: one C snapshot per
+registry, and the lines of many devices made by one ``%`` of a template, so
+no Python object is made per sample.  Text format 0.0.4::
+
+    # HELP pmem_activate_fails_total Number of times when activate failed on a pmem device.
+    # TYPE pmem_activate_fails_total counter
+    pmem_activate_fails_total{drive_id="drv0",segment="vm-1"} 1.0
+    ...
+    pmem_segment_up{segment="vm-1"} 1.0
+
+and OpenMetrics 1.0 when the ``Accept`` header asks for it (HELP and TYPE
+name the family, ``pmem_activate_fails``; HELP escapes ``"`` too; the text
+ends with ``# EOF``).  Series, labels, values and their order are
+PmemCollector's (:mod:`pmem_metrics._scrape` reads for both): the
+``segment`` label, ``pmem_segment_up`` and the segment's room given
+*segments*, floats written as prometheus_client's ``floatToGoString``.
+
+To mount it: :meth:`Exposition.respond` (status, headers, body for an
+``Accept`` and ``Accept-Encoding``), :meth:`Exposition.handler` (for
+``http.server``), or :func:`start_http_server` (a daemon thread).
+
+# Limitations
+
+No ``name[]`` filter and no ``_created`` series (PmemCollector has neither);
+an ``Accept`` for OpenMetrics other than 1.0.0 gets text 0.0.4.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping
+from http.server import ThreadingHTTPServer
+from io import BytesIO
+from typing import Any
+
+from ._binding import FIELD_DOCS, FIELDS, NFIELDS
+from ._httpd import MetricsHandler, serve
+from ._scrape import ROOM, SCRAPE_TIMEOUT, UP_DOC, Reading, Sources
+from .registry import Registry
+
+__all__ = ["OPENMETRICS", "TEXT", "Exposition", "MetricsHandler", "render", "start_http_server"]
+
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+"""Content-Type of the text format 0.0.4."""
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+"""Content-Type of OpenMetrics 1.0."""
+
+_CHUNK = 256  # devices per template: a scrape's transient objects stay small beside its text
+_EXACT = 1_000_000  # below it, floatToGoString(float(n)) is f"{n}.0"; from it, Go's exponents
+
+
+def go_float(value: float) -> str:
+    """*value* (finite, not negative) as prometheus_client's ``floatToGoString`` writes it."""
+    s = repr(float(value))
+    dot = s.find(".")
+    if value > 0 and dot > 6:  # Go writes 1e+06 where Python writes 1000000.0
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def _go_count(n: int) -> bytes:
+    """``go_float(n)`` of a count, from its digits while a float holds it exactly (2**53)."""
+    if n < _EXACT:
+        return b"%d.0" % n
+    if n >= 1 << 53:
+        return go_float(n).encode()
+    digits = b"%d" % n
+    kept = digits.rstrip(b"0")
+    return b"%c%s%se+%02d" % (kept[0], b"." if len(kept) > 1 else b"", kept[1:], len(digits) - 1)
+
+
+def _label(value: str) -> str:
+    """*value* escaped for a label value, as both formats want."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _head(name: str, kind: str, doc: str, om: bool) -> bytes:
+    """HELP and TYPE of family *name*: text 0.0.4 names a counter by its samples (``_total``)."""
+    if om:
+        return f"# HELP {name} {_label(doc)}\n# TYPE {name} {kind}\n".encode()
+    name += "_total" if kind == "counter" else ""
+    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode()
+
+
+def _lines(sample: bytes, ids: list[bytes], column: list[int], extra: bytes) -> Iterator[bytes]:
+    """The lines ``sample{drive_id="ID"EXTRA} VALUE``, a chunk of devices per template.
+
+    *ids* and *extra* are escaped for labels and for ``%``.  A chunk's
+    template is made by one ``join`` and filled by one ``%``: no Python
+    object per line, unless a count needs Go's exponent (one from 10**6).
+    """
+    opening = sample + b'{drive_id="'
+    for i in range(0, len(ids), _CHUNK):
+        values: list[Any] = column[i : i + _CHUNK]
+        closing = b'"' + extra + b"} %d.0\n"
+        if max(values) >= _EXACT:
+            closing = b'"' + extra + b"} %s\n"
+            values = [_go_count(v) for v in values]
+        yield (opening + (closing + opening).join(ids[i : i + _CHUNK]) + closing) % tuple(values)
+
+
+def _escaped(text: str) -> bytes:
+    """*text* escaped for a label value and for ``%``, in UTF-8."""
+    return _label(text).replace("%", "%%").encode()
+
+
+def _pieces(readings: list[Reading], segmented: bool, om: bool) -> Iterator[bytes]:
+    """The exposition of *readings*, in pieces: fields' families, then the segments' gauges."""
+    read = []
+    for labels, snap, _ in readings:
+        if snap is not None:
+            # All ids escaped at once, before they are split, as flush.as_json does.
+            extra = b',segment="' + _escaped(labels[0]) + b'"' if labels else b""
+            read.append((_escaped(snap.ids_text).split(b"\0")[:-1], snap.counts, extra))
+    for f, field in enumerate(FIELDS):
+        yield _head(f"pmem_{field}", "counter", FIELD_DOCS[field], om)
+        for ids, counts, extra in read:
+            yield from _lines(f"pmem_{field}_total".encode(), ids, counts[f::NFIELDS], extra)
+    if segmented:
+        yield _head("pmem_segment_up", "gauge", UP_DOC, om)
+        for labels, snap, _ in readings:
+            up = float(snap is not None)
+            yield f'pmem_segment_up{{segment="{_label(labels[0])}"}} {up}\n'.encode()
+        for k, (name, kind, doc) in enumerate(ROOM):
+            yield _head(name, kind, doc, om)
+            sample = name + "_total" if kind == "counter" else name
+            for labels, _, room in readings:
+                if room is not None:
+                    value = go_float(room[k])
+                    yield f'{sample}{{segment="{_label(labels[0])}"}} {value}\n'.encode()
+    if om:
+        yield b"# EOF\n"
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """Whether an ``Accept`` header prefers OpenMetrics 1.0 to text 0.0.4 (q-values honoured).
+
+    ``application/openmetrics-text`` with no version or version 1.0.0 is
+    OpenMetrics; ``text/plain`` (any version: the text is the same for these
+    names), ``text/*`` and ``*/*`` are the text format; ties go to the first.
+    """
+    best, om = 0.0, False
+    for item in (accept or "").split(","):
+        media, *params = (token.strip() for token in item.split(";"))
+        args = dict(p.split("=", 1) for p in params if "=" in p)
+        try:
+            q = float(args.get("q", "1"))
+        except ValueError:
+            continue
+        if media.lower() == "application/openmetrics-text":
+            if args.get("version", "1.0.0") != "1.0.0":
+                continue
+            this = True
+        elif media.lower() in ("text/plain", "text/*", "*/*"):
+            this = False
+        else:
+            continue
+        if q > best:
+            best, om = q, this
+    return om
+
+
+def _gzip_accepted(accept_encoding: str | None) -> bool:
+    for item in (accept_encoding or "").split(","):
+        coding, *params = (token.strip() for token in item.split(";"))
+        if coding.lower() in ("gzip", "x-gzip") and "q=0" not in params:
+            return True
+    return False
+
+
+class Exposition:
+    """The counters of the default registry, or of *segments*, as Prometheus scrapes them.
+
+    *segments*, *timeout* and *reopen* as for
+    :class:`pmem_metrics.prometheus.PmemCollector` (same errors): a segment
+    replaced under its path is followed from one scrape to the next, so keep
+    one ``Exposition`` for an endpoint.  Scrapes may run in several threads.
+    """
+
+    def __init__(
+        self,
+        segments: Mapping[str, Registry] | None = None,
+        *,
+        timeout: float = SCRAPE_TIMEOUT,
+        reopen: bool = False,
+    ) -> None:
+        self._sources = Sources(segments, timeout=timeout, reopen=reopen)
+
+    def pieces(self, openmetrics: bool = False) -> Iterator[bytes]:
+        """Read every registry now; the exposition, in pieces to write or compress one by one."""
+        return _pieces(self._sources.read(), self._sources.segmented, openmetrics)
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The text format 0.0.4, or OpenMetrics 1.0, of every registry, read now."""
+        out = BytesIO()  # grows in place; getvalue() hands its buffer over without a copy
+        for piece in self.pieces(openmetrics):
+            out.write(piece)
+        return out.getvalue()
+
+    def respond(
+        self, accept: str | None = None, accept_encoding: str | None = None
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Status line, headers and body for a GET with these ``Accept`` and ``Accept-Encoding``."""
+        om = wants_openmetrics(accept)
+        headers = [("Content-Type", OPENMETRICS if om else TEXT)]
+        if _gzip_accepted(accept_encoding):
+            # Level 1: 12x smaller already, in a third of level 6's time (bench/README.md).
+            gz = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: the gzip container
+            body = b"".join([*map(gz.compress, self.pieces(om)), gz.flush()])
+            headers.append(("Content-Encoding", "gzip"))
+        else:
+            body = self.render(om)
+        headers.append(("Content-Length", str(len(body))))
+        return "200 OK", headers, body
+
+    def handler(self) -> type[MetricsHandler]:
+        """A :class:`MetricsHandler` subclass serving this exposition, for ``http.server``."""
+        return type("PmemMetricsHandler", (MetricsHandler,), {"exposition": self})
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> ThreadingHTTPServer:
+        """Serve it on *addr*:*port* (0: any free port) from a daemon thread; the server.
+
+        *addr* may be a name or an IPv4 or IPv6 address: the socket takes the
+        family of its first address.  ``OSError`` if it cannot be served
+        there; ``server.shutdown()`` stops it.
+        """
+        return serve(self.handler(), port, addr)
+
+
+def render(segments: Mapping[str, Registry] | None = None, *, openmetrics: bool = False) -> bytes:
+    """One scrape's text of the default registry, or of *segments*: ``Exposition(...).render()``."""
+    return Exposition(segments).render(openmetrics)
+
+
+def start_http_server(
+    port: int,
+    addr: str = "127.0.0.1",
+    segments: Mapping[str, Registry] | None = None,
+    *,
+    timeout: float = SCRAPE_TIMEOUT,
+    reopen: bool = False,
+) -> ThreadingHTTPServer:
+    """Serve an :class:`Exposition` of *segments* on *addr*:*port* from a daemon thread."""
+    return Exposition(segments, timeout=timeout, reopen=reopen).serve(port, addr)
