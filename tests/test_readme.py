@@ -79,6 +79,8 @@ def test_prometheus(tmp_path: Path) -> None:
     code = example("### Prometheus")
     (port,) = re.findall(r"start_http_server\((\d+)", code)
     with socket.socket() as s:  # the example serves on a fixed port: skip if it is taken
+        # As its server binds (SO_REUSEADDR): the last run's closed connections do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", int(port)))
         except OSError as e:
