@@ -313,9 +313,11 @@ enum pmem_metrics_id_error pmem_metrics_id_check(const char *drive_id, size_t le
 const char *pmem_metrics_id_strerror(int error);
 
 /*
- * The metrics of the device `drive_id` if it exists, creating nothing: NULL
+ * The metrics of the device `drive_id` if it exists, creating nothing (a
+ * retired device is found until its final flush, and not revived): NULL
  * with errno ENOENT if no device has that id, EINVAL for an id that
- * pmem_metrics_id_check() rejects.
+ * pmem_metrics_id_check() rejects.  Like pmem_metrics_alloc(), it takes a
+ * reference that pmem_metrics_release() gives back.
  */
 struct pmem_metrics *pmem_metrics_find(const char *drive_id);
 
