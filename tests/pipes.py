@@ -45,7 +45,12 @@ class FifoReader:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                lines = [x for x in self.data.decode().splitlines(keepends=True) if x != "\n"]
+                raw = bytes(self.data)
+            # Only what ends in a newline: a read can stop inside a character of
+            # a line still coming (ids are UTF-8).  A fragment closed off by a
+            # writer may be cut inside one too: it decodes with U+FFFD.
+            whole = raw[: raw.rfind(b"\n") + 1].decode("utf-8", "replace")
+            lines = [x for x in whole.splitlines(keepends=True) if x != "\n"]
             if sum(x.endswith("\n") for x in lines) >= n:
                 return lines[:n]
             time.sleep(0.005)
