@@ -279,6 +279,9 @@ struct pmi_reported {
 	const uint32_t *borns;
 };
 
+/* Live -> retired (its retirement time set first): 0, or ENOENT unless it was live. */
+int pmi_device_retire(struct device *d);
+
 /* Whether nothing was added to `d` since its baselines last moved (current == old). */
 bool pmi_device_settled(struct device *d);
 void pmi_snapshot_reported(const struct pmem_metrics_snapshot *s, struct pmi_reported *out);

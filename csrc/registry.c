@@ -264,25 +264,29 @@ static struct device *private_alloc(struct pmem_metrics_registry *r, const char 
 static int private_retire(struct pmem_metrics_registry *r, const char *id, size_t len)
 {
 	struct device *d;
-	uint32_t word;
 	size_t at;
-	int err = ENOENT;
+	int err;
 
 	pthread_rwlock_rdlock(&r->lock);
 	d = private_find(r, id, len, &at);
-	word = d ? atomic_load_explicit(&d->state, memory_order_acquire) : 0;
-	while (d && pmi_dev_state(word) == DEV_LIVE) {
+	err = d ? pmi_device_retire(d) : ENOENT;
+	pthread_rwlock_unlock(&r->lock);
+	return err;
+}
+
+int pmi_device_retire(struct device *d)
+{
+	uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
+
+	while (pmi_dev_state(word) == DEV_LIVE) {
 		atomic_store_explicit(&d->retired_ms, pmi_now_ms(), memory_order_relaxed);
 		/* Release: whoever sees it retired sees when. */
 		if (atomic_compare_exchange_weak_explicit(&d->state, &word,
 							  pmi_dev_word(word, DEV_RETIRED),
-							  memory_order_acq_rel, memory_order_acquire)) {
-			err = 0;
-			break;
-		}
+							  memory_order_acq_rel, memory_order_acquire))
+			return 0;
 	}
-	pthread_rwlock_unlock(&r->lock);
-	return err;
+	return ENOENT;
 }
 
 /*
@@ -651,22 +655,21 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 
 /* ---- Calls on a registry ------------------------------------------------------ */
 
+/* Whether a call on `r` for the id of `len` bytes may go ahead: 0, or its error number. */
+static int id_call(struct pmem_metrics_registry *r, const char *drive_id, size_t len)
+{
+	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK)
+		return EINVAL;
+	return pmi_ready(r);
+}
+
 struct pmem_metrics *pmem_metrics_registry_alloc_within(struct pmem_metrics_registry *r,
 							const char *drive_id, size_t len,
 							int timeout_ms)
 {
-	struct device *d;
-	int err;
+	int err = id_call(r, drive_id, len);
+	struct device *d = err ? NULL : pmi_kind_of(r)->alloc(r, drive_id, len, timeout_ms, &err);
 
-	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
-		errno = EINVAL;
-		return NULL;
-	}
-	if ((err = pmi_ready(r)) != 0) {
-		errno = err;
-		return NULL;
-	}
-	d = pmi_kind_of(r)->alloc(r, drive_id, len, timeout_ms, &err);
 	if (!d) {
 		errno = err;
 		return NULL;
@@ -703,18 +706,9 @@ struct pmem_metrics *pmem_metrics_alloc(const char *drive_id)
 struct pmem_metrics *pmem_metrics_registry_find(struct pmem_metrics_registry *r,
 						const char *drive_id, size_t len)
 {
-	struct device *d;
-	int err;
+	int err = id_call(r, drive_id, len);
+	struct device *d = err ? NULL : pmi_kind_of(r)->find(r, drive_id, len, &err);
 
-	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK) {
-		errno = EINVAL;
-		return NULL;
-	}
-	if ((err = pmi_ready(r)) != 0) {
-		errno = err;
-		return NULL;
-	}
-	d = pmi_kind_of(r)->find(r, drive_id, len, &err);
 	if (!d) {
 		errno = err;
 		return NULL;
@@ -734,11 +728,9 @@ struct pmem_metrics *pmem_metrics_find(const char *drive_id)
 int pmem_metrics_registry_retire(struct pmem_metrics_registry *r, const char *drive_id,
 				 size_t len)
 {
-	int err;
+	int err = id_call(r, drive_id, len);
 
-	if (!r || pmem_metrics_id_check(drive_id, len) != PMEM_METRICS_ID_OK)
-		err = EINVAL;
-	else if ((err = pmi_ready(r)) == 0)
+	if (err == 0)
 		err = pmi_kind_of(r)->retire(r, drive_id, len);
 	if (err) {
 		errno = err;

@@ -1585,7 +1585,6 @@ void pmi_seg_claim_close(struct pmi_seg *g, int k)
 int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len)
 {
 	struct device *d;
-	uint32_t word;
 	int err = 0;
 
 	if (!g->writable)
@@ -1593,18 +1592,7 @@ int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len)
 	d = pmi_seg_find(g, id, len, &err);
 	if (!d)
 		return err;
-	word = atomic_load_explicit(&d->state, memory_order_acquire);
-	err = ENOENT;
-	while (pmi_dev_state(word) == DEV_LIVE) {
-		atomic_store_explicit(&d->retired_ms, pmi_now_ms(), memory_order_relaxed);
-		/* Release: whoever sees it retired sees when. */
-		if (atomic_compare_exchange_weak_explicit(&d->state, &word,
-							  pmi_dev_word(word, DEV_RETIRED),
-							  memory_order_acq_rel, memory_order_acquire)) {
-			err = 0;
-			break;
-		}
-	}
+	err = pmi_device_retire(d);
 	pmi_seg_release(g, &d->m);
 	return err;
 }

@@ -137,23 +137,33 @@ class Sources:
 
     def _peek(self, source: Source, deadline: float) -> Snapshot:
         """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        old = source.registry
-        try:
-            return peek(old._r, deadline)
-        except SegmentReplacedError:
-            if not self.reopen or old.path is None:
-                raise
-        # ENOENT (a SegmentError) until a new segment is there.  The old
-        # registry stays open, and mapped if it was, until the process ends:
-        # the C library never frees a registry.
-        new = open_segment(old.path, readonly=old.readonly, create=False)
-        snap = peek(new._r, deadline)
-        # Concurrent scrapes may both get here: opening one file twice gives
-        # the same registry, and the assignment is atomic, so either wins.
-        source.registry = new
-        _log.warning(
-            "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
-            source.labels[0],
-            old.path,
-        )
+        name = source.labels[0] if source.labels else None  # the default registry: unnamed
+        snap, source.registry = peek_following(source.registry, deadline, self.reopen, name)
         return snap
+
+
+def peek_following(
+    registry: Registry, deadline: float, reopen: bool, name: object
+) -> tuple[Snapshot, Registry]:
+    """A peek of *registry*, and the registry read: with *reopen*, a segment replaced
+    at its path is opened again by that path and read instead (logged, as *name*).
+
+    ``SegmentReplacedError`` without *reopen*; ``ENOENT`` (a ``SegmentError``)
+    until a new segment is there.  The old registry stays open, and mapped if
+    it was, until the process ends: the C library never frees a registry.
+    Concurrent readers may both reopen: opening one file twice gives the same
+    registry, so either's answer is right.
+    """
+    try:
+        return peek(registry._r, deadline), registry
+    except SegmentReplacedError:
+        if not reopen or registry.path is None:
+            raise
+    new = open_segment(registry.path, readonly=registry.readonly, create=False)
+    snap = peek(new._r, deadline)
+    _log.warning(
+        "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
+        name,
+        registry.path,
+    )
+    return snap, new

@@ -68,10 +68,10 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError("pmem_metrics.otel needs opentelemetry-api: pip install '.[otel]'") from e
 
 from ._binding import FIELD_DOCS, FIELDS
-from ._snapshot import Snapshot, peek
-from .errors import PmemMetricsError, SegmentReplacedError
+from ._scrape import peek_following
+from ._snapshot import Snapshot
+from .errors import PmemMetricsError
 from .registry import Registry
-from .segment import open_segment
 
 _log = logging.getLogger("pmem_metrics")
 
@@ -151,22 +151,7 @@ class Instrumentation:
 
     def _peek(self, source: _Source, deadline: float) -> Snapshot:
         """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        old = source.registry
-        try:
-            return peek(old._r, deadline)
-        except SegmentReplacedError:
-            if not self._reopen or old.path is None:
-                raise
-        # ENOENT (a SegmentError) until a new segment is there.  The old
-        # registry stays open until the process ends: C never frees one.
-        new = open_segment(old.path, readonly=old.readonly, create=False)
-        snap = peek(new._r, deadline)
-        source.registry = new
-        _log.warning(
-            "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
-            source.name,
-            old.path,
-        )
+        snap, source.registry = peek_following(source.registry, deadline, self._reopen, source.name)
         return snap
 
 

@@ -37,7 +37,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 import pmem_metrics
-from pmem_metrics import FIELD_DOCS, FIELDS, PmemMetricsPerDevice, open_segment, otel
+from pmem_metrics import FIELD_DOCS, FIELDS, PmemMetricsPerDevice, _scrape, open_segment, otel
 
 from .helpers import run_threads
 
@@ -196,13 +196,13 @@ def test_a_retired_device_ends_its_series(tmp_path: Path) -> None:
 def counting_peeks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every registry otel reads from now on, once per read."""
     reads: list[object] = []
-    real = otel.peek
+    real = _scrape.peek  # otel reads through _scrape.peek_following
 
     def peek(r: Any, *args: Any, **kwargs: Any) -> Any:
         reads.append(r)
         return real(r, *args, **kwargs)
 
-    monkeypatch.setattr(otel, "peek", peek)
+    monkeypatch.setattr(_scrape, "peek", peek)
     return reads
 
 
