@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import socket
 import subprocess
@@ -114,3 +115,16 @@ def test_opentelemetry(tmp_path: Path) -> None:
 def test_devices_that_come_and_go(tmp_path: Path) -> None:
     out = run(example("## Devices that come and go (hot-unplug)"), tmp_path).splitlines()
     assert out == ["2", "False", "0"]
+
+
+def test_watching_the_counts_with_top(tmp_path: Path) -> None:
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index("### Watching the counts: `top`")
+    text = "\n".join(lines[start:])
+    script, shown = re.findall(r"^```(?:sh)?\n(.*?)^```$", text, re.S | re.M)[:2]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(
+        ["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == shown  # as the README shows it
