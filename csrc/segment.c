@@ -899,8 +899,12 @@ static uint64_t seg_reusable(struct pmi_seg *g, uint64_t high, const struct pmi_
 		struct device *d = seg_slot(g, s);
 		uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
 
-		if (pmi_dev_state(word) != DEV_DRAINED || g->refs[s] != 0 || slot_claimed(g, s) ||
-		    slot_referenced(g, s))
+		/*
+		 * Drained; or left free below `high` by an insert that died after
+		 * taking it (only the insert lock's holder takes one, and we hold it).
+		 */
+		if ((pmi_dev_state(word) != DEV_DRAINED && pmi_dev_state(word) != DEV_FREE) ||
+		    g->refs[s] != 0 || slot_claimed(g, s) || slot_referenced(g, s))
 			continue;
 		/* A reference taken since the look at its lock checks the state after: it lets go. */
 		if (atomic_compare_exchange_strong_explicit(&d->state, &word,
@@ -922,6 +926,8 @@ static void seg_compact(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 	_Atomic uint32_t *index = seg_index(g);
 	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire), n = 0;
 
+	if (high > g->capacity)
+		high = g->capacity; /* read from the file: bounded before use */
 	atomic_store_explicit(&h->seq, seq | 1, memory_order_relaxed);
 	for (uint64_t i = 0; i < *used; i++) {
 		uint32_t slot = atomic_load_explicit(&index[i], memory_order_relaxed);
