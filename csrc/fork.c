@@ -11,12 +11,33 @@
  * and will release it.
  *
  * A segment lives in the file, shared with the parent: nothing of it is
- * re-made but the child's own handle on its locks (segment.c).  A flush of a
- * segment that the forking thread had open stays its parent's.
+ * re-made but the child's own handle on its locks (segment_file.c).  A
+ * flush of a segment that the forking thread had open stays its parent's:
+ * the child counts one more fork, and snapshot.c settles that flush
+ * without moving anything when it next sees it.
+ *
+ * This file also holds the process-wide registry state those handlers
+ * reset -- the default registry, the segments opened as registries, their
+ * locks -- so that it calls nothing above the segment files.
  */
 #include "internal.h"
 
 #include <errno.h>
+
+struct pmem_metrics_registry pmi_default_registry = {
+	.lock = REGISTRY_LOCK_INITIALIZER,
+	.flush_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+/* Held while the default registry's kind is being decided (attach(), PMEM_METRICS_SHM). */
+pthread_mutex_t pmi_kind_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The segments opened as registries, newest first; never freed. */
+pthread_mutex_t pmi_opened_lock = PTHREAD_MUTEX_INITIALIZER;
+struct pmem_metrics_registry *pmi_opened;
+
+_Thread_local struct pmem_metrics_registry *pmi_flushing;
+_Atomic uint64_t pmi_forks;
 
 static void fork_prepare(void)
 {
@@ -45,7 +66,12 @@ static void segment_after_fork(struct pmem_metrics_registry *r)
 static void fork_child(void)
 {
 	struct pmem_metrics_registry *r = &pmi_default_registry;
-	bool flushing = pmi_snapshot_after_fork();
+	/* The forking thread's open flush of a private registry lives on here; a segment's does not. */
+	bool flushing = pmi_flushing && !pmi_flushing->seg;
+
+	atomic_fetch_add_explicit(&pmi_forks, 1, memory_order_relaxed);
+	if (pmi_flushing && pmi_flushing->seg)
+		pmi_flushing = NULL;
 
 	/* A lock held by a thread that does not exist here is re-made, not unlocked. */
 	pmi_kind_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;

@@ -99,17 +99,22 @@ int pmi_id_cmp(const char *a, size_t a_len, const char *b, size_t b_len)
 	return (a_len > b_len) - (a_len < b_len);
 }
 
-uint64_t pmi_fields_hash(void)
+size_t pmi_fields_encode(char *out)
 {
-	uint64_t h = 1469598103934665603u;
+	size_t n = 0;
 
-	for (size_t f = 0; f < NFIELDS; f++)
-		for (const char *c = field_name[f];; c++) {
-			h = (h ^ (unsigned char)*c) * 1099511628211u;
-			if (!*c)
-				break;
+	for (size_t f = 0; f < NFIELDS; f++) {
+		const char *part[2] = {field_name[f], field_doc[f]};
+
+		for (int k = 0; k < 2; k++) {
+			size_t len = strlen(part[k]) + 1;
+
+			if (out)
+				memcpy(out + n, part[k], len);
+			n += len;
 		}
-	return h;
+	}
+	return n;
 }
 
 struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i)

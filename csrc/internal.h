@@ -5,34 +5,50 @@
  * pmem_metrics.h are exported.  The names below are hidden, and prefixed
  * pmi_ so that a static link cannot meet a program's own names.
  *
- *   ids.c       drive-id rules, the field tables
- *   fault.c     allocation wrappers and the test-only fault hooks
- *   wait.c      deadlines and bounded waits
- *   segment.c   the shared segment's file format: create, check, map,
- *               locks, insert, rebuild, lock-free reading
- *   registry.c  registries: the private kind, the segment kind, the
- *               default registry (attach, PMEM_METRICS_SHM), open
- *   snapshot.c  take, peek, publish, withdraw, commit
- *   fork.c      fork() handlers
- *   line.c      writing metrics lines to a destination
+ *   ids.c             drive-id rules, the field tables
+ *   fault.c           allocation wrappers and the test-only fault hooks
+ *   wait.c            deadlines and bounded waits
+ *   device.c          a device's life: its state word, retire, drain, the
+ *                     grace period, moving its baselines
+ *   segment_lock.c    a segment's locks, in its lock file: insert, flush,
+ *                     claims', references'
+ *   segment_file.c    a segment's files: create, check, open, close, fork
+ *   segment_read.c    reading a segment without a lock: views, sorting by id
+ *   segment_claim.c   claim records: flushes whose reports are on their way
+ *   segment_index.c   finding and inserting ids, the sorted index, room
+ *   segment_life.c    retire, drain, stats of a segment
+ *   fork.c            the process-wide registry state, and fork() handlers
+ *   private.c         the private kind of registry: a sorted array
+ *   registry.c        registries: the kinds' table, the default registry
+ *                     (attach, PMEM_METRICS_SHM), open, the public calls
+ *   snapshot.c        take, peek, publish, withdraw, commit
+ *   line.c            writing metrics lines to a destination
+ *
+ * Calls between these files only go down this list's dependency order:
+ * device, then the segment files (lock, file, read, claim, index, life),
+ * then fork, private, registry, snapshot.  segment_layout.h is the file's
+ * bytes.
  *
  * Lock order, where several are held: `kind_lock`, then a registry's flush
  * lock, then its registry lock; the default registry's lock, then
- * `opened_lock` (only fork's prepare handler takes several).
+ * `opened_lock` (only fork's prepare handler takes several); a segment's
+ * insert lock, then its flush lock.
  */
 #ifndef PMEM_METRICS_INTERNAL_H
 #define PMEM_METRICS_INTERNAL_H
 
-/* Before any system header: F_OFD_SETLK, dup3, pthread_mutex_clocklock, glibc's rwlock kinds. */
+/* Before any system header: F_OFD_SETLK, dup3, fallocate, pthread_mutex_clocklock, rwlock kinds. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 
 #include "pmem_metrics.h"
+#include "segment_layout.h"
 
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -42,9 +58,12 @@ enum {
 };
 
 /* No false sharing: every counter owns exactly one 64-byte line. */
-_Static_assert(sizeof(struct pmem_metrics_counter) == 64, "a counter is one cache line");
+_Static_assert(sizeof(struct pmem_metrics_counter) == SEG_COUNTER_SIZE, "a counter is one cache line");
 _Static_assert(alignof(struct pmem_metrics_counter) == 64, "counters start on a cache line");
+_Static_assert(offsetof(struct pmem_metrics_counter, current) == SEG_COUNTER_CURRENT, "counter layout");
+_Static_assert(offsetof(struct pmem_metrics_counter, old) == SEG_COUNTER_OLD, "counter layout");
 _Static_assert(sizeof(struct pmem_metrics) == 64 * NFIELDS, "a device is its counters");
+_Static_assert((int)NFIELDS <= (int)SEG_MAX_FIELDS, "a segment holds at most SEG_MAX_FIELDS counters");
 /*
  * Processes that share a segment add to its counters with the same inline
  * atomic add: that is only one counter if the atomics are lock-free (a
@@ -55,7 +74,11 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free");
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && sizeof(_Atomic uint32_t) == 4,
 	       "atomics have their plain size, so a segment's layout is the same in every process");
 
-/* One device: the public counters first, then the id they are known by. */
+/*
+ * One device: the public counters first, then the id they are known by.
+ * In a segment, a slot is exactly this (segment_layout.h: the counters,
+ * struct pmi_slot_tail, the id), as the asserts below pin.
+ */
 struct device {
 	struct pmem_metrics m;
 	/*
@@ -85,8 +108,15 @@ struct device {
 	char id[];
 };
 
-/* A device's life: reported while live or retired; drained once its final delta was. */
-enum { DEV_FREE = 0, DEV_LIVE = 1, DEV_RETIRED = 2, DEV_DRAINED = 3, DEV_STATE_MASK = 3 };
+#define TAIL_AT(member) (offsetof(struct device, member) - sizeof(struct pmem_metrics))
+_Static_assert(TAIL_AT(published) == offsetof(struct pmi_slot_tail, published), "slot layout");
+_Static_assert(TAIL_AT(id_len) == offsetof(struct pmi_slot_tail, id_len), "slot layout");
+_Static_assert(TAIL_AT(state) == offsetof(struct pmi_slot_tail, state), "slot layout");
+_Static_assert(TAIL_AT(refs) == offsetof(struct pmi_slot_tail, refs), "slot layout");
+_Static_assert(TAIL_AT(born) == offsetof(struct pmi_slot_tail, born), "slot layout");
+_Static_assert(TAIL_AT(retired_ms) == offsetof(struct pmi_slot_tail, retired_ms), "slot layout");
+_Static_assert(TAIL_AT(id) == sizeof(struct pmi_slot_tail), "slot layout");
+#undef TAIL_AT
 
 static inline uint32_t pmi_dev_state(uint32_t word)
 {
@@ -101,11 +131,11 @@ static inline uint32_t pmi_dev_word(uint32_t word, uint32_t state)
 	return (state == DEV_RETIRED ? gen + 4 : gen) | state;
 }
 
-/* Milliseconds on CLOCK_MONOTONIC (the same clock in every process of a host). */
-uint64_t pmi_now_ms(void);
-
-/* How long a retired device stays visible to scrapes of a registry nobody flushes (ms). */
-uint64_t pmi_retire_grace_ms(void);
+/* Whether a slot in state `word` holds a device: live, or retired (not drained). */
+static inline bool pmi_is_device(uint32_t word)
+{
+	return pmi_dev_state(word) == DEV_LIVE || pmi_dev_state(word) == DEV_RETIRED;
+}
 
 /* Counter `f` of `m` (the static asserts above make the counters an array). */
 static inline struct pmem_metrics_counter *pmi_counter(struct pmem_metrics *m, size_t f)
@@ -113,11 +143,16 @@ static inline struct pmem_metrics_counter *pmi_counter(struct pmem_metrics *m, s
 	return (struct pmem_metrics_counter *)m + f;
 }
 
+/* ---- ids.c ---- */
+
 /* Compare two ids of the given lengths in bytes, as unsigned bytes. */
 int pmi_id_cmp(const char *a, size_t a_len, const char *b, size_t b_len);
 
-/* FNV-1a of every field name: a segment made with other fields is refused. */
-uint64_t pmi_fields_hash(void);
+/*
+ * The field list as a segment stores it: each name, NUL, doc, NUL.  Its
+ * size (with `out` NULL), or the bytes written to `out`.
+ */
+size_t pmi_fields_encode(char *out);
 
 /* ---- fault.c ---- */
 
@@ -143,10 +178,39 @@ bool pmi_deadline_passed(const struct pmi_deadline *d);
 void pmi_backoff(const struct pmi_deadline *d, unsigned round);
 /* Lock `mutex` by the deadline: 0, ETIMEDOUT, or another error number. */
 int pmi_mutex_lock_by(pthread_mutex_t *mutex, const struct pmi_deadline *d);
+/* Milliseconds on CLOCK_MONOTONIC (the same clock in every process of a host). */
+uint64_t pmi_now_ms(void);
+/* The deadline of a segment wait: timeout_ms, or if negative the default bound. */
+struct pmi_deadline pmi_seg_deadline(int timeout_ms);
 
-/* ---- segment.c ---- */
+/* ---- device.c ---- */
 
-struct pmi_reported;
+enum pmi_snapshot_state {
+	SNAPSHOT_PEEK,      /* a read-only copy: holds nothing, moves nothing */
+	SNAPSHOT_OPEN,      /* a flush holding its registry's flush lock */
+	SNAPSHOT_PUBLISHED, /* committed, flush lock released; can still be withdrawn */
+	SNAPSHOT_SETTLED    /* aborted, or published and withdrawn: nothing more to do */
+};
+
+/* How long a retired device stays visible to scrapes of a registry nobody flushes (ms). */
+uint64_t pmi_retire_grace_ms(void);
+/* Live -> retired (its retirement time set first): 0, or ENOENT unless it was live. */
+int pmi_device_retire(struct device *d);
+/* Whether nothing was added to `d` since its baselines last moved (current == old). */
+bool pmi_device_settled(struct device *d);
+/* Retired as `word` says and settled -> drained: whether it was. */
+bool pmi_device_drain(struct device *d, uint32_t word);
+/* Retired as `word` says, `grace` ms ago or more at `now` -> drained: whether it was. */
+bool pmi_device_expire(struct device *d, uint32_t word, uint64_t now, uint64_t grace);
+/* Whether a device in state `word` is in a snapshot of kind `state`. */
+bool pmi_reports(uint32_t word, uint64_t retired_ms, enum pmi_snapshot_state state);
+/*
+ * Move `d`'s baselines (`old`) by `diff`, field by field: up, or back down.
+ * The one place baselines move: commits, withdrawals, claims.
+ */
+void pmi_device_move(struct device *d, const uint64_t *diff, bool back);
+
+/* ---- the segment files ---- */
 
 /*
  * A shared segment, as this process opened it: its layout is copied out of
@@ -154,68 +218,89 @@ struct pmi_reported;
  * things, so a process that scribbles on the file cannot send us outside it.
  */
 struct pmi_seg {
-	int fd;          /* open for the registry's life: its locks and reads */
+	int fd;          /* the data file: open for the registry's life, for its reads */
+	int lock_fd;     /* writable: the lock file (segment_lock.c); -1 when read-only */
 	bool writable;   /* opened read-write and mapped; else read by pread() only */
-	char *map;       /* the file, MAP_SHARED read-write; NULL when read-only */
-	uint64_t size, capacity, slot_size, index_off, slots_off, claims_off, claim_size, procs_off;
-	uint64_t token; /* writable: this process's name in the insert lock (segment.c) */
-	dev_t dev; /* the file's identity: one registry per segment per process */
+	char *map;       /* the data file, MAP_SHARED read-write; NULL when read-only */
+	uint64_t size, capacity, slot_size, index_off, slots_off, claims_off, claim_size;
+	dev_t dev; /* the data file's identity: one registry per segment per process */
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */
 	/*
 	 * A segment's locks exclude other processes, not the threads of this
 	 * one (byte-range locks of the open file description, which the
-	 * threads share; the insert lock's word names the process): these
-	 * exclude the threads first.
+	 * threads share): these exclude the threads first.
 	 */
 	pthread_mutex_t thread_lock[2];
 	_Atomic uint32_t mine; /* the claims this process holds (their locks do not exclude it) */
 	/*
 	 * Writable: this process's references to each slot's device; the
-	 * slot's byte-range lock is held while its count is above 0 (segment.c,
-	 * REF_LOCK_BASE).  `ref_lock` makes a count and its lock change together.
+	 * slot's read lock is held while its count is above 0.  `ref_lock`
+	 * makes a count and its lock change together.
 	 */
 	uint32_t *refs;
 	pthread_mutex_t ref_lock;
 };
 
-enum pmi_seg_lock { SEG_REGISTRY_LOCK = 0, SEG_FLUSH_LOCK = 1 };
+/* The two locks of a segment, each a byte of its lock file. */
+enum pmi_seg_lock { SEG_INSERT_LOCK = LOCK_INSERT, SEG_FLUSH_LOCK = LOCK_FLUSH };
 
-/* Flushes of one segment whose reports can be on their way at once (segment.c, "Claims"). */
-enum { SEG_CLAIMS = 4 };
-/* Processes that can have one segment open for writing at once (segment.c, the insert lock). */
-enum { SEG_PROCS = 4096 };
+static inline struct pmi_seg_header *pmi_seg_hdr(const struct pmi_seg *g)
+{
+	return (struct pmi_seg_header *)g->map;
+}
 
+static inline _Atomic uint32_t *pmi_seg_index(const struct pmi_seg *g)
+{
+	return (_Atomic uint32_t *)(g->map + g->index_off);
+}
+
+static inline struct device *pmi_seg_slot(const struct pmi_seg *g, uint64_t i)
+{
+	return (struct device *)(g->map + g->slots_off + i * g->slot_size);
+}
+
+/* The slot number of device `d` in `g`'s mapping. */
+static inline uint64_t pmi_seg_slot_of(const struct pmi_seg *g, const void *d)
+{
+	return (uint64_t)((const char *)d - (g->map + g->slots_off)) / g->slot_size;
+}
+
+/* The id length of a device, read once: 0 if impossible. */
+static inline size_t pmi_slot_id_len(const struct device *d)
+{
+	uint32_t len = *(const volatile uint32_t *)&d->id_len;
+
+	return len <= ID_MAX_BYTES ? len : 0;
+}
+
+/* segment_lock.c */
+int pmi_seg_lock(struct pmi_seg *g, enum pmi_seg_lock which, const struct pmi_deadline *d);
+void pmi_seg_unlock(struct pmi_seg *g, enum pmi_seg_lock which);
+/* Claim `k`'s lock, one try: 0, or the error (EAGAIN: its flush holds it). */
+int pmi_seg_claim_lock(struct pmi_seg *g, int k);
+void pmi_seg_claim_unlock(struct pmi_seg *g, int k);
+/* One more reference of this process to slot `s` (its read lock taken with the first). */
+int pmi_seg_ref_get(struct pmi_seg *g, uint64_t s);
+/* One reference less to slot `s` (its lock let go with the last). */
+void pmi_seg_ref_put(struct pmi_seg *g, uint64_t s);
+/* Whether another process holds a reference to slot `s` (the kernel knows its lock). */
+bool pmi_seg_referenced(const struct pmi_seg *g, uint64_t s);
+/* After fork(): the child's own locks for the references it inherited. */
+int pmi_seg_refs_after_fork(struct pmi_seg *g);
+
+/* segment_file.c */
 int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
 		 unsigned flags);
 void pmi_seg_close(struct pmi_seg *g);
 int pmi_seg_check_identity(const struct pmi_seg *g);
-int pmi_seg_lock(struct pmi_seg *g, enum pmi_seg_lock which, const struct pmi_deadline *d);
-void pmi_seg_unlock(struct pmi_seg *g, enum pmi_seg_lock which);
-struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
-			     const struct pmi_deadline *d, int *err);
-int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
-struct device *pmi_seg_find(struct pmi_seg *g, const char *id, size_t len, int *err);
-int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len);
-void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep);
-int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *out);
-/* Whether `m` lies in `g`'s mapping. */
-bool pmi_seg_holds(const struct pmi_seg *g, const struct pmem_metrics *m);
-/* Drop this process's reference to the device `m` of `g`. */
-void pmi_seg_release(struct pmi_seg *g, const struct pmem_metrics *m);
+/* Whether a segment file of status `st` may be opened with `flags`: 0, or EPERM. */
+int pmi_seg_trusted(const struct stat *st, unsigned flags);
 int pmi_seg_after_fork(struct pmi_seg *g);
-/*
- * With the flush lock held: undo the claims of flushes whose processes died,
- * and take a free claim record: its number, or -1 if every one is in use.
- */
-int pmi_seg_claim_open(struct pmi_seg *g);
-/* Write into claim `k` what moving `m` devices' baselines by `moves` will take, and make it active. */
-int pmi_seg_claim_record(struct pmi_seg *g, int k, struct device *const *devs,
-			 const uint64_t *moves, size_t m);
-/* Move the baselines by what claim `k` took: up, or back down (what had moved). */
-void pmi_seg_claim_apply(struct pmi_seg *g, int k, bool back);
-/* The claim's report was delivered, or its moves undone: let claim `k` go. */
-void pmi_seg_claim_close(struct pmi_seg *g, int k);
+/* Storage for slots [0, through] (and their index and claim entries): 0, or ENOSPC/errno. */
+int pmi_seg_reserve(struct pmi_seg *g, uint64_t through);
+
+/* segment_read.c */
 
 /* A slot as copied out of a segment with pread(): its counters, and where its id went. */
 struct pmi_slot_copy {
@@ -254,6 +339,11 @@ int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v);
 int pmi_seg_view_sort(struct pmi_seg_view *v);
 void pmi_seg_view_free(struct pmi_seg_view *v);
 const char *pmi_view_id(const struct pmi_seg_view *v, size_t i);
+int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
+/* Sort `n` slot numbers of the mapping's slots by their ids (lengths `len`, by slot). */
+void pmi_seg_sort(const struct pmi_seg *g, uint32_t *v, size_t n, const uint32_t *len);
+/* A header word read once, from the mapping or with pread(): 0, or EBADMSG. */
+int pmi_seg_read_word(const struct pmi_seg *g, size_t off, uint64_t *out);
 
 /* The device at position `i` of a view read through the mapping. */
 static inline struct device *pmi_view_device(const struct pmi_seg_view *v, size_t i)
@@ -261,16 +351,36 @@ static inline struct device *pmi_view_device(const struct pmi_seg_view *v, size_
 	return (struct device *)(v->base + (uint64_t)v->slot[i] * v->slot_size);
 }
 
-enum pmi_snapshot_state {
-	SNAPSHOT_PEEK,      /* a read-only copy: holds nothing, moves nothing */
-	SNAPSHOT_OPEN,      /* a flush holding its registry's flush lock */
-	SNAPSHOT_PUBLISHED, /* committed, flush lock released; can still be withdrawn */
-	SNAPSHOT_SETTLED    /* aborted, or published and withdrawn: nothing more to do */
-};
+/* segment_claim.c */
+/*
+ * With the flush lock held: undo the claims of flushes whose processes died,
+ * and take a free claim record: its number, or -1 if every one is in use.
+ */
+int pmi_seg_claim_open(struct pmi_seg *g);
+/* Write into claim `k` what moving `m` devices' baselines by `moves` will take, and make it active. */
+int pmi_seg_claim_record(struct pmi_seg *g, int k, struct device *const *devs,
+			 const uint64_t *moves, size_t m);
+/* Move the baselines by what claim `k` took: up, or back down (what had moved). */
+void pmi_seg_claim_apply(struct pmi_seg *g, int k, bool back);
+/* The claim's baselines stay where they are for good: let claim `k` go. */
+void pmi_seg_claim_close(struct pmi_seg *g, int k);
+/* Whether an active claim (a flush on its way, or a dead flusher's) names slot `s`. */
+bool pmi_seg_claimed(const struct pmi_seg *g, uint64_t s);
+
+/* segment_index.c */
+struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
+			     const struct pmi_deadline *d, int *err);
+struct device *pmi_seg_find(struct pmi_seg *g, const char *id, size_t len, int *err);
+/* Take the index entries of slots that hold no device out of it (takes the insert lock). */
+void pmi_seg_compact(struct pmi_seg *g);
+/* Whether `m` lies in `g`'s mapping. */
+bool pmi_seg_holds(const struct pmi_seg *g, const struct pmem_metrics *m);
+/* Drop this process's reference to the device `m` of `g`. */
+void pmi_seg_release(struct pmi_seg *g, const struct pmem_metrics *m);
 
 /*
  * What a published flush reported, for draining its retired devices: `m`
- * devices (devs[i]), each with its state word as it was at the take.
+ * devices (devs[i]), each with its state word and `born` as they were at the take.
  */
 struct pmi_reported {
 	size_t m;
@@ -279,17 +389,12 @@ struct pmi_reported {
 	const uint32_t *borns;
 };
 
-/* Live -> retired (its retirement time set first): 0, or ENOENT unless it was live. */
-int pmi_device_retire(struct device *d);
+/* segment_life.c */
+int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len);
+void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep);
+int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *out);
 
-/* Whether nothing was added to `d` since its baselines last moved (current == old). */
-bool pmi_device_settled(struct device *d);
-void pmi_snapshot_reported(const struct pmem_metrics_snapshot *s, struct pmi_reported *out);
-
-/* Whether a device in state `word` is in a snapshot of kind `state` (snapshot.c). */
-bool pmi_reports(uint32_t word, uint64_t retired_ms, enum pmi_snapshot_state state);
-
-/* ---- registry.c ---- */
+/* ---- fork.c: the process-wide registry state ---- */
 
 /*
  * glibc's default rwlock prefers readers: a stream of lookups could keep an
@@ -301,7 +406,6 @@ bool pmi_reports(uint32_t word, uint64_t retired_ms, enum pmi_snapshot_state sta
 #else
 #define REGISTRY_LOCK_INITIALIZER PTHREAD_RWLOCK_INITIALIZER
 #endif
-
 
 /*
  * A registry: devices sorted by id bytes.  A device, once published, never
@@ -328,10 +432,40 @@ struct pmem_metrics_registry {
 	struct pmem_metrics_registry *next; /* in `opened` */
 };
 
+extern struct pmem_metrics_registry pmi_default_registry;
+extern pthread_mutex_t pmi_opened_lock;
+extern struct pmem_metrics_registry *pmi_opened;
+extern pthread_mutex_t pmi_kind_lock;
+
+/*
+ * The registry whose flush this thread has open, if any (snapshot.c sets
+ * it): in a fork() child, a segment's stays the parent's, and the child's
+ * count of forks tells snapshot.c so.
+ */
+extern _Thread_local struct pmem_metrics_registry *pmi_flushing;
+extern _Atomic uint64_t pmi_forks;
+
+/* 0 if fork() is covered, else the error number (and a retry was made). */
+int pmi_fork_safety(void);
+
+/* ---- private.c ---- */
+
+struct device *pmi_private_alloc(struct pmem_metrics_registry *r, const char *id, size_t len,
+				 int *err);
+struct device *pmi_private_find(struct pmem_metrics_registry *r, const char *id, size_t len,
+				int *err);
+int pmi_private_retire(struct pmem_metrics_registry *r, const char *id, size_t len);
+void pmi_private_drain(struct pmem_metrics_registry *r, const struct pmi_reported *rep);
+int pmi_private_stats(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out);
+int pmi_private_device_count(struct pmem_metrics_registry *r, size_t *n);
+/* Drop a reference to a private device; the last one frees it. */
+void pmi_private_put(struct device *d);
+
+/* ---- registry.c ---- */
+
 /*
  * What differs between the kinds: each lock is taken and released by the
- * same kind's pair of functions (registry.c), each copy made by its load
- * (snapshot.c).  Errors are error numbers.
+ * same kind's pair of functions.  Errors are error numbers.
  */
 struct pmi_kind {
 	struct device *(*alloc)(struct pmem_metrics_registry *r, const char *id, size_t len,
@@ -340,45 +474,15 @@ struct pmi_kind {
 			       int *err);
 	int (*device_count)(struct pmem_metrics_registry *r, size_t *n);
 	int (*retire)(struct pmem_metrics_registry *r, const char *id, size_t len);
-	/* After a published flush `s` is settled for good: drain the retired devices it reported. */
-	void (*drain)(struct pmem_metrics_registry *r, struct pmem_metrics_snapshot *s);
+	/* After a published flush is settled for good: drain the retired devices it reported. */
+	void (*drain)(struct pmem_metrics_registry *r, const struct pmi_reported *rep);
 	int (*stats)(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out);
 	int (*flush_lock)(struct pmem_metrics_registry *r, int timeout_ms);
 	void (*flush_unlock)(struct pmem_metrics_registry *r);
-	int (*load)(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
-		    struct pmem_metrics_snapshot **out);
 };
 const struct pmi_kind *pmi_kind_of(const struct pmem_metrics_registry *r);
 
-extern struct pmem_metrics_registry pmi_default_registry;
-extern pthread_mutex_t pmi_opened_lock;
-extern struct pmem_metrics_registry *pmi_opened;
-extern pthread_mutex_t pmi_kind_lock;
-
 /* Whether calls on `r` may go ahead: 0, or the error number (decides the default's kind). */
 int pmi_ready(struct pmem_metrics_registry *r);
-
-/* The deadline of a segment wait: timeout_ms, or if negative the default bound. */
-struct pmi_deadline pmi_seg_deadline(int timeout_ms);
-
-/* ---- snapshot.c ---- */
-
-
-/* The open flush of this thread, if any: one at a time, in any registry. */
-int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
-		     struct pmem_metrics_snapshot **out);
-int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
-		     struct pmem_metrics_snapshot **out);
-/*
- * In a fork() child: a flush of a segment that the forking thread had open
- * is its parent's; it is settled here without moving anything.  Returns
- * whether the thread still holds an open flush (of a private registry).
- */
-bool pmi_snapshot_after_fork(void);
-
-/* ---- fork.c ---- */
-
-/* 0 if fork() is covered, else the error number (and a retry was made). */
-int pmi_fork_safety(void);
 
 #endif /* PMEM_METRICS_INTERNAL_H */

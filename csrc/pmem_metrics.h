@@ -92,14 +92,15 @@
  *   layout -- never a pointer or a library's private state (no pthread
  *   object: glibc keeps pointers inside a robust mutex).  Every value read
  *   from it is read once, bounded, and used from that copy.
- * - Locks: flushing takes a byte-range lock of the open file description
- *   (F_OFD_SETLK): the kernel keeps it, and drops it when its holder's last
+ * - Two files: the data file at `path` (what readers open) and the lock
+ *   file `path` + ".lock", which only writers open (its mode gives read
+ *   access to no one who may not write), so no process that can only read
+ *   the segment can take, hold or even test a lock a writer waits for.
+ * - Locks: inserting a device, flushing, a claim and a reference are each a
+ *   byte-range lock of the open file description (F_OFD_SETLK) in the lock
+ *   file: the kernel keeps it, and drops it when its holder's last
  *   descriptor closes, so a process that dies holding one frees it by
- *   construction.  Inserting a device takes a lock word that names its
- *   holder by a process slot, which that process holds the same way for as
- *   long as it has the segment open for writing (at most 4096 processes at
- *   once: EUSERS): a waiter that finds the slot's lock free takes a dead
- *   holder's lock over.  A wait polls until a deadline: every wait on a
+ *   construction.  A wait polls until a deadline: every wait on a
  *   segment is bounded (the call's timeout, or
  *   PMEM_METRICS_SEGMENT_WAIT_MS), and a binding waits in slices.  A
  *   process's references to a device (pmem_metrics_alloc(), _find()) are a
@@ -396,11 +397,12 @@ const char *pmem_metrics_field_doc(size_t i);
  *              would refuse: checked before anything is created)
  *   EPROTO     a segment of another version or field list
  *   EBADMSG    a truncated or corrupt segment
- *   EPERM      another user's, or writable by others (PMEM_METRICS_OPEN_TRUST)
+ *   EPERM      another user's, or writable by others (PMEM_METRICS_OPEN_TRUST);
+ *              or a lock file another user's, or readable by whoever may
+ *              not write it
  *   ELOOP      `path` is a symbolic link (never followed)
  *   EFBIG      a new segment over a quarter of the machine's memory, or
  *              larger than this process can map (on 32 bits)
- *   EUSERS     4096 processes have the segment open for writing already
  *   EACCES, ENOSPC, ...  from opening, creating or reserving the file
  * Once attached, allocation fails with ENOSPC when the segment is full.
  */
@@ -487,6 +489,17 @@ int pmem_metrics_registry_is_writable(struct pmem_metrics_registry *r);
 
 /* The device slots of `r`'s segment; 0 for a private registry (it grows as needed). */
 size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
+
+/*
+ * The segment format (docs/segment-format.md), for tools and tests that
+ * read the bytes themselves: the byte offset named `name` -- a header word
+ * ("header.used"), a slot's word from the slot's start ("slot.state",
+ * "slot.id"; "slot.counters" and "counter.old" for the counters), a claim's
+ * ("claim.n", "entry.diff"), or a constant of this build ("version",
+ * "slot_size", "claims", "lock.flush", "lock.ref_base"...).  -1 with errno
+ * ENOENT for a name it does not know.
+ */
+long long pmem_metrics_segment_offset(const char *name);
 
 struct pmem_metrics *pmem_metrics_registry_alloc(struct pmem_metrics_registry *r,
 						 const char *drive_id);

@@ -1,6 +1,7 @@
 /*
- * registry.c - registries: the private kind, the segment kind, the default
- * registry (attach, PMEM_METRICS_SHM) and the segments opened as registries.
+ * registry.c - registries: the table of the two kinds (private.c, the
+ * segment files), the default registry (attach, PMEM_METRICS_SHM), the
+ * segments opened as registries, and the public calls on them.
  *
  * The kind of a registry is chosen once: the default registry's at its first
  * call (a segment if attach() or PMEM_METRICS_SHM came first, else private),
@@ -15,369 +16,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
-struct pmem_metrics_registry pmi_default_registry = {
-	.lock = REGISTRY_LOCK_INITIALIZER,
-	.flush_lock = PTHREAD_MUTEX_INITIALIZER,
-};
-
-/* Held while the default registry's kind is being decided (attach(), PMEM_METRICS_SHM). */
-pthread_mutex_t pmi_kind_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* The segments opened as registries, newest first; never freed. */
-pthread_mutex_t pmi_opened_lock = PTHREAD_MUTEX_INITIALIZER;
-struct pmem_metrics_registry *pmi_opened;
-
-static pthread_once_t wait_once = PTHREAD_ONCE_INIT;
-static int default_wait_ms = PMEM_METRICS_SEGMENT_WAIT_MS;
-
-/* PMEM_METRICS_SEGMENT_WAIT_MS=ms in the environment: another bound (1 ms to a day). */
-static void read_default_wait(void)
-{
-	const char *env = getenv("PMEM_METRICS_SEGMENT_WAIT_MS");
-	char *end;
-	long ms = env ? strtol(env, &end, 10) : 0;
-
-	if (env && *env && !*end && ms > 0 && ms <= 86400000L)
-		default_wait_ms = (int)ms;
-}
-
-int pmem_metrics_segment_wait_ms(void)
-{
-	pthread_once(&wait_once, read_default_wait);
-	return default_wait_ms;
-}
-
-static pthread_once_t grace_once = PTHREAD_ONCE_INIT;
-static uint64_t grace_ms = PMEM_METRICS_RETIRE_GRACE_MS;
-
-/* PMEM_METRICS_RETIRE_GRACE_MS=ms in the environment: another grace period (0 ms to a day). */
-static void read_grace(void)
-{
-	const char *env = getenv("PMEM_METRICS_RETIRE_GRACE_MS");
-	char *end;
-	long ms = env ? strtol(env, &end, 10) : -1;
-
-	if (env && *env && !*end && ms >= 0 && ms <= 86400000L)
-		grace_ms = (uint64_t)ms;
-}
-
-uint64_t pmi_retire_grace_ms(void)
-{
-	pthread_once(&grace_once, read_grace);
-	return grace_ms;
-}
-
-struct pmi_deadline pmi_seg_deadline(int timeout_ms)
-{
-	return pmi_deadline_in(timeout_ms < 0 ? pmem_metrics_segment_wait_ms() : timeout_ms);
-}
-
-/* ---- The private kind: a sorted array of devices on the heap ------------------ */
-
-/* The device of `id` and where it is in the array, or NULL and where it would go (*at); lock held. */
-static struct device *private_find(const struct pmem_metrics_registry *r, const char *id,
-				   size_t len, size_t *at)
-{
-	size_t lo = 0, hi = r->n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		struct device *d = r->v[mid];
-		int cmp = pmi_id_cmp(id, len, d->id, d->id_len);
-
-		if (cmp == 0) {
-			*at = mid;
-			return d;
-		}
-		if (cmp < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	*at = lo;
-	return NULL;
-}
-
-static struct device *device_new(const char *id, size_t len)
-{
-	/* Counters first, so every cache line of `m` is the device's own. */
-	size_t size = sizeof(struct device) + len + 1;
-	struct device *d = pmi_aligned_alloc(alignof(struct device),
-					     (size + alignof(struct device) - 1) /
-						     alignof(struct device) * alignof(struct device));
-
-	if (!d)
-		return NULL;
-	for (size_t f = 0; f < NFIELDS; f++) {
-		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
-
-		atomic_init(&c->current, 0);
-		atomic_init(&c->old, 0);
-	}
-	atomic_init(&d->published, 1);
-	atomic_init(&d->state, DEV_LIVE);
-	atomic_init(&d->refs, 2); /* the array's, and the caller's */
-	atomic_init(&d->born, 0);
-	d->unused = 0;
-	atomic_init(&d->retired_ms, 0);
-	d->id_len = (uint32_t)len;
-	memcpy(d->id, id, len);
-	d->id[len] = '\0';
-	return d;
-}
-
-/*
- * Take a reference to `d`, found in the array under its lock (the array's
- * own reference keeps it alive meanwhile), reviving it if it was retired:
- * false if it is drained (its final delta reported; it is on its way out).
- */
-static bool private_take(struct device *d, bool revive)
-{
-	uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
-
-	for (;;) {
-		if (pmi_dev_state(word) == DEV_DRAINED)
-			return false;
-		if (!revive || pmi_dev_state(word) == DEV_LIVE)
-			break;
-		/* Retired, not drained yet: an alloc() brings it back (the drain's CAS then fails). */
-		if (atomic_compare_exchange_weak_explicit(&d->state, &word, pmi_dev_word(word, DEV_LIVE),
-							  memory_order_acq_rel, memory_order_acquire))
-			break;
-	}
-	atomic_fetch_add_explicit(&d->refs, 1, memory_order_relaxed);
-	return true;
-}
-
-/* Drop a reference to a private device; the last one frees it. */
-static void private_put(struct device *d)
-{
-	if (atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) == 1)
-		free(d);
-}
-
-/* Take device `at` out of the array (write lock held); the caller drops the array's reference. */
-static void private_remove(struct pmem_metrics_registry *r, size_t at)
-{
-	struct device *d = r->v[at];
-
-	memmove(&r->v[at], &r->v[at + 1], (r->n - at - 1) * sizeof(*r->v));
-	r->n--;
-	r->id_bytes -= d->id_len + 1;
-}
-
-/*
- * A registry nobody flushes (scraped only) lets retired devices go once
- * their grace period is over -- else it would grow for ever as devices come
- * and go.  At most once a second, by an allocation of a new id (write lock
- * held).
- */
-static void private_expire(struct pmem_metrics_registry *r)
-{
-	uint64_t now = pmi_now_ms(), grace = pmi_retire_grace_ms();
-
-	/* Not with a flush out: it holds the devices it copied until it is settled. */
-	if (atomic_load_explicit(&r->flushes, memory_order_relaxed) != 0 ||
-	    atomic_load_explicit(&r->open_flushes, memory_order_acquire) != 0 ||
-	    now - r->swept_ms < (grace < 1000 ? grace : 1000))
-		return;
-	r->swept_ms = now;
-	for (size_t i = r->n; i-- > 0;) {
-		struct device *d = r->v[i];
-		uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
-
-		if (pmi_dev_state(word) != DEV_RETIRED ||
-		    now - atomic_load_explicit(&d->retired_ms, memory_order_relaxed) < grace ||
-		    !atomic_compare_exchange_strong_explicit(&d->state, &word,
-							     pmi_dev_word(word, DEV_DRAINED),
-							     memory_order_acq_rel, memory_order_relaxed))
-			continue;
-		private_remove(r, i);
-		private_put(d); /* the array's reference */
-	}
-}
+/* ---- The private kind (private.c) ---------------------------------------- */
 
 static struct device *private_alloc(struct pmem_metrics_registry *r, const char *id, size_t len,
 				    int timeout_ms, int *err)
 {
-	struct device *d, *fresh, *gone = NULL;
-	size_t at;
-
 	(void)timeout_ms; /* the lock is only ever held by this library's short code */
-	pthread_rwlock_rdlock(&r->lock);
-	d = private_find(r, id, len, &at);
-	if (d && !private_take(d, true))
-		d = NULL;
-	pthread_rwlock_unlock(&r->lock);
-	if (d)
-		return d;
-
-	/* Build the device outside the write lock; another thread may win the race. */
-	fresh = device_new(id, len);
-	if (!fresh) {
-		atomic_fetch_add_explicit(&r->alloc_failures, 1, memory_order_relaxed);
-		*err = ENOMEM;
-		return NULL;
-	}
-	pthread_rwlock_wrlock(&r->lock);
-	private_expire(r);
-	d = private_find(r, id, len, &at);
-	if (d && !private_take(d, true)) {
-		/* Drained, its drainer not here yet: take it out now (the drainer then finds it gone). */
-		private_remove(r, at);
-		gone = d;
-		d = private_find(r, id, len, &at);
-	}
-	if (!d && r->n == r->cap) {
-		size_t cap = r->cap ? r->cap * 2 : 16;
-		struct device **v = pmi_realloc(r->v, cap * sizeof(*v));
-
-		if (v) {
-			r->v = v;
-			r->cap = cap;
-		}
-	}
-	if (!d && r->n < r->cap) {
-		memmove(&r->v[at + 1], &r->v[at], (r->n - at) * sizeof(*r->v));
-		pmi_pause_point("insert"); /* the array is inconsistent right here */
-		r->v[at] = fresh;
-		r->n++;
-		r->id_bytes += len + 1;
-		d = fresh;
-		fresh = NULL;
-	}
-	pthread_rwlock_unlock(&r->lock);
-	free(fresh); /* lost the race, or the array could not grow */
-	if (gone)
-		private_put(gone); /* the array's reference */
-	if (!d) {
-		atomic_fetch_add_explicit(&r->alloc_failures, 1, memory_order_relaxed);
-		*err = ENOMEM;
-	}
-	return d;
-}
-
-/*
- * Retire `id`: live -> retired, reported by the next flush (its final
- * delta), then drained.  ENOENT unless it is live.
- */
-static int private_retire(struct pmem_metrics_registry *r, const char *id, size_t len)
-{
-	struct device *d;
-	size_t at;
-	int err;
-
-	pthread_rwlock_rdlock(&r->lock);
-	d = private_find(r, id, len, &at);
-	err = d ? pmi_device_retire(d) : ENOENT;
-	pthread_rwlock_unlock(&r->lock);
-	return err;
-}
-
-int pmi_device_retire(struct device *d)
-{
-	uint32_t word = atomic_load_explicit(&d->state, memory_order_acquire);
-
-	while (pmi_dev_state(word) == DEV_LIVE) {
-		atomic_store_explicit(&d->retired_ms, pmi_now_ms(), memory_order_relaxed);
-		/* Release: whoever sees it retired sees when. */
-		if (atomic_compare_exchange_weak_explicit(&d->state, &word,
-							  pmi_dev_word(word, DEV_RETIRED),
-							  memory_order_acq_rel, memory_order_acquire))
-			return 0;
-	}
-	return ENOENT;
-}
-
-/*
- * Drain device `d`, retired as `word` said: it goes (false) unless revived
- * or retired again since, or counted into since its baselines last moved.
- */
-static bool drain_one(struct device *d, uint32_t word)
-{
-	if (pmi_dev_state(word) != DEV_RETIRED || !pmi_device_settled(d))
-		return false;
-	return atomic_compare_exchange_strong_explicit(&d->state, &word,
-						       pmi_dev_word(word, DEV_DRAINED),
-						       memory_order_acq_rel, memory_order_relaxed);
-}
-
-/* Take drained device `d` out of the array, if it is still there: whether it was. */
-static bool private_unlink(struct pmem_metrics_registry *r, struct device *d)
-{
-	size_t at;
-
-	if (private_find(r, d->id, d->id_len, &at) != d)
-		return false; /* an alloc() of its id took it out already */
-	private_remove(r, at);
-	return true;
-}
-
-static void private_drain(struct pmem_metrics_registry *r, struct pmem_metrics_snapshot *s)
-{
-	struct pmi_reported rep;
-	bool any = false;
-
-	pmi_snapshot_reported(s, &rep);
-	for (size_t i = 0; i < rep.m && !any; i++)
-		any = pmi_dev_state(rep.states[i]) == DEV_RETIRED;
-	/*
-	 * Not while another flush is out: a drained device may be freed, and
-	 * one published and not yet settled could still move its baselines
-	 * back (withdraw).  A later flush drains it instead.
-	 */
-	if (!any || atomic_load_explicit(&r->open_flushes, memory_order_acquire) > 1)
-		return; /* the common case: nothing retired, no lock */
-	pthread_rwlock_wrlock(&r->lock);
-	for (size_t i = 0; i < rep.m; i++) {
-		struct device *d = rep.devs[i];
-
-		if (drain_one(d, rep.states[i]) && private_unlink(r, d))
-			private_put(d); /* the array's reference: freed here if nobody holds one */
-	}
-	pthread_rwlock_unlock(&r->lock);
-}
-
-static int private_stats(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out)
-{
-	pthread_rwlock_rdlock(&r->lock);
-	out->capacity = 0;
-	out->devices = 0;
-	out->retired = 0;
-	for (size_t i = 0; i < r->n; i++) {
-		uint32_t state = pmi_dev_state(atomic_load_explicit(&r->v[i]->state,
-								   memory_order_relaxed));
-
-		out->devices += state == DEV_LIVE;
-		out->retired += state == DEV_RETIRED;
-	}
-	pthread_rwlock_unlock(&r->lock);
-	out->alloc_failures = atomic_load_explicit(&r->alloc_failures, memory_order_relaxed);
-	return 0;
-}
-
-static struct device *private_find_id(struct pmem_metrics_registry *r, const char *id,
-				      size_t len, int *err)
-{
-	struct device *d;
-	size_t at;
-
-	pthread_rwlock_rdlock(&r->lock);
-	d = private_find(r, id, len, &at);
-	if (d && !private_take(d, false))
-		d = NULL;
-	pthread_rwlock_unlock(&r->lock);
-	if (!d)
-		*err = ENOENT;
-	return d;
-}
-
-static int private_device_count(struct pmem_metrics_registry *r, size_t *n)
-{
-	pthread_rwlock_rdlock(&r->lock);
-	*n = r->n;
-	pthread_rwlock_unlock(&r->lock);
-	return 0;
+	return pmi_private_alloc(r, id, len, err);
 }
 
 static int private_flush_lock(struct pmem_metrics_registry *r, int timeout_ms)
@@ -418,12 +63,9 @@ static int segment_retire(struct pmem_metrics_registry *r, const char *id, size_
 	return pmi_seg_retire(r->seg, id, len);
 }
 
-static void segment_drain(struct pmem_metrics_registry *r, struct pmem_metrics_snapshot *s)
+static void segment_drain(struct pmem_metrics_registry *r, const struct pmi_reported *rep)
 {
-	struct pmi_reported rep;
-
-	pmi_snapshot_reported(s, &rep);
-	pmi_seg_drain(r->seg, &rep);
+	pmi_seg_drain(r->seg, rep);
 }
 
 static int segment_stats(struct pmem_metrics_registry *r, struct pmem_metrics_registry_stats *out)
@@ -447,14 +89,13 @@ static void segment_flush_unlock(struct pmem_metrics_registry *r)
 
 static const struct pmi_kind private_kind = {
 	.alloc = private_alloc,
-	.find = private_find_id,
-	.retire = private_retire,
-	.drain = private_drain,
-	.stats = private_stats,
-	.device_count = private_device_count,
+	.find = pmi_private_find,
+	.retire = pmi_private_retire,
+	.drain = pmi_private_drain,
+	.stats = pmi_private_stats,
+	.device_count = pmi_private_device_count,
 	.flush_lock = private_flush_lock,
 	.flush_unlock = private_flush_unlock,
-	.load = pmi_load_private,
 };
 
 static const struct pmi_kind segment_kind = {
@@ -466,7 +107,6 @@ static const struct pmi_kind segment_kind = {
 	.device_count = segment_device_count,
 	.flush_lock = segment_flush_lock,
 	.flush_unlock = segment_flush_unlock,
-	.load = pmi_load_segment,
 };
 
 const struct pmi_kind *pmi_kind_of(const struct pmem_metrics_registry *r)
@@ -476,17 +116,42 @@ const struct pmi_kind *pmi_kind_of(const struct pmem_metrics_registry *r)
 
 /* ---- The default registry's kind -------------------------------------------- */
 
-/* One registry per segment: the registry this process has for `g`'s file, if any (opened_lock held). */
-static struct pmem_metrics_registry *opened_segment(const struct pmi_seg *g)
+/* One registry per segment: the registry this process has for the file `dev`/`ino`, if any (opened_lock held). */
+static struct pmem_metrics_registry *opened_file(dev_t dev, ino_t ino)
 {
 	struct pmem_metrics_registry *r = &pmi_default_registry;
 
-	if (r->seg && r->seg->dev == g->dev && r->seg->ino == g->ino)
+	if (r->seg && r->seg->dev == dev && r->seg->ino == ino)
 		return r;
 	for (r = pmi_opened; r; r = r->next)
-		if (r->seg->dev == g->dev && r->seg->ino == g->ino)
+		if (r->seg->dev == dev && r->seg->ino == ino)
 			return r;
 	return NULL;
+}
+
+static struct pmem_metrics_registry *opened_segment(const struct pmi_seg *g)
+{
+	return opened_file(g->dev, g->ino);
+}
+
+/*
+ * The registry this process has already for the segment `path` names, if
+ * one will do for a registry opened with `flags`: a second open of the same
+ * file would make a second set of locks for nothing.
+ */
+static struct pmem_metrics_registry *opened_path(const char *path, unsigned flags)
+{
+	struct pmem_metrics_registry *known;
+	struct stat st;
+
+	if (!path || lstat(path, &st) != 0 || pmi_seg_trusted(&st, flags) != 0)
+		return NULL; /* the open below says why */
+	pthread_mutex_lock(&pmi_opened_lock);
+	known = opened_file(st.st_dev, st.st_ino);
+	pthread_mutex_unlock(&pmi_opened_lock);
+	if (known && !(flags & PMEM_METRICS_OPEN_READONLY) && !known->seg->writable)
+		return NULL; /* read-only so far: the open below says EBUSY */
+	return known;
 }
 
 /* Make the (undecided) default registry the segment at `path`; kind_lock held. */
@@ -599,6 +264,8 @@ struct pmem_metrics_registry *pmem_metrics_registry_open_flags(const char *path,
 	if (err == 0 && (flags & ~(unsigned)(PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING |
 					     PMEM_METRICS_OPEN_TRUST)))
 		err = EINVAL;
+	if (err == 0 && (known = opened_path(path, flags)) != NULL)
+		return known;
 	if (err == 0 && !(r = pmi_malloc(sizeof(*r) + sizeof(*g))))
 		err = ENOMEM;
 	if (err) {
@@ -773,7 +440,7 @@ void pmem_metrics_release(struct pmem_metrics *m)
 	if (r)
 		pmi_seg_release(r->seg, m);
 	else
-		private_put((struct device *)m); /* `m` is a private device's first member */
+		pmi_private_put((struct device *)m); /* `m` is a private device's first member */
 }
 
 int pmem_metrics_registry_stats(struct pmem_metrics_registry *r,

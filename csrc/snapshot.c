@@ -3,8 +3,9 @@
  *
  * See pmem_metrics.h for the guarantees.  A flush holds its registry's flush
  * lock from its take until it is published, committed, withdrawn or
- * aborted; the copy itself takes the private registry's read lock, and no
- * lock at all in a segment (segment.c reads it lock-free).
+ * aborted -- in a segment, only until its claim is recorded (segment_claim.c)
+ * -- and the copy itself takes the private registry's read lock, and no
+ * lock at all in a segment (segment_read.c reads it lock-free).
  */
 #include "internal.h"
 
@@ -30,11 +31,13 @@ struct pmem_metrics_snapshot {
 	uint32_t *borns;  /* m: each device's `born` at the take */
 	/*
 	 * In a segment: the claim record that holds what this flush moved at
-	 * its take (segment.c, "Claims"), so that it holds no flush lock while
+	 * its take (segment_claim.c), so that it holds no flush lock while
 	 * its report is on its way; -1 if it holds the flush lock instead (a
 	 * private registry, or every record in use) and moves at its publish.
 	 */
 	int claim;
+	bool locked; /* holds its registry's flush lock */
+	uint64_t forks; /* pmi_forks at the take: a segment's flush forked away stays the parent's */
 	enum pmi_snapshot_state state;
 	struct pmem_metrics_registry *reg; /* whose flush it is */
 	size_t *id_at; /* n: where each device's id starts in `ids` */
@@ -103,18 +106,6 @@ static void load_counters(struct device *d, uint64_t *seen, uint64_t *diff)
 	}
 }
 
-bool pmi_device_settled(struct device *d)
-{
-	for (size_t f = 0; f < NFIELDS; f++) {
-		struct pmem_metrics_counter *c = pmi_counter(&d->m, f);
-
-		if (atomic_load_explicit(&c->current, memory_order_relaxed) !=
-		    atomic_load_explicit(&c->old, memory_order_acquire))
-			return false;
-	}
-	return true;
-}
-
 /*
  * Devices are separate allocations (they never move), so a large snapshot
  * walks scattered memory: ask for a device's lines a few devices ahead, so
@@ -133,35 +124,8 @@ static void prefetch_device(const struct device *d)
 #endif
 }
 
-/*
- * Whether a device in state `word` is in a snapshot of kind `state`: a
- * flush reports live and retired devices (a retired one's final delta); a
- * peek shows a retired one only for the grace period after its retirement
- * (a scrape-only registry is never flushed, so that is when it leaves).
- * A drained device's final delta was reported: it is in neither.
- */
-bool pmi_reports(uint32_t word, uint64_t retired_ms, enum pmi_snapshot_state state)
-{
-	switch (pmi_dev_state(word)) {
-	case DEV_LIVE:
-		return true;
-	case DEV_RETIRED:
-		return state != SNAPSHOT_PEEK || pmi_now_ms() - retired_ms < pmi_retire_grace_ms();
-	default:
-		return false;
-	}
-}
-
-void pmi_snapshot_reported(const struct pmem_metrics_snapshot *s, struct pmi_reported *out)
-{
-	out->m = s->m;
-	out->devs = s->devs;
-	out->states = s->states;
-	out->borns = s->borns;
-}
-
-int pmi_load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
-		     struct pmem_metrics_snapshot **out)
+static int load_private(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
+			struct pmem_metrics_snapshot **out)
 {
 	struct pmem_metrics_snapshot *s;
 	char *ids;
@@ -294,8 +258,8 @@ static int copy_view(struct pmem_metrics_snapshot *s, const struct pmi_seg_view 
 	return 0;
 }
 
-int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
-		     struct pmem_metrics_snapshot **out)
+static int load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
+			struct pmem_metrics_snapshot **out)
 {
 	struct pmi_seg_view v;
 	struct pmem_metrics_snapshot *s;
@@ -332,12 +296,37 @@ int pmi_load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state st
 	return 0;
 }
 
+/* Copy registry `r`'s devices into a new snapshot of kind `state`. */
+static int load(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
+		struct pmem_metrics_snapshot **out)
+{
+	return r->seg ? load_segment(r, state, out) : load_private(r, state, out);
+}
+
+/*
+ * Let go of the flush lock `s` holds.  This thread's flush is `held` while
+ * it is open or holds the lock (a second one would wait for this one).
+ */
+static void unlock_flush(struct pmem_metrics_snapshot *s)
+{
+	s->locked = false;
+	pmi_flushing = NULL;
+	pmi_kind_of(s->reg)->flush_unlock(s->reg);
+}
+
+static void unhold(struct pmem_metrics_snapshot *s)
+{
+	if (held == s && s->state != SNAPSHOT_OPEN && !s->locked)
+		held = NULL;
+}
+
 /*
  * A flush of a segment, its copy made under the flush lock in claim record
  * `k`'s name: record what it took there, move the baselines now, and let the
  * flush lock go, so other processes' flushes need not wait for this one's
- * report to reach its reader.  With no record (k < 0: every one in use), it
- * keeps the flush lock instead.
+ * report to reach its reader.  The record stays active until the flush is
+ * settled for good.  With no record (k < 0: every one in use), it keeps the
+ * flush lock instead, until then.
  */
 static void claim(struct pmem_metrics_snapshot *s, int k)
 {
@@ -352,7 +341,25 @@ static void claim(struct pmem_metrics_snapshot *s, int k)
 	s->claim = k;
 	pmi_pause_point("claim"); /* recorded, nothing moved yet */
 	pmi_seg_claim_apply(g, k, false);
-	pmi_kind_of(s->reg)->flush_unlock(s->reg);
+	unlock_flush(s);
+}
+
+/*
+ * Whether `s` is a flush of a segment that a fork() since its take left to
+ * the parent: it is settled here without moving anything or letting go of
+ * anything (the parent's locks and claims stay the parent's).
+ */
+static bool forked_away(struct pmem_metrics_snapshot *s)
+{
+	if (!s->reg || !s->reg->seg || s->state == SNAPSHOT_PEEK ||
+	    s->forks == atomic_load_explicit(&pmi_forks, memory_order_relaxed))
+		return false;
+	if (held == s)
+		held = NULL;
+	s->state = SNAPSHOT_SETTLED;
+	s->claim = -1;
+	s->locked = false;
+	return true;
 }
 
 int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
@@ -365,6 +372,8 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		errno = EINVAL;
 		return -1;
 	}
+	if (held)
+		forked_away(held);
 	if (held) {
 		errno = EDEADLK;
 		return -1;
@@ -379,11 +388,11 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	pmi_pause_point("take");
-	/* First: flushes whose processes died give back what they took (segment.c). */
+	/* First: flushes whose processes died give back what they took (segment_claim.c). */
 	k = r->seg ? pmi_seg_claim_open(r->seg) : -1;
 	/* Counted before the copy: no device it copies is let go while it is out. */
 	atomic_fetch_add_explicit(&r->open_flushes, 1, memory_order_acq_rel);
-	err = kind->load(r, SNAPSHOT_OPEN, slot);
+	err = load(r, SNAPSHOT_OPEN, slot);
 	if (err) {
 		atomic_fetch_sub_explicit(&r->open_flushes, 1, memory_order_release);
 		if (k >= 0)
@@ -393,6 +402,9 @@ int pmem_metrics_registry_snapshot_take_into(struct pmem_metrics_registry *r,
 		return -1;
 	}
 	held = *slot;
+	pmi_flushing = r;
+	(*slot)->locked = true;
+	(*slot)->forks = atomic_load_explicit(&pmi_forks, memory_order_relaxed);
 	claim(*slot, k);
 	return 0;
 }
@@ -424,7 +436,7 @@ int pmem_metrics_registry_snapshot_peek_into(struct pmem_metrics_registry *r,
 		errno = EINVAL;
 		return -1;
 	}
-	if ((err = pmi_ready(r)) != 0 || (err = pmi_kind_of(r)->load(r, SNAPSHOT_PEEK, slot)) != 0) {
+	if ((err = pmi_ready(r)) != 0 || (err = load(r, SNAPSHOT_PEEK, slot)) != 0) {
 		errno = err;
 		return -1;
 	}
@@ -480,30 +492,25 @@ const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot 
 	return s ? s->seen : NULL;
 }
 
-/* The open flush `s` is settled: let go of its claim, or of the flush lock it holds. */
-static void flush_release(struct pmem_metrics_snapshot *s)
+/*
+ * The flush `s` is settled for good (freed after its publication, or
+ * withdrawn): let go of its claim, or of the flush lock it holds.
+ */
+static void settle(struct pmem_metrics_snapshot *s)
 {
-	held = NULL;
 	if (s->claim >= 0)
 		pmi_seg_claim_close(s->reg->seg, s->claim);
-	else
-		pmi_kind_of(s->reg)->flush_unlock(s->reg);
 	s->claim = -1;
-}
-
-/* An open flush whose report was not delivered: nothing moves for good, and it is let go. */
-static void abandon(struct pmem_metrics_snapshot *s)
-{
-	if (s->claim >= 0)
-		pmi_seg_claim_apply(s->reg->seg, s->claim, true); /* it moved at its take: back down */
-	s->state = SNAPSHOT_SETTLED;
-	flush_release(s);
+	if (s->locked)
+		unlock_flush(s);
+	unhold(s);
 }
 
 /*
  * Move every counter's `old` by the diff `s` reported: up for a commit, back
- * down for a withdrawal.  Relative moves commute, so a withdrawal needs no
- * flush lock: the flushes committed since keep exactly their own diffs.
+ * down for a withdrawal -- through its claim record where it has one.
+ * Relative moves commute, so a withdrawal needs no flush lock: the flushes
+ * committed since keep exactly their own diffs.
  */
 static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 {
@@ -515,27 +522,16 @@ static void move_old(const struct pmem_metrics_snapshot *s, bool back)
 	 */
 	struct pmem_metrics_registry *r = s->reg;
 
+	if (s->claim >= 0) {
+		pmi_seg_claim_apply(r->seg, s->claim, back);
+		return;
+	}
 	pthread_rwlock_rdlock(&r->lock);
 	for (size_t i = 0; i < s->m; i++) {
 		/* A segment's slot given to another device since (after a drain): not ours to move. */
 		if (back && atomic_load_explicit(&s->devs[i]->born, memory_order_acquire) != s->borns[i])
 			continue;
-		for (size_t f = 0; f < NFIELDS; f++) {
-			struct pmem_metrics_counter *c = pmi_counter(&s->devs[i]->m, f);
-			uint64_t diff = s->moves[i * NFIELDS + f];
-
-			if (diff == 0)
-				continue;
-			/*
-			 * Release pairs with the acquire loads of `old` in
-			 * pmem_metrics_fetch_diff() and load_counters(): whoever sees
-			 * the moved `old` also sees the `current` it was computed from.
-			 */
-			if (back)
-				atomic_fetch_sub_explicit(&c->old, diff, memory_order_release);
-			else
-				atomic_fetch_add_explicit(&c->old, diff, memory_order_release);
-		}
+		pmi_device_move(s->devs[i], &s->moves[i * NFIELDS], back);
 		if (i == 0)
 			pmi_pause_point(back ? "withdraw" : "commit"); /* half moved right here */
 	}
@@ -546,26 +542,38 @@ void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
 {
 	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
 
-	if (!s || s->state != SNAPSHOT_OPEN)
+	if (!s || forked_away(s) || s->state != SNAPSHOT_OPEN)
 		return;
 	if (s->claim < 0)
 		move_old(s, false); /* a claim moved at its take */
 	s->state = SNAPSHOT_PUBLISHED;
-	flush_release(s);
+	/*
+	 * A private registry's flush lets its flush lock go now (a withdrawal
+	 * after this is safe there: see pmi_private_drain()).  A segment's
+	 * flush keeps its claim, or the flush lock, until it is settled: until
+	 * then its baselines may move back, and no drain may let its devices go.
+	 */
+	if (!s->reg->seg)
+		unlock_flush(s);
+	unhold(s);
 }
 
 void pmem_metrics_snapshot_withdraw(struct pmem_metrics_snapshot **slot)
 {
 	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
 
-	if (!s)
+	if (!s || forked_away(s))
 		return;
 	if (s->state == SNAPSHOT_OPEN) {
-		abandon(s);
+		if (s->claim >= 0)
+			move_old(s, true); /* it moved at its take: back down */
 	} else if (s->state == SNAPSHOT_PUBLISHED) {
 		move_old(s, true);
-		s->state = SNAPSHOT_SETTLED;
+	} else {
+		return;
 	}
+	s->state = SNAPSHOT_SETTLED;
+	settle(s);
 }
 
 int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s)
@@ -575,17 +583,22 @@ int pmem_metrics_snapshot_is_open(const struct pmem_metrics_snapshot *s)
 
 void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s)
 {
+	struct pmi_reported rep;
+
 	if (!s)
 		return;
-	if (s->state == SNAPSHOT_OPEN) {
+	if (!forked_away(s) && s->state == SNAPSHOT_OPEN) {
 		if (held != s)
 			return; /* open in another thread: only that thread can release it */
-		abandon(s);
+		pmem_metrics_snapshot_withdraw(&s);
 	}
 	if (s->state == SNAPSHOT_PUBLISHED) {
 		/* Delivered for good (it can no longer be withdrawn): retired devices leave. */
+		settle(s);
 		atomic_fetch_add_explicit(&s->reg->flushes, 1, memory_order_relaxed);
-		pmi_kind_of(s->reg)->drain(s->reg, s);
+		rep = (struct pmi_reported){.m = s->m, .devs = s->devs, .states = s->states,
+					    .borns = s->borns};
+		pmi_kind_of(s->reg)->drain(s->reg, &rep);
 	}
 	if (s->state != SNAPSHOT_PEEK)
 		atomic_fetch_sub_explicit(&s->reg->open_flushes, 1, memory_order_release);
@@ -596,7 +609,7 @@ void pmem_metrics_snapshot_dispose(struct pmem_metrics_snapshot **slot)
 {
 	struct pmem_metrics_snapshot *s = slot ? *slot : NULL;
 
-	if (!s || (s->state == SNAPSHOT_OPEN && held != s))
+	if (!s || (s->state == SNAPSHOT_OPEN && held != s && !forked_away(s)))
 		return; /* nothing, or open in another thread: the slot keeps it */
 	pmem_metrics_snapshot_free(s);
 	*slot = NULL;
@@ -615,13 +628,4 @@ void pmem_metrics_snapshot_abort(struct pmem_metrics_snapshot *s)
 	if (!s || s->state == SNAPSHOT_PEEK)
 		return;
 	pmem_metrics_snapshot_free(s);
-}
-
-bool pmi_snapshot_after_fork(void)
-{
-	if (held && held->reg->seg) {
-		held->state = SNAPSHOT_SETTLED;
-		held = NULL;
-	}
-	return held != NULL;
 }

@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <time.h>
 
 static const long NS = 1000000000L;
@@ -95,4 +96,29 @@ uint64_t pmi_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+}
+
+static pthread_once_t wait_once = PTHREAD_ONCE_INIT;
+static int default_wait_ms = PMEM_METRICS_SEGMENT_WAIT_MS;
+
+/* PMEM_METRICS_SEGMENT_WAIT_MS=ms in the environment: another bound (1 ms to a day). */
+static void read_default_wait(void)
+{
+	const char *env = getenv("PMEM_METRICS_SEGMENT_WAIT_MS");
+	char *end;
+	long ms = env ? strtol(env, &end, 10) : 0;
+
+	if (env && *env && !*end && ms > 0 && ms <= 86400000L)
+		default_wait_ms = (int)ms;
+}
+
+int pmem_metrics_segment_wait_ms(void)
+{
+	pthread_once(&wait_once, read_default_wait);
+	return default_wait_ms;
+}
+
+struct pmi_deadline pmi_seg_deadline(int timeout_ms)
+{
+	return pmi_deadline_in(timeout_ms < 0 ? pmem_metrics_segment_wait_ms() : timeout_ms);
 }

@@ -106,12 +106,16 @@ SEGMENT_PROBLEMS = {
     errno.ESTALE: "removed or replaced since it was opened: open the path again",
     errno.EPERM: (
         "owned by another user, or writable by users other than its owner and group "
-        "(trust=True to use it anyway)"
+        "(trust=True to use it anyway), or its lock file (the path + '.lock') is another "
+        "user's or readable by users who may not write it"
     ),
     errno.EROFS: "opened read-only: it can be read, not flushed or allocated in",
     errno.ETIMEDOUT: "another process held its lock past the bound (stopped, or stuck?)",
     errno.ENOENT: "no such segment",
-    errno.EUSERS: "4096 processes have it open for writing already",
+    errno.EACCES: (
+        "Permission denied (a writer needs write access to it and to its lock file, "
+        "the path + '.lock')"
+    ),
 }
 
 SEGMENT_ERRORS: dict[int, type[SegmentError]] = {

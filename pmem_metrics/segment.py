@@ -118,3 +118,19 @@ def open_segment(
     if r == ffi.NULL:
         raise segment_error(ffi.errno, os.fsdecode(raw), "open")
     return Registry._wrap(r, registry_path(r))
+
+
+def segment_offset(name: str) -> int:
+    """Where the segment format puts *name* (docs/segment-format.md), as this build says.
+
+    A header word's byte offset (``"header.used"``), a slot's word from the
+    slot's start (``"slot.state"``, ``"slot.id"``; ``"counter.old"`` within a
+    counter), a claim's (``"claim.n"``, ``"entry.diff"``), or a constant of
+    this build (``"version"``, ``"slot_size"``, ``"lock.flush"``...).  For
+    tools and tests that read a segment's bytes themselves: never a literal.
+    Raises ``KeyError`` for a name the format does not have.
+    """
+    value = lib.pmem_metrics_segment_offset(name.encode())
+    if value < 0:
+        raise KeyError(name)
+    return int(value)

@@ -27,14 +27,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 import pmem_metrics as p
 from pmem_metrics import open_segment
 from pmem_metrics.prometheus import register
+from pmem_metrics.segment import segment_offset
 
-# The layout of a v2 segment (csrc/segment.c): header fields, and a slot's parts.
-HEADER_SIZE = 80
-OFF_CAPACITY, OFF_USED = 24, 72
-SLOT_SIZE = 640
-SLOT_ID = 288  # after four 64-byte counters, `published`, `id_len`, `state`, `refs`, `born`,
-# a pad and `retired_ms`
-MAX_CAPACITY = 1 << 24
+# The segment's layout, as the library says (docs/segment-format.md): never a literal.
+HEADER_SIZE = segment_offset("header.end")
+OFF_USED = segment_offset("header.used")
+SLOT_SIZE = segment_offset("slot_size")
+SLOT_ID = segment_offset("slot.id")  # from a slot's start
+MAX_CAPACITY = segment_offset("max_capacity")
+HEADER_WORDS = ("capacity", "slot_size", "index_off", "slots_off", "size", "seq", "used")
 
 BOUND_S = 60
 """How long a child may take before it counts as hung (a bound, not a timing expectation)."""
@@ -45,11 +46,17 @@ as_root = pytest.mark.skipif(
 )
 
 
+def lock_file(seg: Path) -> Path:
+    """The lock file beside the segment *seg*: its writers' locks."""
+    return seg.with_name(seg.name + ".lock")
+
+
 def header(path: Path) -> dict[str, int]:
     """The layout fields of the segment at *path*."""
     raw = path.read_bytes()[:HEADER_SIZE]
-    names = ("capacity", "slot_size", "index_off", "slots_off", "size", "seq", "used")
-    return dict(zip(names, struct.unpack_from("<7Q", raw, OFF_CAPACITY)))
+    return {
+        k: struct.unpack_from("=Q", raw, segment_offset(f"header.{k}"))[0] for k in HEADER_WORDS
+    }
 
 
 def py(code: str, cwd: Path, *args: str, user: int | None = None) -> str:
@@ -139,15 +146,18 @@ def strict_json(text: str) -> dict[str, dict[str, int]]:
 
 SCRIBBLER = """
 import mmap, os, random, struct, sys, time
+from pmem_metrics.segment import segment_offset
 path, seconds, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 fd = os.open(path, os.O_RDWR)
 size = os.fstat(fd).st_size
 m = mmap.mmap(fd, size)
 whole = m[:]  # twelve devices: each burst of damage starts from here
-index_off, slots_off = struct.unpack_from("<QQ", m, 40)
+index_off = struct.unpack_from("=Q", m, segment_offset("header.index_off"))[0]
+slots_off = struct.unpack_from("=Q", m, segment_offset("header.slots_off"))[0]
+slot_size, end = segment_offset("slot_size"), segment_offset("header.end")
 used = 16  # the victims' devices, and a few more: where damage matters
-regions = [(0, 80), (index_off, index_off + 4 * used), (slots_off, slots_off + 640 * used)]
+regions = [(0, end), (index_off, index_off + 4 * used), (slots_off, slots_off + slot_size * used)]
 writes = bursts = 0
 end = time.monotonic() + seconds
 while time.monotonic() < end:
@@ -290,8 +300,9 @@ def test_victims_survive_a_scribbler_with_segment_errors_only(tmp_path: Path) ->
 def test_victims_of_another_user_survive_a_root_scribbler(shared_dir: Path) -> None:
     seg = shared_dir / "seg"
     make(seg, 12, 64)
-    os.chown(seg, 0, NOBODY)
-    seg.chmod(0o660)  # the victims' group may write it; it is root's, so they must trust it
+    for f in (seg, lock_file(seg)):  # its writers need its lock file too
+        os.chown(f, 0, NOBODY)
+        f.chmod(0o660)  # the victims' group may write it; it is root's, so they must trust it
     scribble_under_victims(seg, trust=True, user=NOBODY, seed=2)
 
 
@@ -302,7 +313,8 @@ def test_victims_of_another_user_survive_a_root_scribbler(shared_dir: Path) -> N
 def test_another_users_segment_is_refused_unless_trusted(tmp_path: Path) -> None:
     seg = tmp_path / "seg"
     make(seg, 1, 16, add=3, name="theirs")
-    os.chown(seg, NOBODY, NOBODY)
+    for f in (seg, lock_file(seg)):
+        os.chown(f, NOBODY, NOBODY)
     with pytest.raises(p.UntrustedSegmentError) as e:
         open_segment(seg)
     assert e.value.errno == errno.EPERM and e.value.filename == str(seg)

@@ -17,7 +17,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from pmem_metrics import (
-    FIELDS,
     InvalidSegmentError,
     MetricsWriter,
     PmemMetricsPerDevice,
@@ -29,6 +28,7 @@ from pmem_metrics import (
     is_shared,
     open_segment,
 )
+from pmem_metrics.segment import segment_offset
 
 from .helpers import run_threads
 
@@ -171,14 +171,16 @@ def test_the_collector_labels_each_segment(tmp_path: Path) -> None:
 
 
 # Where the segment header keeps the index's and the slots' offsets, and the device count.
-INDEX_OFF_AT, SLOTS_OFF_AT, USED_AT = 40, 48, 72
+INDEX_OFF_AT, SLOTS_OFF_AT, USED_AT = (
+    segment_offset(f"header.{name}") for name in ("index_off", "slots_off", "used")
+)
 
 
 def spoil(path: Path, what: str) -> None:
     """Spoil the segment at *path* as a buggy writer might: its ``"index"``, ``"count"``
     or first ``"id"``."""
     with open(path, "r+b") as f:
-        header = f.read(80)
+        header = f.read(segment_offset("header.end"))
         index_at, slots_at = (
             int.from_bytes(header[o : o + 8], sys.byteorder) for o in (INDEX_OFF_AT, SLOTS_OFF_AT)
         )
@@ -189,8 +191,7 @@ def spoil(path: Path, what: str) -> None:
             f.seek(USED_AT)
             f.write((1 << 40).to_bytes(8, sys.byteorder))
         else:  # the first device's id gets a NUL: it would read as another id
-            # past the counters, `published`, `id_len`, `state`, `refs`, `born`, a pad, `retired_ms`
-            f.seek(slots_at + 64 * len(FIELDS) + 32)
+            f.seek(slots_at + segment_offset("slot.id"))
             f.write(b"z\0")
 
 

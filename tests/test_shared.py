@@ -374,7 +374,8 @@ def test_processes_creating_one_segment_at_once_end_up_sharing_it(tmp_path: Path
         tmp_path,
     )
     assert out == "6 1\n"
-    assert sorted(os.listdir(tmp_path)) == ["fresh"]  # no temporary file left behind
+    # No temporary file left behind: the segment and its writers' lock file.
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "fresh.lock"]
 
 
 KILLED_WRITER = """

@@ -33,7 +33,7 @@
 #include "pmem_metrics.h"
 
 #define ROUNDS 200
-#define HDR_USED 72 /* the segment header's device count */
+#define HDR_USED pmem_metrics_segment_offset("header.used") /* the header's device count */
 
 enum kind { ATTACH, ALLOC, PEEK, TAKE, COUNT, SHARED, NKINDS };
 

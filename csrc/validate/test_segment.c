@@ -304,10 +304,11 @@ static bool impossible_counts_are_rebuilt(const void *arg)
 
 static void test_files_that_are_not_a_good_segment_are_refused(void)
 {
-	/* The header's layout, as the library writes it (checked by the cases below). */
-	const off_t version = 8, fields_hash = 16, index_off = 40;
-	const off_t counts = 72; /* used */
-	uint64_t index_at = 0, huge = 1000;
+	/* The header's layout, as the library says it writes it (checked by the cases below). */
+	const off_t version = pmem_metrics_segment_offset("header.version");
+	const off_t index_off = pmem_metrics_segment_offset("header.index_off");
+	const off_t counts = pmem_metrics_segment_offset("header.used");
+	uint64_t index_at = 0, fields_at = 0, huge = 1000;
 	uint32_t bad_slot = 0xffffffffu, v1 = 1;
 	char junk[8192];
 	int fd;
@@ -322,12 +323,14 @@ static void test_files_that_are_not_a_good_segment_are_refused(void)
 	CHECK(write(fd, junk, sizeof(junk)) == (ssize_t)sizeof(junk));
 	close(fd);
 	spoilt_copy("version", version, &v1, sizeof(v1));
-	spoilt_copy("fields", fields_hash, "xxxxxxxx", 8);
 	spoilt_copy("truncated", 0, NULL, 0);
 	CHECK(truncate(seg_path("truncated"), 4096) == 0);
 	fd = open(seg_path("good"), O_RDONLY);
 	CHECK(pread(fd, &index_at, sizeof(index_at), index_off) == (ssize_t)sizeof(index_at));
+	CHECK(pread(fd, &fields_at, sizeof(fields_at),
+		    pmem_metrics_segment_offset("header.fields_off")) == (ssize_t)sizeof(fields_at));
 	close(fd);
+	spoilt_copy("fields", (off_t)fields_at, "xxxxxxxx", 8); /* a field's name */
 	spoilt_copy("badindex", (off_t)index_at, &bad_slot, sizeof(bad_slot));
 	spoilt_copy("badcount", counts, &huge, sizeof(huge));
 
@@ -854,15 +857,15 @@ static struct scribbler scrib;
 
 static bool scribbler_map(const char *path)
 {
-	const off_t index_off = 40; /* then slots_off */
-	const size_t used_at = 72;
-	/* struct device: the counters, `published`, then `id_len` */
-	const size_t id_len_at = sizeof(struct pmem_metrics) + sizeof(uint32_t);
+	const off_t index_off = pmem_metrics_segment_offset("header.index_off"); /* then slots_off */
+	const size_t used_at = (size_t)pmem_metrics_segment_offset("header.used");
+	const size_t id_len_at = (size_t)pmem_metrics_segment_offset("slot.id_len");
 	uint64_t at[2], slot_size, size;
 	int fd = open(path, O_RDWR);
 
 	if (fd < 0 || pread(fd, at, sizeof(at), index_off) != (ssize_t)sizeof(at) ||
-	    pread(fd, &slot_size, 8, 32) != 8 || pread(fd, &size, 8, 56) != 8)
+	    pread(fd, &slot_size, 8, pmem_metrics_segment_offset("header.slot_size")) != 8 ||
+	    pread(fd, &size, 8, pmem_metrics_segment_offset("header.size")) != 8)
 		return false;
 	scrib.base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
@@ -1253,6 +1256,61 @@ static void test_a_report_on_its_way_holds_no_other_flush(void)
 	CHECK(in_child(reports_on_their_way, NULL) == 0);
 }
 
+/* ---- What a segment costs ---------------------------------------------------------- */
+
+/* The memory a file takes: its allocated blocks (a sparse file's holes take none). */
+static long long file_bytes(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (long long)st.st_blocks * 512 : -1;
+}
+
+static bool small_segments(const void *arg)
+{
+	struct pmem_metrics_registry *small, *dflt;
+	struct stat st;
+	bool ok;
+
+	(void)arg;
+	/* A microVM's: 16 devices, everything (header, field list, index, claims) in 16 KiB. */
+	small = pmem_metrics_registry_open(seg_path("sixteen"), 16, 0600);
+	for (int i = 0; small && i < 16; i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "pmem%d", i);
+		if (!pmem_metrics_registry_alloc(small, id))
+			return false;
+	}
+	ok = small && stat(seg_path("sixteen"), &st) == 0 && st.st_size <= 16384 &&
+	     file_bytes(seg_path("sixteen")) <= 16384;
+	printf("# 16 devices: a %lld-byte file, %lld bytes allocated\n", (long long)st.st_size,
+	       file_bytes(seg_path("sixteen")));
+	/* Opened without a capacity (the default's room), holding 4 devices: 64 KiB at most. */
+	dflt = pmem_metrics_registry_open(seg_path("default"), 0, 0600);
+	for (int i = 0; dflt && i < 4; i++) {
+		char id[16];
+		struct pmem_metrics_snapshot *s = NULL;
+
+		snprintf(id, sizeof(id), "pmem%d", i);
+		if (!pmem_metrics_registry_alloc(dflt, id))
+			return false;
+		/* Flushes too: their claims take room of their own. */
+		if (pmem_metrics_registry_snapshot_take_into(dflt, &s, -1) != 0)
+			return false;
+		pmem_metrics_snapshot_commit(s);
+	}
+	printf("# the default capacity (%zu), 4 devices: %lld bytes allocated\n",
+	       pmem_metrics_registry_capacity(dflt), file_bytes(seg_path("default")));
+	return ok && dflt && pmem_metrics_registry_capacity(dflt) == PMEM_METRICS_SHM_DEFAULT_CAPACITY &&
+	       file_bytes(seg_path("default")) > 0 && file_bytes(seg_path("default")) <= 65536;
+}
+
+static void test_a_segment_costs_what_its_devices_use(void)
+{
+	CHECK(in_child(small_segments, NULL) == 0);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -1265,6 +1323,7 @@ int main(void)
 	if (totals == MAP_FAILED)
 		return 2;
 	RUN(test_processes_share_counters_and_flush_exactly_once);
+	RUN(test_a_segment_costs_what_its_devices_use);
 	RUN(test_a_forked_child_stays_attached);
 	RUN(test_capacity_and_when_to_attach);
 	RUN(test_files_that_are_not_a_good_segment_are_refused);

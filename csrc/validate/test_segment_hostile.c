@@ -83,19 +83,28 @@ static int in_child(bool (*fn)(const void *), const void *arg)
 
 /* ---- The file, as another process sees it ---------------------------------------- */
 
-/* The header's fields this file needs, at the offsets the library writes them. */
-enum {
-	HDR_SLOT_SIZE = 32,
-	HDR_INDEX_OFF = 40,
-	HDR_SLOTS_OFF = 48,
-	HDR_SIZE = 56,
-	HDR_SEQ = 64,
-	HDR_USED = 72,
-	/* struct device: the counters, `published`, `id_len`, then the id */
-	DEV_PUBLISHED = sizeof(struct pmem_metrics),
-	DEV_ID_LEN = DEV_PUBLISHED + 4,
-	DEV_ID = DEV_ID_LEN + 4
-};
+/* Where the format puts a thing (docs/segment-format.md), as the library says: never a literal. */
+static size_t at(const char *name)
+{
+	long long v = pmem_metrics_segment_offset(name);
+
+	if (v < 0) {
+		fprintf(stderr, "no offset named %s\n", name);
+		abort();
+	}
+	return (size_t)v;
+}
+
+/* The header's fields this file needs, and a slot's (from the slot's start). */
+#define HDR_SLOT_SIZE at("header.slot_size")
+#define HDR_INDEX_OFF at("header.index_off")
+#define HDR_SLOTS_OFF at("header.slots_off")
+#define HDR_SIZE at("header.size")
+#define HDR_SEQ at("header.seq")
+#define HDR_USED at("header.used")
+#define DEV_PUBLISHED at("slot.published")
+#define DEV_ID_LEN at("slot.id_len")
+#define DEV_ID at("slot.id")
 
 struct image {
 	unsigned char *base; /* the whole file, mapped read-write once more */
@@ -365,7 +374,7 @@ static bool read_across_a_truncation(const void *arg)
 		errno = 0;
 		n = pmem_metrics_registry_device_count(r);
 		/* `used` itself is gone below 80 bytes; above, the count may still be read. */
-		if (cut.len < HDR_USED + 8)
+		if (cut.len < (long)HDR_USED + 8)
 			CHECK(n == 0 && errno == EBADMSG);
 		else
 			CHECK(n == 3 || (n == 0 && errno == EBADMSG));
@@ -377,7 +386,7 @@ static bool read_across_a_truncation(const void *arg)
 static void test_a_truncated_segment_is_an_error_to_a_reader(void)
 {
 	static const char *const ids[] = {"t1", "t2", "t3"};
-	static const long cuts[] = {4096, 1000, HDR_USED + 8, 64, 0};
+	const long cuts[] = {4096, 1000, (long)HDR_USED + 8, 64, 0};
 	const struct made mk = {"truncated", 8, ids, 3};
 	struct image im;
 	struct pipes p;
@@ -762,6 +771,111 @@ static void test_a_corrupt_index_never_lists_a_device_twice(void)
 	CHECK(in_child(flipped_bits, NULL) == 0);
 }
 
+/* ---- A reader that takes every lock it can ----------------------------------------- */
+
+/*
+ * The reader: another uid (65534) that may read the data file and nothing
+ * more.  It takes a read lock on every byte of it and past its end, both
+ * kinds (the open file description's and the process's), tries the lock
+ * file, then says so and holds on until the pipe closes.
+ */
+struct locker {
+	int ready[2], done[2];
+};
+
+static bool lock_everything(const void *arg)
+{
+	const struct locker *lk = arg;
+	struct flock all = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+	char lock_path[160], c;
+	int fd, ok = 1;
+
+	close(lk->ready[0]);
+	close(lk->done[1]);
+	if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+		return false;
+	fd = open(seg_path("locked"), O_RDONLY);
+	snprintf(lock_path, sizeof(lock_path), "%s.lock", seg_path("locked"));
+	/* Every byte, to the end of any file: the data file is all a reader can open. */
+	ok &= fd >= 0 && fcntl(fd, F_OFD_SETLK, &all) == 0;
+	ok &= fd >= 0 && fcntl(fd, F_SETLK, &all) == 0;
+	ok &= open(lock_path, O_RDONLY) < 0 && errno == EACCES;
+	ok &= open(lock_path, O_RDWR) < 0 && errno == EACCES;
+	if (write(lk->ready[1], ok ? "y" : "n", 1) != 1)
+		return false;
+	return read(lk->done[0], &c, 1) == 0 && ok; /* held until the owner is done */
+}
+
+/* One call of the owner's, bounded: whether it succeeded within `ms`. */
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static void test_a_reader_holding_every_lock_it_can_delays_no_writer(void)
+{
+	struct locker lk;
+	struct pmem_metrics_registry *r;
+	struct timespec t0;
+	pid_t pid;
+	char c = 0;
+	int calls = 0;
+
+	if (geteuid() != 0) {
+		printf("# not root: the reader runs as this uid (it may then write the lock file)\n");
+		return;
+	}
+	CHECK(pipe(lk.ready) == 0 && pipe(lk.done) == 0);
+	/* Readable by everyone, writable by its owner: what a scraping agent's segment is. */
+	r = pmem_metrics_registry_open(seg_path("locked"), 16, 0644);
+	CHECK(r && pmem_metrics_registry_alloc(r, "before"));
+	CHECK(chmod(dir, 0755) == 0);
+	pid = start_child(lock_everything, &lk);
+	close(lk.ready[1]);
+	close(lk.done[0]);
+	CHECK(read(lk.ready[0], &c, 1) == 1 && c == 'y');
+	/*
+	 * Every call the owner makes, with a wait bound far below the default:
+	 * none may wait for the reader at all (a lock it held would make them
+	 * time out, ETIMEDOUT, or refuse a slot).
+	 */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int round = 0; r && round < 20; round++) {
+		struct pmem_metrics_snapshot *s = NULL;
+		char id[32];
+		struct pmem_metrics *m;
+
+		snprintf(id, sizeof(id), "dev%d", round);
+		m = pmem_metrics_registry_alloc_within(r, id, strlen(id), 200);
+		CHECK(m != NULL);
+		calls++;
+		if (m) {
+			pmem_metrics_inc(pmem_metrics_field(m, 0));
+			pmem_metrics_release(m);
+		}
+		CHECK(pmem_metrics_registry_retire(r, id, strlen(id)) == 0);
+		calls++;
+		CHECK(pmem_metrics_registry_snapshot_take_into(r, &s, 200) == 0);
+		calls++;
+		pmem_metrics_snapshot_commit(s);
+		s = NULL;
+		CHECK(pmem_metrics_registry_snapshot_peek_into(r, &s, 0) == 0);
+		pmem_metrics_snapshot_free(s);
+		calls++;
+	}
+	/* And a process that opens it afresh, as a new VMM would: it writes, flushes, retires. */
+	CHECK(in_child(survive, "locked") == 0);
+	calls++;
+	printf("# a reader (uid 65534) held every lock it could: %d calls of the owner in %.0f ms\n",
+	       calls, ms_since(&t0));
+	close(lk.done[1]);
+	CHECK(wait_child(pid) == 0);
+	close(lk.ready[0]);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -782,6 +896,7 @@ int main(void)
 	RUN(test_a_truncated_segment_is_an_error_to_a_reader);
 	RUN(test_a_process_killed_at_any_pause_loses_no_count);
 	RUN(test_a_corrupt_index_never_lists_a_device_twice);
+	RUN(test_a_reader_holding_every_lock_it_can_delays_no_writer);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);

@@ -1,0 +1,508 @@
+/*
+ * segment_file.c - a segment's two files: create, check, open, close, fork.
+ *
+ * The data file (the path a caller names) holds the counters and is what
+ * readers open; the lock file beside it (the same name + ".lock") holds
+ * the writers' locks (segment_lock.c) and nothing else.  A segment is
+ * created whole under a temporary name and then linked in, its lock file
+ * first, so the path is a complete segment or absent, and a writer that
+ * finds the data file finds its lock file.
+ *
+ * The data file is sparse: at creation only the header and the field list
+ * have storage; each chunk of SEG_SLOT_CHUNK slots gets its own (with its
+ * index and claim entries) when an insert first reaches it
+ * (pmi_seg_reserve()), so a segment costs what its devices use, and a full
+ * file system is an insert's ENOSPC, never a SIGBUS on a page fault.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char LOCK_SUFFIX[] = ".lock";
+
+static uint64_t round64(uint64_t x)
+{
+	return (x + 63) / 64 * 64;
+}
+
+/* Bytes of one claim entry: the slot, then a diff per field. */
+static uint64_t entry_size(uint64_t nfields)
+{
+	return 8 + 8 * nfields;
+}
+
+/* The layout of a segment of `capacity` slots of `nfields` counters (every offset and size). */
+static void seg_layout(uint64_t capacity, uint64_t nfields, uint64_t fields_size,
+		       struct pmi_seg_header *h)
+{
+	h->nfields = (uint32_t)nfields;
+	h->id_max_bytes = ID_MAX_BYTES;
+	h->capacity = capacity;
+	h->slot_size = round64(SEG_COUNTER_SIZE * nfields + sizeof(struct pmi_slot_tail) +
+			       ID_MAX_BYTES + 1);
+	h->fields_off = round64(sizeof(struct pmi_seg_header));
+	h->fields_size = fields_size;
+	h->index_off = round64(h->fields_off + fields_size);
+	h->slots_off = round64(h->index_off + capacity * sizeof(uint32_t));
+	h->claims_off = h->slots_off + capacity * h->slot_size;
+	h->claim_size = round64(sizeof(struct pmi_claim) + capacity * entry_size(nfields));
+	h->size = h->claims_off + SEG_CLAIMS * h->claim_size;
+}
+
+/*
+ * A new segment's size must be sane for this machine: at most a quarter of
+ * its memory (a segment under /dev/shm is memory; one elsewhere is mapped
+ * whole by every process that writes it).
+ */
+static int size_possible(uint64_t size)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+
+	if (size > SIZE_MAX)
+		return EFBIG; /* more than this process could map (a 32-bit one) */
+	if (pages > 0 && page > 0 && size > (uint64_t)pages / 4 * (uint64_t)page)
+		return EFBIG;
+	return 0;
+}
+
+/* The lock file's mode for a data file of mode `mode`: read and write for whoever may write. */
+static mode_t lock_mode(mode_t mode)
+{
+	mode_t w = mode & (S_IWUSR | S_IWGRP | S_IWOTH);
+
+	return w | (mode_t)(w << 1);
+}
+
+/* The lock file's name for `name`, into `out` (NAME_MAX + 1 bytes): 0 or ENAMETOOLONG. */
+static int lock_name(const char *name, char *out)
+{
+	return (size_t)snprintf(out, NAME_MAX + 1, "%s%s", name, LOCK_SUFFIX) > NAME_MAX
+		       ? ENAMETOOLONG
+		       : 0;
+}
+
+/* Create the lock file `lname` in `dirfd` with exactly `mode`: 0, EEXIST, or the error. */
+static int lock_create(int dirfd, const char *lname, mode_t mode)
+{
+	int fd = openat(dirfd, lname, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	int err = 0;
+
+	if (fd < 0)
+		return errno;
+	if (fchmod(fd, mode) != 0) /* the umask had its say at open */
+		err = errno;
+	close(fd);
+	if (err)
+		unlinkat(dirfd, lname, 0);
+	return err;
+}
+
+/*
+ * Create the segment `name` in the directory `dirfd` whole, under a
+ * temporary name, then link it in: the path is a complete segment or absent.
+ */
+static int seg_create(int dirfd, const char *name, uint64_t capacity, unsigned mode)
+{
+	static atomic_uint serial;
+	char tmp[NAME_MAX + 1], lname[NAME_MAX + 1];
+	struct pmi_seg_header layout = {0};
+	char *fields = NULL;
+	int fd, err;
+
+	seg_layout(capacity, NFIELDS, pmi_fields_encode(NULL), &layout);
+	if ((err = size_possible(layout.size)) != 0 || (err = lock_name(name, lname)) != 0)
+		return err;
+	if ((size_t)snprintf(tmp, sizeof(tmp), ".%s.%ld.%u.tmp", name, (long)getpid(),
+			     atomic_fetch_add_explicit(&serial, 1, memory_order_relaxed)) >= sizeof(tmp))
+		return ENAMETOOLONG;
+	if ((err = lock_create(dirfd, lname, lock_mode((mode_t)mode))) != 0 && err != EEXIST)
+		return err; /* an existing lock file is checked by whoever opens the segment */
+	fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+	if (fd < 0)
+		return errno;
+	memcpy(layout.magic, SEG_MAGIC, sizeof(layout.magic));
+	layout.version = SEG_VERSION;
+	layout.byte_order = SEG_BYTE_ORDER;
+	err = (fields = pmi_malloc(layout.fields_size + 1)) ? 0 : ENOMEM;
+	if (err == 0 && (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)layout.size) != 0))
+		err = errno;
+	/* Storage for the header and the field list now; the slots' as inserts reach them. */
+	if (err == 0)
+		err = posix_fallocate(fd, 0, (off_t)layout.index_off);
+	if (err == 0 && pwrite(fd, &layout, sizeof(layout), 0) != (ssize_t)sizeof(layout))
+		err = errno ? errno : EIO;
+	if (err == 0) {
+		pmi_fields_encode(fields);
+		if (pwrite(fd, fields, layout.fields_size, (off_t)layout.fields_off) !=
+		    (ssize_t)layout.fields_size)
+			err = errno ? errno : EIO;
+	}
+	/* Atomic publication.  EEXIST: another process won; its segment is opened. */
+	if (err == 0 && linkat(dirfd, tmp, dirfd, name, 0) != 0)
+		err = errno;
+	free(fields);
+	unlinkat(dirfd, tmp, 0);
+	close(fd);
+	return err;
+}
+
+/*
+ * Whose segment: one that users other than its owner and group may write
+ * could be anyone's; one another user owns is theirs to change under us.
+ * Refused unless the caller said it trusts the file.  A reader is refused
+ * only the first: it cannot be harmed by the file, only misinformed.
+ */
+int pmi_seg_trusted(const struct stat *st, unsigned flags)
+{
+	if (flags & PMEM_METRICS_OPEN_TRUST)
+		return 0;
+	if (st->st_mode & S_IWOTH)
+		return EPERM;
+	if (!(flags & PMEM_METRICS_OPEN_READONLY) && st->st_uid != geteuid())
+		return EPERM;
+	return 0;
+}
+
+/*
+ * A lock file fit for the data file `data`: a regular file of the same
+ * owner (unless the caller trusts it), that no class of users may read unless it may write it (else a
+ * reader could hold a writer's lock), and that only owner and group may
+ * write unless the caller trusts it.
+ */
+static int lock_trusted(const struct stat *st, const struct stat *data, unsigned flags)
+{
+	mode_t m = st->st_mode;
+
+	if (!S_ISREG(m))
+		return EINVAL;
+	if (st->st_uid != data->st_uid && !(flags & PMEM_METRICS_OPEN_TRUST))
+		return EPERM;
+	if (((m & S_IRGRP) && !(m & S_IWGRP)) || ((m & S_IROTH) && !(m & S_IWOTH)))
+		return EPERM;
+	if ((m & S_IWOTH) && !(flags & PMEM_METRICS_OPEN_TRUST))
+		return EPERM;
+	return 0;
+}
+
+/* Open the lock file of the data file `name` (stat `data`) in `dirfd`, creating it if absent. */
+static int lock_open(struct pmi_seg *g, int dirfd, const char *name, const struct stat *data,
+		     unsigned flags)
+{
+	char lname[NAME_MAX + 1];
+	struct stat st;
+	int err = lock_name(name, lname);
+
+	for (int tries = 0; err == 0 && g->lock_fd < 0; tries++) {
+		g->lock_fd = openat(dirfd, lname, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+		if (g->lock_fd >= 0)
+			break;
+		err = errno == EMLINK ? ELOOP : errno;
+		if (err != ENOENT || tries == 8)
+			break;
+		/* Removed: made again, with the mode the data file's writers need. */
+		err = lock_create(dirfd, lname, lock_mode(data->st_mode & 0777));
+		err = err == EEXIST ? 0 : err;
+	}
+	if (err == 0 && fstat(g->lock_fd, &st) != 0)
+		err = errno;
+	return err ? err : lock_trusted(&st, data, flags);
+}
+
+/* Check the segment open at `g->fd` and copy out its layout; map it if writable. */
+static int seg_check(struct pmi_seg *g, const struct stat *st, unsigned flags)
+{
+	struct pmi_seg_header h, want = {0};
+	size_t fields_size = pmi_fields_encode(NULL);
+	char *mine, *theirs;
+	int err;
+
+	if (!S_ISREG(st->st_mode))
+		return EINVAL; /* not a regular file */
+	if ((err = pmi_seg_trusted(st, flags)) != 0)
+		return err;
+	if ((uint64_t)st->st_size < sizeof(h) || pread(g->fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h))
+		return EBADMSG; /* truncated */
+	if (memcmp(h.magic, SEG_MAGIC, sizeof(h.magic)) != 0)
+		return EINVAL; /* not a pmem_metrics segment */
+	if (h.version != SEG_VERSION || h.byte_order != SEG_BYTE_ORDER || h.nfields != NFIELDS ||
+	    h.fields_size != fields_size || h.id_max_bytes != ID_MAX_BYTES)
+		return EPROTO; /* another version, byte order or field list */
+	if (h.capacity == 0 || h.capacity > SEG_MAX_CAPACITY)
+		return EBADMSG;
+	seg_layout(h.capacity, NFIELDS, fields_size, &want);
+	if (h.slot_size != want.slot_size || h.fields_off != want.fields_off ||
+	    h.index_off != want.index_off || h.slots_off != want.slots_off ||
+	    h.claims_off != want.claims_off || h.claim_size != want.claim_size ||
+	    h.size != want.size || (uint64_t)st->st_size != h.size)
+		return EBADMSG; /* corrupt, truncated or grown */
+	if (want.size > SIZE_MAX)
+		return EFBIG; /* more than this process can map (a 32-bit one) */
+	/* The fields by name (and doc): a library with other fields refuses the file. */
+	mine = pmi_malloc(2 * fields_size + 2);
+	if (!mine)
+		return ENOMEM;
+	theirs = mine + fields_size + 1;
+	pmi_fields_encode(mine);
+	if (pread(g->fd, theirs, fields_size, (off_t)h.fields_off) != (ssize_t)fields_size)
+		err = EBADMSG;
+	else if (memcmp(mine, theirs, fields_size) != 0)
+		err = EPROTO;
+	free(mine);
+	if (err)
+		return err;
+	g->size = want.size;
+	g->capacity = want.capacity;
+	g->slot_size = want.slot_size;
+	g->index_off = want.index_off;
+	g->slots_off = want.slots_off;
+	g->claims_off = want.claims_off;
+	g->claim_size = want.claim_size;
+	g->dev = st->st_dev;
+	g->ino = st->st_ino;
+	if (g->writable) {
+		/* Not populated: pages of slots no insert reached yet have no storage. */
+		void *p = mmap(NULL, g->size, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd, 0);
+
+		if (p == MAP_FAILED)
+			return errno;
+		g->map = p;
+	}
+	return 0;
+}
+
+/* The directory part of `path` (".", if none), opened to resolve names in, and the name. */
+static int open_dir(const char *path, const char **name)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	size_t len;
+
+	if (!slash) {
+		*name = path;
+		return open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	}
+	*name = slash + 1;
+	len = slash == path ? 1 : (size_t)(slash - path);
+	if (len >= sizeof(dir)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(dir, path, len);
+	dir[len] = '\0';
+	return open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+}
+
+/* Open (creating if allowed) the data file `name` in `dirfd` into g->fd: 0 or the error. */
+static int data_open(struct pmi_seg *g, int dirfd, const char *name, uint64_t capacity,
+		     unsigned mode, unsigned flags)
+{
+	int err = 0;
+
+	/* Never followed if a symbolic link, and only created (whole, then linked) if absent. */
+	for (int tries = 0;; tries++) {
+		g->fd = openat(dirfd, name, (g->writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC);
+		if (g->fd >= 0 || errno != ENOENT ||
+		    (flags & (PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING)))
+			break;
+		if (tries == 8) {
+			errno = EAGAIN; /* created and removed again, over and over */
+			break;
+		}
+		err = seg_create(dirfd, name, capacity, mode);
+		if (err != 0 && err != EEXIST)
+			return err;
+	}
+	if (g->fd < 0)
+		return errno == EMLINK ? ELOOP : errno; /* O_NOFOLLOW on a link: ELOOP (EMLINK on BSDs) */
+	return 0;
+}
+
+int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
+		 unsigned flags)
+{
+	const char *name;
+	struct stat st;
+	int dirfd, err;
+
+	*g = (struct pmi_seg){.fd = -1, .lock_fd = -1,
+			      .writable = !(flags & PMEM_METRICS_OPEN_READONLY)};
+	if (!path || !*path || capacity == 0 || capacity > SEG_MAX_CAPACITY || (mode & ~0777u))
+		return EINVAL;
+	if (!(flags & (PMEM_METRICS_OPEN_READONLY | PMEM_METRICS_OPEN_EXISTING)) &&
+	    ((mode & 0600) != 0600 || ((mode & S_IWOTH) && !(flags & PMEM_METRICS_OPEN_TRUST))))
+		return EINVAL; /* a segment its creator could not open, or would refuse as untrusted */
+	dirfd = open_dir(path, &name);
+	if (dirfd < 0)
+		return errno;
+	err = *name ? data_open(g, dirfd, name, capacity, mode, flags) : EISDIR;
+	if (err == 0 && fstat(g->fd, &st) != 0)
+		err = errno;
+	if (err == 0)
+		err = seg_check(g, &st, flags);
+	/* A reader never opens the lock file: nothing it does can touch a writer's lock. */
+	if (err == 0 && g->writable)
+		err = lock_open(g, dirfd, name, &st, flags);
+	close(dirfd);
+	if (err == 0 && !(g->path = strdup(path)))
+		err = ENOMEM;
+	for (int i = 0; err == 0 && i < 2; i++)
+		err = pthread_mutex_init(&g->thread_lock[i], NULL);
+	if (err == 0)
+		err = pthread_mutex_init(&g->ref_lock, NULL);
+	if (err == 0 && g->writable && !(g->refs = calloc(g->capacity, sizeof(*g->refs))))
+		err = ENOMEM;
+	if (err)
+		pmi_seg_close(g);
+	return err;
+}
+
+void pmi_seg_close(struct pmi_seg *g)
+{
+	if (g->map)
+		munmap(g->map, g->size);
+	if (g->fd >= 0)
+		close(g->fd);
+	if (g->lock_fd >= 0)
+		close(g->lock_fd);
+	free(g->path);
+	free(g->refs);
+	g->refs = NULL;
+	g->map = NULL;
+	g->fd = -1;
+	g->lock_fd = -1;
+	g->path = NULL;
+}
+
+/* 0 while `path` still names the file we opened; ESTALE once removed or replaced. */
+int pmi_seg_check_identity(const struct pmi_seg *g)
+{
+	struct stat st;
+
+	if (lstat(g->path, &st) != 0)
+		return errno == ENOENT ? ESTALE : errno;
+	return st.st_dev == g->dev && st.st_ino == g->ino ? 0 : ESTALE;
+}
+
+/*
+ * After fork(): the child shares the parent's open file descriptions, and
+ * so would share its locks (an OFD lock is the description's, whoever uses
+ * it).  Give the child a description of its own for the lock file, at the
+ * same descriptor number, its own locks for the references it inherited,
+ * and fresh thread locks (a parent's thread may have held them; it does not
+ * exist here).  The data file holds no lock: its description is shared.
+ */
+int pmi_seg_after_fork(struct pmi_seg *g)
+{
+	char proc[64];
+	int fd, err;
+
+	for (int i = 0; i < 2; i++)
+		g->thread_lock[i] = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	atomic_store_explicit(&g->mine, 0, memory_order_relaxed); /* the parent's claims stay its own */
+	if (!g->writable)
+		return 0;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", g->lock_fd);
+	fd = open(proc, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	if (dup3(fd, g->lock_fd, O_CLOEXEC) < 0) {
+		err = errno;
+		close(fd);
+		return err;
+	}
+	close(fd);
+	return pmi_seg_refs_after_fork(g);
+}
+
+int pmi_seg_reserve(struct pmi_seg *g, uint64_t slot)
+{
+	uint64_t first = slot / SEG_SLOT_CHUNK * SEG_SLOT_CHUNK, n = SEG_SLOT_CHUNK, esize;
+	int err;
+
+	if (slot != first)
+		return 0; /* its chunk has storage: reserved when the chunk's first slot was taken */
+	if (first + n > g->capacity)
+		n = g->capacity - first;
+	esize = entry_size(NFIELDS);
+	err = posix_fallocate(g->fd, (off_t)(g->index_off + first * sizeof(uint32_t)),
+			      (off_t)(n * sizeof(uint32_t)));
+	if (err == 0)
+		err = posix_fallocate(g->fd, (off_t)(g->slots_off + first * g->slot_size),
+				      (off_t)(n * g->slot_size));
+	for (int k = 0; err == 0 && k < SEG_CLAIMS; k++) {
+		uint64_t claim = g->claims_off + (uint64_t)k * g->claim_size;
+		uint64_t at = first ? claim + sizeof(struct pmi_claim) + first * esize : claim;
+
+		err = posix_fallocate(g->fd, (off_t)at,
+				      (off_t)(claim + sizeof(struct pmi_claim) + (first + n) * esize - at));
+	}
+	return err == EFBIG ? ENOSPC : err;
+}
+
+/* The format's names, for pmem_metrics_segment_offset(): one row each, from segment_layout.h. */
+#define HEADER(field) {"header." #field, offsetof(struct pmi_seg_header, field)}
+#define TAIL(field) {"slot." #field, SEG_COUNTER_SIZE * NFIELDS + offsetof(struct pmi_slot_tail, field)}
+static const struct {
+	const char *name;
+	long long value;
+} format_names[] = {
+	HEADER(magic), HEADER(version), HEADER(byte_order), HEADER(nfields), HEADER(id_max_bytes),
+	HEADER(capacity), HEADER(slot_size), HEADER(fields_off), HEADER(fields_size),
+	HEADER(index_off), HEADER(slots_off), HEADER(claims_off), HEADER(claim_size), HEADER(size),
+	HEADER(seq), HEADER(used), HEADER(high), HEADER(alloc_failures), HEADER(flushes),
+	{"header.end", sizeof(struct pmi_seg_header)},
+	{"slot.counters", 0},
+	{"counter.current", SEG_COUNTER_CURRENT},
+	{"counter.old", SEG_COUNTER_OLD},
+	{"counter.size", SEG_COUNTER_SIZE},
+	TAIL(published), TAIL(id_len), TAIL(state), TAIL(refs), TAIL(born), TAIL(retired_ms),
+	{"slot.id", SEG_COUNTER_SIZE * NFIELDS + sizeof(struct pmi_slot_tail)},
+	{"claim.state", offsetof(struct pmi_claim, state)},
+	{"claim.n", offsetof(struct pmi_claim, n)},
+	{"claim.mark", offsetof(struct pmi_claim, mark)},
+	{"claim.entries", sizeof(struct pmi_claim)},
+	{"entry.slot", 0},
+	{"entry.diff", 8},
+	{"entry.size", 8 + 8 * NFIELDS},
+	{"version", SEG_VERSION},
+	{"byte_order", SEG_BYTE_ORDER},
+	{"claims", SEG_CLAIMS},
+	{"claim_active", (long long)CLAIM_ACTIVE},
+	{"slot_chunk", SEG_SLOT_CHUNK},
+	{"max_capacity", SEG_MAX_CAPACITY},
+	{"nfields", NFIELDS},
+	{"id_max_bytes", ID_MAX_BYTES},
+	{"state.free", DEV_FREE},
+	{"state.live", DEV_LIVE},
+	{"state.retired", DEV_RETIRED},
+	{"state.drained", DEV_DRAINED},
+	{"lock.insert", LOCK_INSERT},
+	{"lock.flush", LOCK_FLUSH},
+	{"lock.claim_base", LOCK_CLAIM_BASE},
+	{"lock.ref_base", LOCK_REF_BASE},
+};
+#undef HEADER
+#undef TAIL
+
+long long pmem_metrics_segment_offset(const char *name)
+{
+	struct pmi_seg_header h;
+
+	if (name && strcmp(name, "slot_size") == 0) {
+		seg_layout(1, NFIELDS, pmi_fields_encode(NULL), &h);
+		return (long long)h.slot_size;
+	}
+	for (size_t i = 0; name && i < sizeof(format_names) / sizeof(format_names[0]); i++)
+		if (strcmp(format_names[i].name, name) == 0)
+			return format_names[i].value;
+	errno = ENOENT;
+	return -1;
+}
