@@ -117,6 +117,26 @@ size_t pmi_fields_encode(char *out)
 	return n;
 }
 
+#define FIELD_SIZE_(name, doc) +sizeof(#name) + sizeof(doc)
+enum { FIELDS_TEXT_SIZE = 0 PMEM_METRICS_FIELDS(FIELD_SIZE_) };
+_Static_assert((long)FIELDS_TEXT_SIZE <= (long)SEG_MAX_FIELDS_SIZE, "the field list fits a segment's");
+
+static pthread_once_t fields_once = PTHREAD_ONCE_INIT;
+static char fields_text[FIELDS_TEXT_SIZE];
+static size_t fields_len;
+
+static void encode_fields(void)
+{
+	fields_len = pmi_fields_encode(fields_text);
+}
+
+const char *pmi_fields(size_t *len)
+{
+	pthread_once(&fields_once, encode_fields);
+	*len = fields_len;
+	return fields_text;
+}
+
 struct pmem_metrics_counter *pmem_metrics_field(struct pmem_metrics *m, size_t i)
 {
 	return m && i < NFIELDS ? pmi_counter(m, i) : NULL;

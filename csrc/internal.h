@@ -21,12 +21,13 @@
  *   private.c         the private kind of registry: a sorted array
  *   registry.c        registries: the kinds' table, the default registry
  *                     (attach, PMEM_METRICS_SHM), open, the public calls
+ *   snapshot_copy.c   a registry's devices copied into a snapshot
  *   snapshot.c        take, peek, publish, withdraw, commit
  *   line.c            writing metrics lines to a destination
  *
  * Calls between these files only go down this list's dependency order:
  * device, then the segment files (lock, file, read, claim, index, life),
- * then fork, private, registry, snapshot.  segment_layout.h is the file's
+ * then fork, private, registry, snapshot_copy, snapshot.  segment_layout.h is the file's
  * bytes.
  *
  * Lock order, where several are held: `kind_lock`, then a registry's flush
@@ -153,6 +154,8 @@ int pmi_id_cmp(const char *a, size_t a_len, const char *b, size_t b_len);
  * size (with `out` NULL), or the bytes written to `out`.
  */
 size_t pmi_fields_encode(char *out);
+/* This library's field list so encoded, once: its bytes, and their number in *len. */
+const char *pmi_fields(size_t *len);
 
 /* ---- fault.c ---- */
 
@@ -223,6 +226,15 @@ struct pmi_seg {
 	bool writable;   /* opened read-write and mapped; else read by pread() only */
 	char *map;       /* the data file, MAP_SHARED read-write; NULL when read-only */
 	uint64_t size, capacity, slot_size, index_off, slots_off, claims_off, claim_size;
+	/*
+	 * The segment's own fields, as its file names them: this library's
+	 * (writable: a writer refuses any other list), or another build's (a
+	 * read-only registry reads a segment of any field list).
+	 */
+	size_t nfields;
+	char *fields; /* the file's list, copied: name, NUL, doc, NUL, ... */
+	size_t fields_len;
+	const char *field_name[SEG_MAX_FIELDS], *field_doc[SEG_MAX_FIELDS];
 	dev_t dev; /* the data file's identity: one registry per segment per process */
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */
@@ -302,9 +314,13 @@ int pmi_seg_reserve(struct pmi_seg *g, uint64_t through);
 
 /* segment_read.c */
 
-/* A slot as copied out of a segment with pread(): its counters, and where its id went. */
+/*
+ * A slot as copied out of a segment with pread(): where its counters went
+ * (current at counts[0, nfields), old at counts[nfields, 2 nfields)), and
+ * its id.
+ */
 struct pmi_slot_copy {
-	uint64_t current[NFIELDS], old[NFIELDS];
+	uint64_t *counts;
 	uint64_t retired_ms;
 	size_t id_at;
 };
@@ -324,6 +340,8 @@ struct pmi_seg_view {
 	const char *base;
 	uint64_t slot_size;
 	struct pmi_slot_copy *copy;
+	uint64_t *counts; /* the copies' counters: 2 nfields a slot */
+	size_t nfields;
 	char *ids;
 	uint32_t *by_slot; /* each id's length, by slot number (0: no device there) */
 	uint32_t *state_by_slot; /* each slot's state word, as read */
@@ -484,5 +502,44 @@ const struct pmi_kind *pmi_kind_of(const struct pmem_metrics_registry *r);
 
 /* Whether calls on `r` may go ahead: 0, or the error number (decides the default's kind). */
 int pmi_ready(struct pmem_metrics_registry *r);
+
+/* ---- snapshot_copy.c ---- */
+
+struct pmem_metrics_snapshot {
+	size_t n;         /* devices reported: one per id */
+	size_t nf;        /* fields a row: its registry's (a segment's own, read-only) */
+	uint64_t *seen;   /* n * nf: `current` as loaded */
+	uint64_t *diffs;  /* n * nf: seen - old */
+	uint64_t agg[SEG_MAX_FIELDS];
+	/*
+	 * What a commit moves: m devices, each `old` by its own diffs.  One per
+	 * id (moves == diffs), except in a segment whose damaged index let one
+	 * id into two slots: both are reported as one device, and each moves
+	 * by what it held.  `devs` are NULL for a peek of a copy.
+	 */
+	size_t m;
+	struct device **devs;
+	uint64_t *moves;
+	uint32_t *states; /* m: each device's state word at the take (see pmi_reported) */
+	uint32_t *borns;  /* m: each device's `born` at the take */
+	/*
+	 * In a segment: the claim record that holds what this flush moved at
+	 * its take (segment_claim.c), so that it holds no flush lock while
+	 * its report is on its way; -1 if it holds the flush lock instead (a
+	 * private registry, or every record in use) and moves at its publish.
+	 */
+	int claim;
+	bool locked; /* holds its registry's flush lock */
+	uint64_t forks; /* pmi_forks at the take: a segment's flush forked away stays the parent's */
+	enum pmi_snapshot_state state;
+	struct pmem_metrics_registry *reg; /* whose flush it is */
+	size_t *id_at; /* n: where each device's id starts in `ids` */
+	char *ids;     /* every id, each followed by NUL: copies, never the segment's own */
+	size_t ids_len;
+};
+
+/* Copy registry `r`'s devices into a new snapshot of kind `state`: 0, or the error number. */
+int pmi_snapshot_load(struct pmem_metrics_registry *r, enum pmi_snapshot_state state,
+		      struct pmem_metrics_snapshot **out);
 
 #endif /* PMEM_METRICS_INTERNAL_H */

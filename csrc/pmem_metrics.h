@@ -57,7 +57,9 @@
  * metrics, in their order.  v1.16 added two rate-limiter counters; to match
  * it, add one X() line for each to PMEM_METRICS_FIELDS, with Firecracker's
  * name and doc, after queue_event_count (nothing else changes, in C or in
- * Python).  The optional `id`/`properties` head of a metrics line (written
+ * Python).  A segment stores its field list: a writer refuses a segment of
+ * another list (EPROTO), a read-only registry reads it with its own fields
+ * (pmem_metrics_registry_nfields()).  The optional `id`/`properties` head of a metrics line (written
  * by the Python writer) exists only on Firecracker's main branch after
  * v1.16.1.
  *
@@ -491,6 +493,21 @@ int pmem_metrics_registry_is_writable(struct pmem_metrics_registry *r);
 size_t pmem_metrics_registry_capacity(struct pmem_metrics_registry *r);
 
 /*
+ * The fields of `r`'s devices: this library's (PMEM_METRICS_FIELDS), or, for
+ * a segment opened read-only, the segment's own list, whatever build made it
+ * (a writer refuses a segment of another list: EPROTO).  0 / NULL for a
+ * registry that cannot be used, and past the last field.
+ */
+size_t pmem_metrics_registry_nfields(struct pmem_metrics_registry *r);
+const char *pmem_metrics_registry_field_name(struct pmem_metrics_registry *r, size_t f);
+const char *pmem_metrics_registry_field_doc(struct pmem_metrics_registry *r, size_t f);
+/*
+ * The same list in one block, for a binding: each field's name, NUL, doc,
+ * NUL, in order (a segment's as its file has it); its size in *len.
+ */
+const char *pmem_metrics_registry_fields(struct pmem_metrics_registry *r, size_t *len);
+
+/*
  * The segment format (docs/segment-format.md), for tools and tests that
  * read the bytes themselves: the byte offset named `name` -- a header word
  * ("header.used"), a slot's word from the slot's start ("slot.state",
@@ -617,12 +634,22 @@ const char *pmem_metrics_snapshot_id(const struct pmem_metrics_snapshot *s, size
 const char *pmem_metrics_snapshot_ids(const struct pmem_metrics_snapshot *s, size_t *len);
 
 /*
- * The diffs, row-major: device i's field f is [i * PMEM_METRICS_NFIELDS + f].
- * The array holds pmem_metrics_snapshot_len(s) * PMEM_METRICS_NFIELDS values.
+ * The fields of a snapshot's rows: its registry's (pmem_metrics_registry_nfields()),
+ * which are this library's PMEM_METRICS_NFIELDS except in a segment opened
+ * read-only that another build made with another field list.
+ */
+size_t pmem_metrics_snapshot_nfields(const struct pmem_metrics_snapshot *s);
+/* Its registry's fields, as pmem_metrics_registry_fields() gives them. */
+const char *pmem_metrics_snapshot_fields(const struct pmem_metrics_snapshot *s, size_t *len);
+
+/*
+ * The diffs, row-major: with nf = pmem_metrics_snapshot_nfields(s), device
+ * i's field f is [i * nf + f], and the array holds
+ * pmem_metrics_snapshot_len(s) * nf values.
  */
 const uint64_t *pmem_metrics_snapshot_diffs(const struct pmem_metrics_snapshot *s);
 
-/* The aggregate: PMEM_METRICS_NFIELDS field-wise sums of the diffs (mod 2^64). */
+/* The aggregate: pmem_metrics_snapshot_nfields(s) field-wise sums of the diffs (mod 2^64). */
 const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapshot *s);
 
 /*

@@ -500,3 +500,38 @@ int pmem_metrics_registry_is_writable(struct pmem_metrics_registry *r)
 {
 	return r && pmi_ready(r) == 0 && (!r->seg || r->seg->writable);
 }
+
+size_t pmem_metrics_registry_nfields(struct pmem_metrics_registry *r)
+{
+	if (!r || pmi_ready(r) != 0)
+		return 0;
+	return r->seg ? r->seg->nfields : NFIELDS;
+}
+
+const char *pmem_metrics_registry_field_name(struct pmem_metrics_registry *r, size_t f)
+{
+	if (f >= pmem_metrics_registry_nfields(r))
+		return NULL;
+	return r->seg ? r->seg->field_name[f] : pmem_metrics_field_name(f);
+}
+
+const char *pmem_metrics_registry_field_doc(struct pmem_metrics_registry *r, size_t f)
+{
+	if (f >= pmem_metrics_registry_nfields(r))
+		return NULL;
+	return r->seg ? r->seg->field_doc[f] : pmem_metrics_field_doc(f);
+}
+
+const char *pmem_metrics_registry_fields(struct pmem_metrics_registry *r, size_t *len)
+{
+	size_t n = 0;
+	const char *fields = NULL;
+
+	if (pmem_metrics_registry_nfields(r) > 0)
+		fields = r->seg ? r->seg->fields : pmi_fields(&n);
+	if (fields && r->seg)
+		n = r->seg->fields_len;
+	if (len)
+		*len = n;
+	return fields;
+}

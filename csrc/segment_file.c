@@ -216,12 +216,69 @@ static int lock_open(struct pmi_seg *g, int dirfd, const char *name, const struc
 	return err ? err : lock_trusted(&st, data, flags);
 }
 
-/* Check the segment open at `g->fd` and copy out its layout; map it if writable. */
+/* Whether `name` (`len` bytes) is a field name: a C identifier of at most 64 characters. */
+static bool field_name_ok(const char *name, size_t len)
+{
+	if (len == 0 || len > 64 || (name[0] >= '0' && name[0] <= '9'))
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = name[i];
+
+		if (!(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
+			return false;
+	}
+	return true;
+}
+
+/* Whether a field's doc is printable: no control character (its bytes are UTF-8 or not). */
+static bool field_doc_ok(const char *doc, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)doc[i] < 0x20 || doc[i] == 0x7f)
+			return false;
+	return true;
+}
+
+/*
+ * Read the field list of `h` into `g`: exactly `nfields` names and docs,
+ * each NUL-terminated, filling the region.  0, EBADMSG, or ENOMEM.
+ */
+static int read_fields(struct pmi_seg *g, const struct pmi_seg_header *h)
+{
+	size_t at = 0, size = (size_t)h->fields_size;
+
+	g->fields = pmi_malloc(size + 1);
+	if (!g->fields)
+		return ENOMEM;
+	if (pread(g->fd, g->fields, size, (off_t)h->fields_off) != (ssize_t)size)
+		return EBADMSG;
+	g->fields[size] = '\0';
+	for (size_t f = 0; f < h->nfields; f++) {
+		for (int k = 0; k < 2; k++) {
+			const char *part = g->fields + at;
+			size_t len = at < size ? strlen(part) : 0;
+
+			if (at + len >= size || !(k ? field_doc_ok(part, len) : field_name_ok(part, len)))
+				return EBADMSG;
+			*(k ? &g->field_doc[f] : &g->field_name[f]) = part;
+			at += len + 1;
+		}
+	}
+	g->nfields = h->nfields;
+	g->fields_len = size;
+	return at == size ? 0 : EBADMSG;
+}
+
+/*
+ * Check the segment open at `g->fd` and copy out its layout; map it if
+ * writable.  A writer takes only a segment of this library's field list;
+ * a reader, any list the file states soundly.
+ */
 static int seg_check(struct pmi_seg *g, const struct stat *st, unsigned flags)
 {
 	struct pmi_seg_header h, want = {0};
-	size_t fields_size = pmi_fields_encode(NULL);
-	char *mine, *theirs;
+	size_t mine = pmi_fields_encode(NULL);
+	char *ours;
 	int err;
 
 	if (!S_ISREG(st->st_mode))
@@ -232,12 +289,14 @@ static int seg_check(struct pmi_seg *g, const struct stat *st, unsigned flags)
 		return EBADMSG; /* truncated */
 	if (memcmp(h.magic, SEG_MAGIC, sizeof(h.magic)) != 0)
 		return EINVAL; /* not a pmem_metrics segment */
-	if (h.version != SEG_VERSION || h.byte_order != SEG_BYTE_ORDER || h.nfields != NFIELDS ||
-	    h.fields_size != fields_size || h.id_max_bytes != ID_MAX_BYTES)
-		return EPROTO; /* another version, byte order or field list */
-	if (h.capacity == 0 || h.capacity > SEG_MAX_CAPACITY)
+	if (h.version != SEG_VERSION || h.byte_order != SEG_BYTE_ORDER || h.id_max_bytes != ID_MAX_BYTES)
+		return EPROTO; /* another version or byte order */
+	if (g->writable && (h.nfields != NFIELDS || h.fields_size != mine))
+		return EPROTO; /* another field list: what would we count into? */
+	if (h.nfields == 0 || h.nfields > SEG_MAX_FIELDS || h.fields_size > SEG_MAX_FIELDS_SIZE ||
+	    h.capacity == 0 || h.capacity > SEG_MAX_CAPACITY)
 		return EBADMSG;
-	seg_layout(h.capacity, NFIELDS, fields_size, &want);
+	seg_layout(h.capacity, h.nfields, h.fields_size, &want);
 	if (h.slot_size != want.slot_size || h.fields_off != want.fields_off ||
 	    h.index_off != want.index_off || h.slots_off != want.slots_off ||
 	    h.claims_off != want.claims_off || h.claim_size != want.claim_size ||
@@ -245,19 +304,18 @@ static int seg_check(struct pmi_seg *g, const struct stat *st, unsigned flags)
 		return EBADMSG; /* corrupt, truncated or grown */
 	if (want.size > SIZE_MAX)
 		return EFBIG; /* more than this process can map (a 32-bit one) */
-	/* The fields by name (and doc): a library with other fields refuses the file. */
-	mine = pmi_malloc(2 * fields_size + 2);
-	if (!mine)
-		return ENOMEM;
-	theirs = mine + fields_size + 1;
-	pmi_fields_encode(mine);
-	if (pread(g->fd, theirs, fields_size, (off_t)h.fields_off) != (ssize_t)fields_size)
-		err = EBADMSG;
-	else if (memcmp(mine, theirs, fields_size) != 0)
-		err = EPROTO;
-	free(mine);
-	if (err)
+	if ((err = read_fields(g, &h)) != 0)
 		return err;
+	if (g->writable) {
+		/* The fields by name and doc, byte for byte: a library with other fields refuses the file. */
+		if (!(ours = pmi_malloc(mine + 1)))
+			return ENOMEM;
+		pmi_fields_encode(ours);
+		err = memcmp(ours, g->fields, mine) == 0 ? 0 : EPROTO;
+		free(ours);
+		if (err)
+			return err;
+	}
 	g->size = want.size;
 	g->capacity = want.capacity;
 	g->slot_size = want.slot_size;
@@ -374,6 +432,8 @@ void pmi_seg_close(struct pmi_seg *g)
 		close(g->lock_fd);
 	free(g->path);
 	free(g->refs);
+	free(g->fields);
+	g->fields = NULL;
 	g->refs = NULL;
 	g->map = NULL;
 	g->fd = -1;

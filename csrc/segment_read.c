@@ -167,29 +167,34 @@ enum { COPY_CHUNK = 64 };
  */
 static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v)
 {
-	size_t cap = v->high * 16 + 1, used = 0;
+	size_t cap = v->high * 16 + 1, used = 0, nf = g->nfields;
+	/* The slot's tail is past the segment's own counters, whatever this build's are. */
+	size_t tail = SEG_COUNTER_SIZE * nf;
 	char *chunk;
 	int err;
 
 	if ((err = pread_all(g->fd, v->slot, v->n * sizeof(uint32_t), g->index_off)) != 0)
 		return err;
 	v->copy = pmi_malloc(v->high * sizeof(*v->copy) + 1);
+	v->counts = pmi_malloc(v->high * 2 * nf * sizeof(*v->counts) + 1);
 	v->ids = pmi_malloc(cap);
 	chunk = pmi_malloc(COPY_CHUNK * g->slot_size);
-	if (!v->copy || !v->ids || !chunk)
+	if (!v->copy || !v->counts || !v->ids || !chunk)
 		err = ENOMEM;
 	for (size_t s0 = 0; err == 0 && s0 < v->high; s0 += COPY_CHUNK) {
 		size_t k = v->high - s0 < COPY_CHUNK ? v->high - s0 : COPY_CHUNK;
 
 		err = pread_all(g->fd, chunk, k * g->slot_size, g->slots_off + s0 * g->slot_size);
 		for (size_t j = 0; err == 0 && j < k; j++) {
-			struct device *d = (struct device *)(chunk + j * g->slot_size);
+			const char *slot = chunk + j * g->slot_size;
+			struct pmi_slot_tail t;
 			struct pmi_slot_copy *c = &v->copy[s0 + j];
-			uint32_t word = atomic_load_explicit(&d->state, memory_order_relaxed);
-			size_t len = pmi_is_device(word) ? pmi_slot_id_len(d) : 0;
+			size_t len;
 
-			if (!atomic_load_explicit(&d->published, memory_order_relaxed) ||
-			    (pmi_is_device(word) && len == 0)) {
+			/* Private memory: the order of these loads no longer matters. */
+			memcpy(&t, slot + tail, sizeof(t));
+			len = pmi_is_device(t.state) && t.id_len <= ID_MAX_BYTES ? t.id_len : 0;
+			if (!t.published || (pmi_is_device(t.state) && len == 0)) {
 				err = EBADMSG; /* below `high`, every slot is published */
 				break;
 			}
@@ -202,18 +207,18 @@ static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v)
 				}
 				v->ids = more;
 			}
-			memcpy(v->ids + used, d->id, len);
+			memcpy(v->ids + used, slot + tail + sizeof(t), len);
 			c->id_at = used;
 			used += len;
 			v->by_slot[s0 + j] = (uint32_t)len;
-			v->state_by_slot[s0 + j] = word;
-			c->retired_ms = atomic_load_explicit(&d->retired_ms, memory_order_relaxed);
-			for (size_t f = 0; f < NFIELDS; f++) {
-				struct pmem_metrics_counter *ctr = pmi_counter(&d->m, f);
+			v->state_by_slot[s0 + j] = t.state;
+			c->retired_ms = t.retired_ms;
+			c->counts = v->counts + (s0 + j) * 2 * nf;
+			for (size_t f = 0; f < nf; f++) {
+				const char *ctr = slot + SEG_COUNTER_SIZE * f;
 
-				/* Private memory: the order of these loads no longer matters. */
-				c->old[f] = atomic_load_explicit(&ctr->old, memory_order_relaxed);
-				c->current[f] = atomic_load_explicit(&ctr->current, memory_order_relaxed);
+				memcpy(&c->counts[f], ctr + SEG_COUNTER_CURRENT, sizeof(uint64_t));
+				memcpy(&c->counts[nf + f], ctr + SEG_COUNTER_OLD, sizeof(uint64_t));
 			}
 		}
 	}
@@ -228,7 +233,7 @@ int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v)
 	bool ok = true;
 	int err;
 
-	*v = (struct pmi_seg_view){.slot_size = g->slot_size};
+	*v = (struct pmi_seg_view){.slot_size = g->slot_size, .nfields = g->nfields};
 	if ((err = read_counts(g, &used, &high)) != 0)
 		return err;
 	v->n = (size_t)used;
@@ -315,9 +320,11 @@ void pmi_seg_view_free(struct pmi_seg_view *v)
 		return; /* freed already */
 	free(v->slot);
 	free(v->copy);
+	free(v->counts);
 	free(v->ids);
 	v->slot = NULL;
 	v->copy = NULL;
+	v->counts = NULL;
 	v->ids = NULL;
 }
 

@@ -27,8 +27,37 @@ import errno
 import time
 from typing import Callable
 
-from ._binding import DEFAULT_REGISTRY, NFIELDS, WAIT_SLICE_MS, CData, ffi, lib, segment_wait_s
+from ._binding import (
+    DEFAULT_REGISTRY,
+    FIELD_DOCS,
+    FIELDS,
+    WAIT_SLICE_MS,
+    CData,
+    ffi,
+    lib,
+    segment_wait_s,
+)
 from .errors import registry_error
+
+_OWN = b"".join(f"{name}\0{FIELD_DOCS[name]}\0".encode() for name in FIELDS)
+"""This library's field list as C gives a registry's: each name, NUL, doc, NUL."""
+_OTHERS: dict[bytes, tuple[tuple[str, ...], dict[str, str]]] = {}
+"""Field lists of segments another build made, decoded once each (a few at most)."""
+
+
+def fields_of(block: bytes) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The names, and each one's doc, of a registry's field list *block* (as C gives it)."""
+    if block == _OWN:
+        return FIELDS, FIELD_DOCS
+    known = _OTHERS.get(block)
+    if known is None:
+        parts = block.decode("utf-8", "replace").split("\0")[:-1]
+        names = tuple(parts[0::2])
+        known = names, dict(zip(names, parts[1::2]))
+        if len(_OTHERS) < 64:  # bounded: a host runs a handful of builds at once
+            _OTHERS[block] = known
+    return known
+
 
 publish = lib.pmem_metrics_snapshot_publish
 withdraw = lib.pmem_metrics_snapshot_withdraw
@@ -38,7 +67,7 @@ dispose = lib.pmem_metrics_snapshot_dispose
 class Snapshot:
     """The ids and numbers of one C snapshot, in id order, copied out in a few calls."""
 
-    __slots__ = ("aggregate", "counts", "diffs", "ids_text")
+    __slots__ = ("aggregate", "counts", "diffs", "docs", "fields", "ids_text", "nf")
 
     def __init__(self, s: CData, counts: bool = False, diffs: bool = True) -> None:
         n = lib.pmem_metrics_snapshot_len(s)
@@ -46,16 +75,21 @@ class Snapshot:
         raw = lib.pmem_metrics_snapshot_ids(s, size)
         # Every id followed by NUL; ids never contain NUL (C rejects it).
         self.ids_text: str = ffi.unpack(raw, size[0]).decode("utf-8")
+        # Its registry's fields: this library's, or a segment's that another build made.
+        raw = lib.pmem_metrics_snapshot_fields(s, size)
+        self.fields, self.docs = fields_of(ffi.unpack(raw, size[0]))
+        self.nf: int = len(self.fields)
+        nf = self.nf
         # A flush reads diffs and their aggregate; a peek (a scrape) the counts,
         # and the diffs too when asked what the next flush would report.
         self.diffs: list[int] = []
         self.aggregate: list[int] = []
         self.counts: list[int] = []
         if counts:
-            self.counts = ffi.unpack(lib.pmem_metrics_snapshot_counts(s), n * NFIELDS)
+            self.counts = ffi.unpack(lib.pmem_metrics_snapshot_counts(s), n * nf)
         if diffs:
-            self.diffs = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * NFIELDS)
-            self.aggregate = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), NFIELDS)
+            self.diffs = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * nf)
+            self.aggregate = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), nf)
 
     @staticmethod
     def split(ids_text: str) -> list[str]:
@@ -64,7 +98,7 @@ class Snapshot:
 
     def columns(self, values: list[int]) -> list[list[int]]:
         """*values* (diffs or counts) split into one list per field, each in id order."""
-        return [values[f::NFIELDS] for f in range(NFIELDS)]
+        return [values[f :: self.nf] for f in range(self.nf)]
 
 
 def new_slot() -> CData:

@@ -37,7 +37,7 @@ from http.server import ThreadingHTTPServer
 from io import BytesIO
 from typing import Any
 
-from ._binding import FIELD_DOCS, FIELDS, NFIELDS
+from ._binding import FIELD_DOCS
 from ._httpd import MetricsHandler, serve
 from ._scrape import ROOM, SCRAPE_TIMEOUT, UP_DOC, Reading, Sources
 from .registry import Registry
@@ -113,15 +113,22 @@ def _escaped(text: str) -> bytes:
 def _pieces(readings: list[Reading], segmented: bool, om: bool) -> Iterator[bytes]:
     """The exposition of *readings*, in pieces: fields' families, then the segments' gauges."""
     read = []
+    docs = dict(FIELD_DOCS)  # this library's fields, then any other a segment has
     for labels, snap, _ in readings:
         if snap is not None:
             # All ids escaped at once, before they are split, as flush.as_json does.
             extra = b',segment="' + _escaped(labels[0]) + b'"' if labels else b""
-            read.append((_escaped(snap.ids_text).split(b"\0")[:-1], snap.counts, extra))
-    for f, field in enumerate(FIELDS):
-        yield _head(f"pmem_{field}", "counter", FIELD_DOCS[field], om)
-        for ids, counts, extra in read:
-            yield from _lines(f"pmem_{field}_total".encode(), ids, counts[f::NFIELDS], extra)
+            read.append((_escaped(snap.ids_text).split(b"\0")[:-1], snap, extra))
+            for field in snap.fields:
+                docs.setdefault(field, snap.docs[field])
+    for field, doc in docs.items():
+        yield _head(f"pmem_{field}", "counter", doc, om)
+        for ids, snap, extra in read:
+            if field in snap.docs:
+                f = snap.fields.index(field)
+                yield from _lines(
+                    f"pmem_{field}_total".encode(), ids, snap.counts[f :: snap.nf], extra
+                )
     if segmented:
         yield _head("pmem_segment_up", "gauge", UP_DOC, om)
         for labels, snap, _ in readings:

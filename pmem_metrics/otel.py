@@ -30,10 +30,17 @@ way, the SDK's work per point being the rest (figures: ``bench/README.md``).
 
 *Uninstrumenting.*  The API cannot unregister an observable instrument, and
 an SDK meter asked again for an instrument hands back the first one, its
-callbacks fixed.  So the four instruments are made once per meter provider,
-with callbacks that ask each active :class:`Instrumentation` of that
+callbacks fixed.  So the instruments are made once per meter provider and
+field, with callbacks that ask each active :class:`Instrumentation` of that
 provider; ``uninstrument()`` takes its own out, and ``instrument()`` again
 later works.
+
+*Other builds' fields.*  A segment made by a build with more fields (read
+read-only) has instruments of its own fields too: made at ``instrument()``
+for the segments given, and for a segment that comes to have another list
+(reopened), right after the collection whose read first saw it (the SDK
+holds its lock while it collects: an instrument made there would wait for
+ever), so its points start at the next collection.
 
 *Errors.*  A registry that cannot be read (a segment removed, corrupt) is
 logged on the ``pmem_metrics`` logger (WARNING) and left out of that
@@ -86,7 +93,8 @@ UNIT = "{event}"
 
 __all__ = ["DRIVE_ID", "SCOPE", "SEGMENT", "UNIT", "Instrumentation", "instrument"]
 
-_Row = tuple[list[dict[str, str]], list[list[int]]]  # a registry's attributes per device, columns
+# A registry's attributes per device, and its columns by field name.
+_Row = tuple[list[dict[str, str]], dict[str, list[int]]]
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
@@ -109,7 +117,7 @@ class Instrumentation:
         self._reopen = reopen
         self._lock = threading.Lock()
         self._rows: list[_Row] = []
-        self._served = set(range(len(FIELDS)))  # every field: the first callback reads
+        self._served: set[str] | None = None  # None: the first callback reads
         self._active = True
         self._provider: _Provider | None = None
 
@@ -126,17 +134,22 @@ class Instrumentation:
         if self._provider is not None:
             self._provider.remove(self)
 
-    def observe(self, field: int, deadline: float) -> list[Observation]:
-        """The points of field number *field*: read anew if that field was served already."""
+    def observe(self, field: str, deadline: float) -> list[Observation]:
+        """The points of the field *field*: read anew if that field was served already."""
         with self._lock:
             if not self._active:
                 return []
-            if field in self._served:
+            if self._served is None or field in self._served:
                 self._rows = [row for s in self._sources if (row := self._read(s, deadline))]
                 self._served = set()
             self._served.add(field)
             rows = self._rows
-        return [Observation(v, a) for attrs, cols in rows for a, v in zip(attrs, cols[field])]
+        return [
+            Observation(v, a)
+            for attrs, cols in rows
+            if field in cols
+            for a, v in zip(attrs, cols[field])
+        ]
 
     def _read(self, source: _Source, deadline: float) -> _Row | None:
         """*source*'s attributes per device and counts per field; ``None`` (logged) on failure."""
@@ -147,7 +160,9 @@ class Instrumentation:
             _log.warning("pmem_metrics: OpenTelemetry: cannot read %s: %s", what, e)
             return None
         attributes = [{DRIVE_ID: i, **source.attributes} for i in Snapshot.split(snap.ids_text)]
-        return attributes, snap.columns(snap.counts)
+        if self._provider is not None and snap.fields != FIELDS:
+            self._provider.later(snap.docs)  # another build's segment: its own fields too
+        return attributes, dict(zip(snap.fields, snap.columns(snap.counts)))
 
     def _peek(self, source: _Source, deadline: float) -> Snapshot:
         """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
@@ -156,21 +171,35 @@ class Instrumentation:
 
 
 class _Provider:
-    """A meter provider's four instruments, whose callbacks ask its active instrumentations."""
+    """A meter provider's instruments, a field each, whose callbacks ask its instrumentations."""
 
     def __init__(self, provider: MeterProvider) -> None:
         from . import __version__
 
         self._lock = threading.Lock()
         self._members: tuple[Instrumentation, ...] = ()
-        meter = provider.get_meter(SCOPE, __version__)
-        for number, name in enumerate(FIELDS):
-            meter.create_observable_counter(
-                f"pmem.{name}",
-                callbacks=[self._callback(number)],
-                unit=UNIT,
-                description=FIELD_DOCS[name],
-            )
+        self._meter = provider.get_meter(SCOPE, __version__)
+        self._fields: set[str] = set()
+        self._fields_lock = threading.Lock()
+        self.ensure(FIELD_DOCS)
+
+    def ensure(self, docs: Mapping[str, str]) -> None:
+        """An instrument for every field of *docs* (name: doc) that has none yet.
+
+        Never from a callback: the SDK holds its lock while it collects.
+        """
+        with self._fields_lock:
+            for name, doc in docs.items():
+                if name not in self._fields:
+                    self._fields.add(name)
+                    self._meter.create_observable_counter(
+                        f"pmem.{name}", callbacks=[self._callback(name)], unit=UNIT, description=doc
+                    )
+
+    def later(self, docs: Mapping[str, str]) -> None:
+        """:meth:`ensure` *docs*' fields once the collection under way is over (from a callback)."""
+        if not set(docs) <= self._fields:
+            threading.Thread(target=self.ensure, args=(dict(docs),), daemon=True).start()
 
     def add(self, member: Instrumentation) -> None:
         with self._lock:
@@ -180,7 +209,7 @@ class _Provider:
         with self._lock:
             self._members = tuple(m for m in self._members if m is not member)
 
-    def _callback(self, field: int) -> _Callback:
+    def _callback(self, field: str) -> _Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             deadline = time.monotonic() + options.timeout_millis / 1000
             return [p for m in self._members for p in m.observe(field, deadline)]
@@ -231,4 +260,7 @@ def instrument(
             _providers[provider] = _Provider(provider)
         member._provider = _providers[provider]
         member._provider.add(member)
+    for source in sources:  # segments another build made: their fields too
+        if source.name is not None:
+            member._provider.ensure(source.registry.field_docs)
     return member

@@ -88,18 +88,22 @@ class PmemCollector(Collector):
 
     def describe(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The families, without samples: registering reads no counter."""
-        return [*(self._family(name) for name in FIELDS), *self._up()]
+        return [*(self._family(name, FIELD_DOCS[name]) for name in FIELDS), *self._up()]
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """One family per field, one sample per device, from one read of each registry."""
-        families = [self._family(name) for name in FIELDS]
+        # This library's fields, then any other a segment (another build's) has.
+        families = {name: self._family(name, FIELD_DOCS[name]) for name in FIELDS}
         up = self._up()
         for extra, snap, room in self._sources.read():
             if snap is None:
                 up[0].add_metric(list(extra), 0)
                 continue
             ids = Snapshot.split(snap.ids_text)
-            for family, counts in zip(families, snap.columns(snap.counts)):
+            for name, counts in zip(snap.fields, snap.columns(snap.counts)):
+                family = families.get(name) or families.setdefault(
+                    name, self._family(name, snap.docs[name])
+                )
                 for drive_id, value in zip(ids, counts):
                     family.add_metric([drive_id, *extra], value)
             if up:
@@ -107,7 +111,7 @@ class PmemCollector(Collector):
             if room is not None:
                 for gauge, value in zip(up[1:], room):
                     gauge.add_metric(list(extra), value)
-        return iter([*families, *up])
+        return iter([*families.values(), *up])
 
     def _up(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
         if not self._sources.segmented:
@@ -118,8 +122,8 @@ class PmemCollector(Collector):
             *(kinds[kind](name, doc, labels=["segment"]) for name, kind, doc in ROOM),
         ]
 
-    def _family(self, name: str) -> CounterMetricFamily:
-        return CounterMetricFamily(f"pmem_{name}", FIELD_DOCS[name], labels=self._labels)
+    def _family(self, name: str, doc: str) -> CounterMetricFamily:
+        return CounterMetricFamily(f"pmem_{name}", doc, labels=self._labels)
 
 
 def register(

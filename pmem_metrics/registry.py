@@ -25,8 +25,8 @@ from __future__ import annotations
 import errno
 from typing import Any, NamedTuple
 
-from ._binding import DEFAULT_REGISTRY, FIELDS, CData, ffi, lib
-from ._snapshot import Snapshot, peek
+from ._binding import DEFAULT_REGISTRY, CData, ffi, lib
+from ._snapshot import Snapshot, fields_of, peek
 from .device import PmemMetricsPerDevice, alloc_in, find_in, retire_in
 from .errors import registry_error
 from .flush import Flush, as_dict, as_json, flush_in
@@ -157,7 +157,7 @@ class Registry:
         snap = peek(self._r, diffs=pending)
         values = snap.diffs if pending else snap.counts
         ids = Snapshot.split(snap.ids_text)
-        return {i: dict(zip(FIELDS, row)) for i, *row in zip(ids, *snap.columns(values))}
+        return {i: dict(zip(snap.fields, row)) for i, *row in zip(ids, *snap.columns(values))}
 
     def flush_metrics(self) -> Flush:
         """Flush: every device's counts since the last flush, then the aggregate, as a dict.
@@ -191,6 +191,16 @@ class Registry:
     def capacity(self) -> int | None:
         """How many devices the segment has room for; ``None`` for a private registry."""
         return lib.pmem_metrics_registry_capacity(self._r) or None
+
+    @property
+    def field_docs(self) -> dict[str, str]:
+        """This registry's fields and their docs, in order: ``FIELD_DOCS``, but for a
+        segment opened read-only that another build made, whose own list it is."""
+        size = ffi.new("size_t *")
+        raw = lib.pmem_metrics_registry_fields(self._r, size)
+        if raw == ffi.NULL:
+            raise registry_error(ffi.errno, self._r, "read the fields of", "cannot be used")
+        return dict(fields_of(ffi.unpack(raw, size[0]))[1])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Registry):
