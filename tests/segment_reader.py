@@ -204,9 +204,8 @@ def _read(fd: int, pending: bool) -> Counts:
             ident = chunk[at + tail + TAIL : at + tail + TAIL + id_len]
             slots.append((state, retired_ms, ident, values))
 
-    def by_id() -> list[int]:
-        devices = [s for s, v in enumerate(slots) if v is not None]
-        return sorted(devices, key=lambda s: slots[s][2])  # type: ignore[index]
+    def by_id() -> list[int]:  # every device slot below high, by id
+        return [s for _, s in sorted((v[2], s) for s, v in enumerate(slots) if v is not None)]
 
     seen: set[int] = set()
     usable = True
