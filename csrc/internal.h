@@ -252,6 +252,14 @@ struct pmi_seg {
 	 */
 	uint32_t *refs;
 	pthread_mutex_t ref_lock;
+	/*
+	 * Writable: slots [0, reserved) have storage, as this process made sure
+	 * (segment_file.c): only those are touched through the mapping, so a
+	 * `high` another process wrote can never send us into a hole of the
+	 * sparse file (a SIGBUS once the file system is full).
+	 */
+	_Atomic uint64_t reserved;
+	pthread_mutex_t reserve_lock;
 };
 
 /* The two locks of a segment, each a byte of its lock file. */
@@ -309,8 +317,14 @@ int pmi_seg_check_identity(const struct pmi_seg *g);
 /* Whether a segment file of status `st` may be opened with `flags`: 0, or EPERM. */
 int pmi_seg_trusted(const struct stat *st, unsigned flags);
 int pmi_seg_after_fork(struct pmi_seg *g);
-/* Storage for slots [0, through] (and their index and claim entries): 0, or ENOSPC/errno. */
-int pmi_seg_reserve(struct pmi_seg *g, uint64_t through);
+/* Storage for slots [0, n) (with their index and claim entries): 0, or ENOSPC. */
+int pmi_seg_reserve(struct pmi_seg *g, uint64_t n);
+/*
+ * The header's `high`, read once, bounded by the capacity and by the slots
+ * with storage (reserving what a legitimate insert reserved already):
+ * every slot below it may be touched through the mapping.
+ */
+uint64_t pmi_seg_high(struct pmi_seg *g);
 
 /* segment_read.c */
 
@@ -348,7 +362,7 @@ struct pmi_seg_view {
 	size_t high;       /* slots the view read: [0, high) */
 	bool sorted;       /* by the slots' own ids, not by the index */
 };
-int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v);
+int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v);
 /*
  * The caller found the ids out of order along the view: sort the slots by
  * their ids instead.  0, or EBADMSG (sorted already: the ids change as they
@@ -357,7 +371,7 @@ int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v);
 int pmi_seg_view_sort(struct pmi_seg_view *v);
 void pmi_seg_view_free(struct pmi_seg_view *v);
 const char *pmi_view_id(const struct pmi_seg_view *v, size_t i);
-int pmi_seg_device_count(const struct pmi_seg *g, size_t *n);
+int pmi_seg_device_count(struct pmi_seg *g, size_t *n);
 /* Sort `n` slot numbers of the mapping's slots by their ids (lengths `len`, by slot). */
 void pmi_seg_sort(const struct pmi_seg *g, uint32_t *v, size_t n, const uint32_t *len);
 /* A header word read once, from the mapping or with pread(): 0, or EBADMSG. */
@@ -383,7 +397,7 @@ void pmi_seg_claim_apply(struct pmi_seg *g, int k, bool back);
 /* The claim's baselines stay where they are for good: let claim `k` go. */
 void pmi_seg_claim_close(struct pmi_seg *g, int k);
 /* Whether an active claim (a flush on its way, or a dead flusher's) names slot `s`. */
-bool pmi_seg_claimed(const struct pmi_seg *g, uint64_t s);
+bool pmi_seg_claimed(struct pmi_seg *g, uint64_t s);
 
 /* segment_index.c */
 struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
@@ -410,7 +424,7 @@ struct pmi_reported {
 /* segment_life.c */
 int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len);
 void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep);
-int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *out);
+int pmi_seg_stats(struct pmi_seg *g, struct pmem_metrics_registry_stats *out);
 
 /* ---- fork.c: the process-wide registry state ---- */
 

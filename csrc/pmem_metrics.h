@@ -109,8 +109,8 @@
  *   shared byte-range lock on one byte per slot: a retired device's slot is
  *   reused only while nobody holds it, and a dead process holds nothing.
  * - Readers take no lock: a peek (a scrape), a device count and a flush's
- *   copy read the slots that `used` says are published (release stores by
- *   the inserter, acquire loads here) and check the sorted index before
+ *   copy read the slots below `high`, each published (release stores by
+ *   the inserter, acquire loads here), and check the sorted index before
  *   they trust it (each entry a device, once; ids strictly increasing); a
  *   bad index is sorted around, an impossible count or id is EBADMSG.  (An
  *   index another process scrambled can make an insert miss an id and add
@@ -130,12 +130,18 @@
  * peeks fail with a clean error (EBADMSG).  It can never make another
  * process crash, hang without bound, read or write outside the segment, or
  * corrupt memory that is not the segment's counters -- with one exception
- * no file-backed design avoids: a process that shrinks the file (truncate)
+ * no file-backed design avoids: a process that shrinks the file (truncate,
+ * or punches holes in it on a full file system)
  * makes the kernel send SIGBUS to whoever touches the lost pages through a
  * mapping, that is, to the processes that increment or flush there (and so
- * also read there).  A read-only registry reads with pread() and gets
- * EBADMSG instead: an exporter that only scrapes survives it.  A process
- * that can only read a segment can scrape it.
+ * also read there).  (The file is sparse: a writer touches only the slots it
+ * has itself made sure have storage, so a scribbled count never leads it
+ * into a hole, which on a full file system would be a SIGBUS too.)  A
+ * read-only registry reads with pread() and gets EBADMSG instead: an
+ * exporter that only scrapes survives it.  A process that can only read a
+ * segment can scrape it, and affects nobody: readers take no lock, and
+ * every lock a writer takes or waits for is in the lock file, which a
+ * reader cannot open.
  *
  * What a flush promises.  Exactly once while no process is killed: every
  * increment is reported by one flush, across every process that flushes the

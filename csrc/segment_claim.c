@@ -42,12 +42,22 @@ static uint64_t *entry_diff(struct pmi_claim *c, uint64_t i)
 	return (uint64_t *)((char *)(c + 1) + i * ENTRY_SIZE + 8);
 }
 
+/*
+ * Slots this process made sure have storage, and so claim entries too
+ * (segment_file.c): a number from the file is bounded by it before use.
+ */
+static uint64_t reserved(const struct pmi_seg *g)
+{
+	/* Acquire pairs with the release store in pmi_seg_reserve(). */
+	return atomic_load_explicit(&((struct pmi_seg *)g)->reserved, memory_order_acquire);
+}
+
 /* The entries of `c` (as the file says, read once and bounded). */
 static uint64_t claim_len(const struct pmi_seg *g, const struct pmi_claim *c)
 {
-	uint64_t n = *(const volatile uint64_t *)&c->n;
+	uint64_t n = *(const volatile uint64_t *)&c->n, max = reserved(g);
 
-	return n < g->capacity ? n : g->capacity;
+	return n < max ? n : max;
 }
 
 /* Entry `i`'s device, or NULL if the entry names no slot (nothing of ours moved there). */
@@ -55,7 +65,7 @@ static struct device *entry_device(const struct pmi_seg *g, struct pmi_claim *c,
 {
 	uint32_t slot = *(volatile uint32_t *)entry_slot(c, i);
 
-	return slot < g->capacity ? pmi_seg_slot(g, slot) : NULL;
+	return slot < reserved(g) ? pmi_seg_slot(g, slot) : NULL;
 }
 
 /*
@@ -108,6 +118,12 @@ int pmi_seg_claim_open(struct pmi_seg *g)
 	uint32_t mine = atomic_load_explicit(&g->mine, memory_order_relaxed);
 	int free_k = -1;
 
+	/*
+	 * A dead flusher's claim names slots below `high`: storage this process
+	 * may not have made sure of yet (a process that just opened the
+	 * segment), and entries are bounded by what it has.
+	 */
+	pmi_seg_high(g);
 	/*
 	 * Only an active record can be a dead flusher's, and only a lock
 	 * tells: one try each (one system call; it fails while the owner
@@ -180,8 +196,9 @@ void pmi_seg_claim_close(struct pmi_seg *g, int k)
 	pmi_seg_claim_unlock(g, k);
 }
 
-bool pmi_seg_claimed(const struct pmi_seg *g, uint64_t s)
+bool pmi_seg_claimed(struct pmi_seg *g, uint64_t s)
 {
+	pmi_seg_high(g); /* the claims' entries this process may read: see pmi_seg_claim_open() */
 	for (int k = 0; k < SEG_CLAIMS; k++) {
 		struct pmi_claim *c = claim_at(g, k);
 		uint64_t n;

@@ -12,7 +12,11 @@
  * have storage; each chunk of SEG_SLOT_CHUNK slots gets its own (with its
  * index and claim entries) when an insert first reaches it
  * (pmi_seg_reserve()), so a segment costs what its devices use, and a full
- * file system is an insert's ENOSPC, never a SIGBUS on a page fault.
+ * file system is an insert's ENOSPC, never a SIGBUS on a page fault.  Each
+ * writer touches through its mapping only slots it has made sure have
+ * storage (pmi_seg_high()): reserving again what another process reserved
+ * costs a system call and no space, and a `high` a scribbler raised gets
+ * storage or is not followed.
  */
 #include "internal.h"
 
@@ -105,6 +109,8 @@ static int lock_create(int dirfd, const char *lname, mode_t mode)
 	return err;
 }
 
+static int reserve_chunk(struct pmi_seg *g, uint64_t first);
+
 /*
  * Create the segment `name` in the directory `dirfd` whole, under a
  * temporary name, then link it in: the path is a complete segment or absent.
@@ -134,9 +140,21 @@ static int seg_create(int dirfd, const char *name, uint64_t capacity, unsigned m
 	err = (fields = pmi_malloc(layout.fields_size + 1)) ? 0 : ENOMEM;
 	if (err == 0 && (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)layout.size) != 0))
 		err = errno;
-	/* Storage for the header and the field list now; the slots' as inserts reach them. */
+	/*
+	 * Storage for the header, the field list and the first chunk of slots
+	 * (with the claim records' heads, which every flush reads) now; the
+	 * other slots' as inserts reach them.
+	 */
 	if (err == 0)
 		err = posix_fallocate(fd, 0, (off_t)layout.index_off);
+	if (err == 0) {
+		struct pmi_seg first = {.fd = fd, .capacity = layout.capacity,
+					.slot_size = layout.slot_size, .index_off = layout.index_off,
+					.slots_off = layout.slots_off, .claims_off = layout.claims_off,
+					.claim_size = layout.claim_size};
+
+		err = reserve_chunk(&first, 0);
+	}
 	if (err == 0 && pwrite(fd, &layout, sizeof(layout), 0) != (ssize_t)sizeof(layout))
 		err = errno ? errno : EIO;
 	if (err == 0) {
@@ -264,6 +282,10 @@ static int read_fields(struct pmi_seg *g, const struct pmi_seg_header *h)
 			at += len + 1;
 		}
 	}
+	for (size_t f = 0; f < h->nfields; f++)
+		for (size_t e = 0; e < f; e++)
+			if (strcmp(g->field_name[e], g->field_name[f]) == 0)
+				return EBADMSG; /* a name twice: which is which? */
 	g->nfields = h->nfields;
 	g->fields_len = size;
 	return at == size ? 0 : EBADMSG;
@@ -415,6 +437,8 @@ int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigne
 		err = pthread_mutex_init(&g->thread_lock[i], NULL);
 	if (err == 0)
 		err = pthread_mutex_init(&g->ref_lock, NULL);
+	if (err == 0)
+		err = pthread_mutex_init(&g->reserve_lock, NULL);
 	if (err == 0 && g->writable && !(g->refs = calloc(g->capacity, sizeof(*g->refs))))
 		err = ENOMEM;
 	if (err)
@@ -466,6 +490,7 @@ int pmi_seg_after_fork(struct pmi_seg *g)
 
 	for (int i = 0; i < 2; i++)
 		g->thread_lock[i] = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	g->reserve_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
 	atomic_store_explicit(&g->mine, 0, memory_order_relaxed); /* the parent's claims stay its own */
 	if (!g->writable)
 		return 0;
@@ -482,18 +507,14 @@ int pmi_seg_after_fork(struct pmi_seg *g)
 	return pmi_seg_refs_after_fork(g);
 }
 
-int pmi_seg_reserve(struct pmi_seg *g, uint64_t slot)
+/* Storage for the chunk of slots from `first` (index entries, slots, claim entries). */
+static int reserve_chunk(struct pmi_seg *g, uint64_t first)
 {
-	uint64_t first = slot / SEG_SLOT_CHUNK * SEG_SLOT_CHUNK, n = SEG_SLOT_CHUNK, esize;
-	int err;
+	uint64_t n = first + SEG_SLOT_CHUNK > g->capacity ? g->capacity - first : SEG_SLOT_CHUNK;
+	uint64_t esize = entry_size(NFIELDS);
+	int err = posix_fallocate(g->fd, (off_t)(g->index_off + first * sizeof(uint32_t)),
+				  (off_t)(n * sizeof(uint32_t)));
 
-	if (slot != first)
-		return 0; /* its chunk has storage: reserved when the chunk's first slot was taken */
-	if (first + n > g->capacity)
-		n = g->capacity - first;
-	esize = entry_size(NFIELDS);
-	err = posix_fallocate(g->fd, (off_t)(g->index_off + first * sizeof(uint32_t)),
-			      (off_t)(n * sizeof(uint32_t)));
 	if (err == 0)
 		err = posix_fallocate(g->fd, (off_t)(g->slots_off + first * g->slot_size),
 				      (off_t)(n * g->slot_size));
@@ -504,7 +525,43 @@ int pmi_seg_reserve(struct pmi_seg *g, uint64_t slot)
 		err = posix_fallocate(g->fd, (off_t)at,
 				      (off_t)(claim + sizeof(struct pmi_claim) + (first + n) * esize - at));
 	}
-	return err == EFBIG ? ENOSPC : err;
+	return err;
+}
+
+int pmi_seg_reserve(struct pmi_seg *g, uint64_t n)
+{
+	uint64_t have;
+	int err = 0;
+
+	if (n > g->capacity)
+		return ENOSPC;
+	/* Acquire pairs with the release store below: the storage another thread made. */
+	if (n <= atomic_load_explicit(&g->reserved, memory_order_acquire))
+		return 0;
+	pthread_mutex_lock(&g->reserve_lock);
+	have = atomic_load_explicit(&g->reserved, memory_order_relaxed);
+	/* Whole chunks, from the first this process has not made sure of. */
+	for (uint64_t first = have; err == 0 && first < n; first += SEG_SLOT_CHUNK) {
+		err = reserve_chunk(g, first);
+		if (err == 0) {
+			have = first + SEG_SLOT_CHUNK < g->capacity ? first + SEG_SLOT_CHUNK : g->capacity;
+			atomic_store_explicit(&g->reserved, have, memory_order_release);
+		}
+	}
+	pthread_mutex_unlock(&g->reserve_lock);
+	return err == 0 ? 0 : err == EFBIG || err == ENOSPC ? ENOSPC : err;
+}
+
+uint64_t pmi_seg_high(struct pmi_seg *g)
+{
+	/* Acquire pairs with the inserts' release stores of `high`: the slots below it. */
+	uint64_t high = atomic_load_explicit(&pmi_seg_hdr(g)->high, memory_order_acquire);
+
+	if (high > g->capacity)
+		high = g->capacity; /* nonsense: what the slots say is checked where they are read */
+	if (pmi_seg_reserve(g, high) != 0)
+		high = atomic_load_explicit(&g->reserved, memory_order_acquire); /* only a scribbler's */
+	return high;
 }
 
 /* The format's names, for pmem_metrics_segment_offset(): one row each, from segment_layout.h. */

@@ -30,7 +30,7 @@ static int seg_rebuild(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 {
 	struct pmi_seg_header *h = pmi_seg_hdr(g);
 	_Atomic uint32_t *index = pmi_seg_index(g);
-	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire);
+	uint64_t high = pmi_seg_high(g);
 	uint32_t *v, *len;
 	size_t n = 0;
 
@@ -224,10 +224,8 @@ static void seg_compact(struct pmi_seg *g, uint64_t seq, uint64_t *used)
 {
 	struct pmi_seg_header *h = pmi_seg_hdr(g);
 	_Atomic uint32_t *index = pmi_seg_index(g);
-	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire), n = 0;
+	uint64_t high = pmi_seg_high(g), n = 0;
 
-	if (high > g->capacity)
-		high = g->capacity; /* read from the file: bounded before use */
 	atomic_store_explicit(&h->seq, seq | 1, memory_order_relaxed);
 	for (uint64_t i = 0; i < *used; i++) {
 		uint32_t slot = atomic_load_explicit(&index[i], memory_order_relaxed);
@@ -274,11 +272,11 @@ static bool seg_expire(struct pmi_seg *g, uint64_t high, const struct pmi_deadli
  * waiting for their final flush, or drained ones whose last references are
  * still held.  An allocation waits for their room (within its deadline).
  */
-static bool seg_leaving(const struct pmi_seg *g)
+static bool seg_leaving(struct pmi_seg *g)
 {
-	uint64_t high = atomic_load_explicit(&pmi_seg_hdr(g)->high, memory_order_acquire);
+	uint64_t high = pmi_seg_high(g);
 
-	for (uint64_t s = 0; s < high && s < g->capacity; s++) {
+	for (uint64_t s = 0; s < high; s++) {
 		uint32_t state = pmi_dev_state(
 			atomic_load_explicit(&pmi_seg_slot(g, s)->state, memory_order_relaxed));
 
@@ -299,7 +297,7 @@ static struct device *seg_insert(struct pmi_seg *g, uint64_t *seq, uint64_t *use
 {
 	struct pmi_seg_header *h = pmi_seg_hdr(g);
 	_Atomic uint32_t *index = pmi_seg_index(g);
-	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire), slot = high;
+	uint64_t high = pmi_seg_high(g), slot = high;
 	struct device *d;
 	uint32_t word;
 
@@ -329,7 +327,7 @@ static struct device *seg_insert(struct pmi_seg *g, uint64_t *seq, uint64_t *use
 		return NULL;
 	}
 	/* A slot never used before: its storage first (the file is sparse past it). */
-	if (slot == high && (*err = pmi_seg_reserve(g, slot)) != 0)
+	if (slot == high && (*err = pmi_seg_reserve(g, slot + 1)) != 0)
 		return NULL;
 	d = pmi_seg_slot(g, slot);
 	/* A slot given to a new device: a flush that reported the old one leaves it alone. */
@@ -377,7 +375,7 @@ static struct device *seg_alloc_locked(struct pmi_seg *g, const char *id, size_t
 	struct pmi_seg_header *h = pmi_seg_hdr(g);
 	uint64_t seq = atomic_load_explicit(&h->seq, memory_order_relaxed);
 	uint64_t used = atomic_load_explicit(&h->used, memory_order_relaxed);
-	uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire);
+	uint64_t high = pmi_seg_high(g);
 	struct device *d = NULL;
 	/*
 	 * Unless an insert began since `seen_seq` was even (each leaves it 2
@@ -433,8 +431,8 @@ struct device *pmi_seg_alloc(struct pmi_seg *g, const char *id, size_t len,
 		/* Acquire pairs with the release stores of `seq`, `used`, `high`: slots and index. */
 		seen_seq = atomic_load_explicit(&h->seq, memory_order_acquire);
 		seen_used = atomic_load_explicit(&h->used, memory_order_acquire);
-		seen_high = atomic_load_explicit(&h->high, memory_order_acquire);
-		d = seen_high <= g->capacity ? seg_find(g, seen_used, seen_high, id, len, &at) : NULL;
+		seen_high = pmi_seg_high(g);
+		d = seg_find(g, seen_used, seen_high, id, len, &at);
 		if (!d) {
 			if ((*err = pmi_seg_lock(g, SEG_INSERT_LOCK, dl)) != 0)
 				return NULL;
@@ -486,11 +484,11 @@ struct device *pmi_seg_find(struct pmi_seg *g, const char *id, size_t len, int *
 		/* Acquire pairs with the release stores of `seq`, `used` and `high`. */
 		uint64_t seq = atomic_load_explicit(&h->seq, memory_order_acquire);
 		uint64_t used = atomic_load_explicit(&h->used, memory_order_acquire);
-		uint64_t high = atomic_load_explicit(&h->high, memory_order_acquire);
+		uint64_t high = pmi_seg_high(g);
 		struct device *d = NULL;
 		size_t at = 0;
 
-		if (used > high || high > g->capacity) {
+		if (used > high) {
 			*err = EBADMSG;
 			return NULL;
 		}

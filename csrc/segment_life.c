@@ -65,7 +65,7 @@ void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep)
 		pmi_seg_compact(g); /* out of the index */
 }
 
-int pmi_seg_stats(const struct pmi_seg *g, struct pmem_metrics_registry_stats *out)
+int pmi_seg_stats(struct pmi_seg *g, struct pmem_metrics_registry_stats *out)
 {
 	struct pmi_seg_view v;
 	uint64_t failures;

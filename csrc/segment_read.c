@@ -122,15 +122,18 @@ int pmi_seg_read_word(const struct pmi_seg *g, size_t off, uint64_t *out)
  * insert raises `high` before `used`, so this never sees more devices than
  * slots.
  */
-static int read_counts(const struct pmi_seg *g, uint64_t *used, uint64_t *high)
+static int read_counts(struct pmi_seg *g, uint64_t *used, uint64_t *high)
 {
-	if (pmi_seg_read_word(g, offsetof(struct pmi_seg_header, used), used) != 0 ||
-	    pmi_seg_read_word(g, offsetof(struct pmi_seg_header, high), high) != 0)
+	if (pmi_seg_read_word(g, offsetof(struct pmi_seg_header, used), used) != 0)
 		return EBADMSG; /* truncated under us */
+	if (g->map)
+		*high = pmi_seg_high(g); /* slots with storage: the mapping may touch them */
+	else if (pmi_seg_read_word(g, offsetof(struct pmi_seg_header, high), high) != 0)
+		return EBADMSG;
 	return *used <= *high && *high <= g->capacity ? 0 : EBADMSG;
 }
 
-int pmi_seg_device_count(const struct pmi_seg *g, size_t *n)
+int pmi_seg_device_count(struct pmi_seg *g, size_t *n)
 {
 	uint64_t used, high;
 	int err = read_counts(g, &used, &high);
@@ -226,7 +229,7 @@ static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v)
 	return err;
 }
 
-int pmi_seg_view(const struct pmi_seg *g, struct pmi_seg_view *v)
+int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v)
 {
 	uint64_t used, high;
 	unsigned char *seen;

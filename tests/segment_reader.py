@@ -114,6 +114,9 @@ def _pread(fd: int, n: int, off: int) -> bytes:
     return b"".join(parts)
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
 def _fields(raw: bytes, nfields: int) -> list[str]:
     """The field names of the list *raw*: name NUL doc NUL per field, filling it exactly."""
     parts = raw.split(b"\0")
@@ -123,8 +126,10 @@ def _fields(raw: bytes, nfields: int) -> list[str]:
         names = [name.decode("utf-8") for name in parts[0:-1:2]]
     except UnicodeDecodeError:
         raise SegmentFormatError("a field name is not UTF-8") from None
-    if not all(names) or len(set(names)) != len(names):
-        raise SegmentFormatError(f"field names empty or repeated: {names}")
+    if not all(_NAME.fullmatch(n) for n in names) or len(set(names)) != len(names):
+        raise SegmentFormatError(f"field names not identifiers, or repeated: {names}")
+    if any(b < 0x20 or b == 0x7F for doc in parts[1:-1:2] for b in doc):
+        raise SegmentFormatError("a field's doc has a control character")
     return names
 
 

@@ -861,8 +861,15 @@ static void test_devices_come_and_go(void)
 	}
 	(void)ids;
 	CHECK(atomic_load(&churn->enospc) == 0);
-	CHECK(atomic_load(&churn->reported) == atomic_load(&churn->added));
+	/*
+	 * What the stalled flusher had taken when its last line failed is
+	 * reported by the next flush: here, if it withdrew after the other's
+	 * last (every process has exited: nothing is on its way any more).
+	 */
 	r = pmem_metrics_registry_open(seg_path("churn3"), 64, 0600);
+	for (int i = 0; r && i < 3; i++)
+		atomic_fetch_add(&churn->reported, (uint64_t)flush_sum(r, 3, NULL, NULL));
+	CHECK(atomic_load(&churn->reported) == atomic_load(&churn->added));
 	CHECK(r && pmem_metrics_registry_stats(r, &st) == 0 && st.devices == 0 &&
 	      st.alloc_failures == 0);
 	printf("# %d processes x %d plug/unplug cycles through 64 slots: %llu counted, %llu reported "

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -502,6 +503,19 @@ static bool die_at(const void *arg)
 	return false; /* not reached: killed */
 }
 
+/* A process that has just opened the segment, whose first call is a flush. */
+static bool flush_first(const void *arg)
+{
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path(arg), 0, 0600);
+	struct pmem_metrics_snapshot *s = NULL;
+
+	if (!r || pmem_metrics_registry_snapshot_take_into(r, &s, 5000) != 0)
+		return false;
+	account(s, kt->reported);
+	pmem_metrics_snapshot_commit(s);
+	return true;
+}
+
 /* Add, flush and peek as usual: every call must work. */
 static bool survive(const void *arg)
 {
@@ -535,6 +549,7 @@ static void test_a_process_killed_at_any_pause_loses_no_count(void)
 
 		memset(kt, 0, sizeof(*kt));
 		CHECK(in_child(die_at, steps[i]) == 128 + SIGKILL);
+		CHECK(in_child(flush_first, steps[i]) == 0); /* undoes the dead claim, if any */
 		a = start_child(survive, steps[i]);
 		b = start_child(survive, steps[i]);
 		CHECK(wait_child(a) == 0 && wait_child(b) == 0);
@@ -894,6 +909,118 @@ static void test_a_reader_holding_every_lock_it_can_delays_no_writer(void)
 	close(lk.ready[0]);
 }
 
+/* ---- A scribbler pointing writers at storage the file does not have ---------------- */
+
+/*
+ * On a file system that is full (a tmpfs of its own, filled up), a
+ * scribbler raises `high` to the capacity and names far slots in a claim:
+ * slots the sparse file has no storage for.  A writer must not touch them
+ * through its mapping (a SIGBUS, there being no page to give it): every
+ * call returns, with a clean error or not.
+ */
+static const char *full_dir;
+
+static bool write_into_a_full_file_system(const void *arg)
+{
+	char path[128];
+	struct pmem_metrics_registry *r;
+	struct pmem_metrics_snapshot *s = NULL;
+	struct pmem_metrics *m;
+	int calls = 0;
+
+	(void)arg;
+	snprintf(path, sizeof(path), "%s/seg", full_dir);
+	r = pmem_metrics_registry_open(path, 0, 0600);
+	if (!r)
+		return false;
+	for (int i = 0; i < 20; i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "new%d", i);
+		m = pmem_metrics_registry_alloc_within(r, id, strlen(id), 100);
+		if (m)
+			pmem_metrics_release(m);
+		if (pmem_metrics_registry_snapshot_take_into(r, &s, 100) == 0)
+			pmem_metrics_snapshot_commit(s);
+		s = NULL;
+		if (pmem_metrics_registry_snapshot_peek_into(r, &s, 0) == 0)
+			pmem_metrics_snapshot_free(s);
+		s = NULL;
+		errno = 0;
+		pmem_metrics_registry_device_count(r);
+		calls += 4;
+	}
+	return calls == 80; /* reached: no signal on the way */
+}
+
+/* A default-capacity segment at `arg` with four devices. */
+static bool make_four(const void *arg)
+{
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(arg, 0, 0600);
+	bool ok = r != NULL;
+
+	for (int i = 0; ok && i < 4; i++) {
+		char id[16];
+
+		snprintf(id, sizeof(id), "f%d", i);
+		ok = pmem_metrics_registry_alloc(r, id) != NULL;
+	}
+	return ok;
+}
+
+static void test_a_full_file_system_is_an_error_never_a_signal(void)
+{
+	char tmpl[128], path[160], filler[160];
+	struct image im;
+	long claims_off, claim_size;
+	int fd;
+
+	snprintf(tmpl, sizeof(tmpl), "%s/fullfs", dir);
+	if (mkdir(tmpl, 0700) != 0 || mount("tmpfs", tmpl, "tmpfs", 0, "size=256k") != 0) {
+		printf("# cannot mount a small tmpfs here (%s): not root?\n", strerror(errno));
+		CHECK(geteuid() != 0); /* as root (CI) it must run */
+		return;
+	}
+	full_dir = tmpl;
+	snprintf(path, sizeof(path), "%s/seg", tmpl);
+	CHECK(in_child(make_four, path) == 0); /* this process keeps nothing open there */
+	/* Fill what is left of the file system. */
+	snprintf(filler, sizeof(filler), "%s/filler", tmpl);
+	fd = open(filler, O_WRONLY | O_CREAT, 0600);
+	for (off_t at = 0; fd >= 0 && posix_fallocate(fd, at, 4096) == 0; at += 4096)
+		;
+	if (fd >= 0)
+		close(fd);
+	/* The scribbler: `high` to the capacity, a claim naming the last slot, active. */
+	CHECK(image_map(path, &im));
+	claims_off = (long)at("header.claims_off");
+	claim_size = (long)at("header.claim_size");
+	{
+		uint64_t cap, coff, csize;
+
+		memcpy(&cap, im.base + at("header.capacity"), 8);
+		memcpy(&coff, im.base + claims_off, 8);
+		memcpy(&csize, im.base + claim_size, 8);
+		memcpy(im.base + at("header.high"), &cap, 8);
+		/* Claim 3: one entry, slot cap - 1 (its head has storage: the first chunk's). */
+		{
+			unsigned char *c = im.base + coff + 3 * csize;
+			uint64_t one = 1, active = (uint64_t)at("claim_active"), mark = 2;
+			uint32_t last = (uint32_t)(cap - 1);
+
+			memcpy(c + at("claim.n"), &one, 8);
+			memcpy(c + at("claim.mark"), &mark, 8);
+			memcpy(c + at("claim.entries") + at("entry.slot"), &last, 4);
+			memcpy(c + at("claim.state"), &active, 8);
+		}
+	}
+	munmap(im.base, im.size);
+	CHECK(in_child(write_into_a_full_file_system, NULL) == 0);
+	printf("# a full tmpfs, a scribbled high and claim: the writer made 80 calls, none touched a hole\n");
+	CHECK(umount(tmpl) == 0);
+	rmdir(tmpl);
+}
+
 int main(void)
 {
 	const char *tmp = getenv("TMPDIR");
@@ -915,6 +1042,7 @@ int main(void)
 	RUN(test_a_process_killed_at_any_pause_loses_no_count);
 	RUN(test_a_corrupt_index_never_lists_a_device_twice);
 	RUN(test_a_reader_holding_every_lock_it_can_delays_no_writer);
+	RUN(test_a_full_file_system_is_an_error_never_a_signal);
 	if (fork() == 0)
 		execlp("rm", "rm", "-rf", dir, (char *)NULL);
 	wait(NULL);
