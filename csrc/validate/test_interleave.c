@@ -227,14 +227,20 @@ static int do_setup(struct pmem_metrics_registry *r, const struct scenario *scn)
 	struct pmem_metrics *d = pmem_metrics_registry_alloc(r, "D");
 	struct pmem_metrics *e = pmem_metrics_registry_alloc(r, "E");
 
-	if (!d || !e)
-		return 1;
+	if (!d || !e) {
+		say("x 1 set-up alloc: %s", strerror(errno));
+		return -1;
+	}
 	pmem_metrics_add(pmem_metrics_field(d, 0), N0);
 	for (size_t f = 0; f < NF; f++)
 		pmem_metrics_add(pmem_metrics_field(e, f), E_COUNTS[f]);
 	pmem_metrics_release(d);
 	pmem_metrics_release(e);
-	return scn->retire_first && pmem_metrics_registry_retire(r, "D", 1) != 0;
+	if (scn->retire_first && pmem_metrics_registry_retire(r, "D", 1) != 0) {
+		say("x 1 set-up retire: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
 }
 
 /* F1 and F2: take; deliver (before publishing) or not; "line"; publish or withdraw; dispose. */
