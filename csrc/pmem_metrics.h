@@ -831,7 +831,9 @@ void pmem_metrics_fault_fail_alloc(unsigned n);
  * "copy", after the first device's counters were loaded; in a segment,
  * "claim", its claim recorded and nothing moved yet) and of a commit or
  * withdrawal ("commit", "withdraw", after the first device; a segment's
- * flush commits at its take).  NULL turns it off.
+ * flush commits at its take), and before each sleep of a wait for another
+ * process ("wait": a lock or a device was busy; the call tries again when
+ * the hook returns).  NULL turns it off.
  */
 void pmem_metrics_fault_pause_hook(void (*hook)(const char *where));
 #endif

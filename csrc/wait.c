@@ -55,6 +55,8 @@ void pmi_backoff(const struct pmi_deadline *d, unsigned round)
 	long long left = left_ns(d);
 	struct timespec t;
 
+	/* A lock was busy: a test's scheduler lets another process run (fault.c). */
+	pmi_pause_point("wait");
 	if (ns > 1000000)
 		ns = 1000000;
 	if (ns > left)
