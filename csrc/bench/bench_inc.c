@@ -2,7 +2,9 @@
  * bench_inc.c - the counter hot path from C, and how it scales with threads.
  *
  * 1. One thread: pmem_metrics_inc() against a raw relaxed atomic_fetch_add()
- *    loop on a plain _Atomic uint64_t (the floor).
+ *    loop on a plain _Atomic uint64_t (the floor), and pmem_metrics_inc() on
+ *    a device of a shared segment (a fresh one under $TMPDIR, removed after)
+ *    against the same on a private device.
  * 2. T threads (1, 2, ... up to the cores online) on
  *      one-counter        every thread bumps the same counter
  *      one-device         each thread its own counter of one device
@@ -151,7 +153,11 @@ int main(int argc, char **argv)
 {
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	int counts[16], ncounts = 0, max_threads = (int)(cores < MAX_THREADS ? cores : MAX_THREADS);
-	double lib = 1e9, raw = 1e9, rate[NMODES][16];
+	double lib = 1e9, raw = 1e9, seg = 1e9, priv = 1e9, rate[NMODES][16];
+	struct pmem_metrics *seg_dev = NULL;
+	int seg_made = 0;
+	char seg_dir[256], seg_path[300], lock_path[310];
+	const char *tmp = getenv("TMPDIR");
 	const char *json = NULL;
 	static _Atomic uint64_t floor_counter __attribute__((aligned(64)));
 	char id[32];
@@ -175,15 +181,40 @@ int main(int argc, char **argv)
 	if (counts[ncounts - 1] != max_threads && ncounts < 16)
 		counts[ncounts++] = max_threads;
 
+	snprintf(seg_dir, sizeof(seg_dir), "%s/pmem-bench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if ((seg_made = mkdtemp(seg_dir) != NULL)) {
+		struct pmem_metrics_registry *r;
+
+		snprintf(seg_path, sizeof(seg_path), "%s/segment", seg_dir);
+		snprintf(lock_path, sizeof(lock_path), "%s.lock", seg_path);
+		r = pmem_metrics_registry_open(seg_path, 64, 0600);
+		seg_dev = r ? pmem_metrics_registry_alloc(r, "bench-segment") : NULL;
+		if (!seg_dev)
+			perror("segment (its comparison skipped)");
+	} else {
+		perror("mkdtemp (the segment comparison skipped)");
+	}
+
 	for (int r = 0; r < REPEATS; r++) { /* interleaved, best of each */
 		double a = time_library(&dev[0]->activate_fails), b = time_raw(&floor_counter);
 
 		lib = a < lib ? a : lib;
 		raw = b < raw ? b : raw;
+		if (seg_dev) {
+			a = time_library(&seg_dev->activate_fails);
+			b = time_library(&dev[1]->activate_fails);
+			seg = a < seg ? a : seg;
+			priv = b < priv ? b : priv;
+		}
 	}
 	printf("# %ld cores online, %ld increments per thread, best of %d\n", cores, iters, REPEATS);
-	printf("single thread: pmem_metrics_inc %.2f ns, raw atomic add %.2f ns: %.3fx the floor\n\n",
+	printf("single thread: pmem_metrics_inc %.2f ns, raw atomic add %.2f ns: %.3fx the floor\n",
 	       lib / (double)iters * 1e9, raw / (double)iters * 1e9, lib / raw);
+	if (seg_dev)
+		printf("single thread: pmem_metrics_inc on a segment's device %.2f ns, a private "
+		       "device's %.2f ns: %.3fx\n",
+		       seg / (double)iters * 1e9, priv / (double)iters * 1e9, seg / priv);
+	printf("\n");
 
 	printf("%-12s", "threads");
 	for (int m = 0; m < NMODES; m++)
@@ -198,6 +229,9 @@ int main(int argc, char **argv)
 		printf("\n");
 	}
 	printf("\n%s C inc <= 1.1x the raw atomic loop: %.3fx\n", verdict(lib / raw <= 1.1), lib / raw);
+	if (seg_dev)
+		printf("%s C inc in a segment <= 1.05x private: %.3fx\n", verdict(seg / priv <= 1.05),
+		       seg / priv);
 	if (ncounts > 1 && counts[1] == 2) {
 		double od = rate[ONE_DEVICE][1] / rate[ONE_DEVICE][0];
 		double dv = rate[DEVICES][1] / rate[DEVICES][0];
@@ -206,6 +240,11 @@ int main(int argc, char **argv)
 		       verdict(od >= 1.8), od);
 		printf("%s 2 threads, different devices >= 1.8x one thread: %.2fx\n", verdict(dv >= 1.8), dv);
 	}
+	if (seg_made) {
+		unlink(seg_path);
+		unlink(lock_path);
+		rmdir(seg_dir);
+	}
 	if (json) {
 		FILE *f = fopen(json, "w");
 
@@ -213,8 +252,11 @@ int main(int argc, char **argv)
 			perror(json);
 			return 1;
 		}
-		fprintf(f, "{\"cores\": %ld, \"iters\": %ld, \"inc_vs_raw\": %.4f, \"threads\": [", cores,
-			iters, lib / raw);
+		fprintf(f, "{\"cores\": %ld, \"iters\": %ld, \"inc_vs_raw\": %.4f, ", cores, iters,
+			lib / raw);
+		if (seg_dev)
+			fprintf(f, "\"segment_inc_vs_private\": %.4f, ", seg / priv);
+		fprintf(f, "\"threads\": [");
 		for (int k = 0; k < ncounts; k++)
 			fprintf(f, "%s%d", k ? ", " : "", counts[k]);
 		fprintf(f, "], \"throughput\": {");
