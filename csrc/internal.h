@@ -234,6 +234,7 @@ struct pmi_seg {
 	size_t nfields;
 	char *fields; /* the file's list, copied: name, NUL, doc, NUL, ... */
 	size_t fields_len;
+	bool own_fields; /* the list is this library's (always, for a writer) */
 	const char *field_name[SEG_MAX_FIELDS], *field_doc[SEG_MAX_FIELDS];
 	dev_t dev; /* the data file's identity: one registry per segment per process */
 	ino_t ino;
@@ -394,6 +395,8 @@ int pmi_seg_claim_record(struct pmi_seg *g, int k, struct device *const *devs,
 			 const uint64_t *moves, size_t m);
 /* Move the baselines by what claim `k` took: up, or back down (what had moved). */
 void pmi_seg_claim_apply(struct pmi_seg *g, int k, bool back);
+/* The report of claim `k`'s flush is out: a dead owner's record is let go, not undone. */
+void pmi_seg_claim_publish(struct pmi_seg *g, int k);
 /* The claim's baselines stay where they are for good: let claim `k` go. */
 void pmi_seg_claim_close(struct pmi_seg *g, int k);
 /* Whether an active claim (a flush on its way, or a dead flusher's) names slot `s`. */

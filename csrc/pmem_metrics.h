@@ -154,12 +154,15 @@
  * records in the file (holding that record's byte-range lock), moves the
  * baselines, and lets the lock go, so a report stuck on its way (a pipe
  * nobody drains) holds up no other process's flushes; they report what came
- * after.  Published, the claim is let go; withdrawn, the baselines move back
- * first.  A flusher killed with its claim active has its lock dropped by the
- * kernel, and the next flush moves the baselines back for it (its record
+ * after.  The claim stays until the flush is settled for good (freed once
+ * published, or withdrawn: the baselines move back first), and while it
+ * stays no device it names is let go, retired or not (its baselines may yet
+ * move back).  A flusher killed before publishing has its lock dropped by
+ * the kernel, and the next flush moves the baselines back for it (its record
  * says how far they had moved; at most one device's counts more than had
- * moved are reported twice).  With every claim record in use (four), a flush
- * holds the lock until it is published, as a private registry's does.
+ * moved are reported twice); one killed after publishing had its report
+ * out, and its claim is let go as it stands.  With every claim record in
+ * use (four), a flush holds the lock until it is settled.
  * A report handed to a caller in memory (not a line) lives there: a process
  * killed after the flush was published takes it with it, and a withdrawal
  * of a published report cut short by a kill leaves the rest published.
@@ -512,6 +515,11 @@ const char *pmem_metrics_registry_field_doc(struct pmem_metrics_registry *r, siz
  * NUL, in order (a segment's as its file has it); its size in *len.
  */
 const char *pmem_metrics_registry_fields(struct pmem_metrics_registry *r, size_t *len);
+/*
+ * This library's field list as one such block.  A registry whose list it
+ * is returns this very pointer from pmem_metrics_registry_fields().
+ */
+const char *pmem_metrics_fields(size_t *len);
 
 /*
  * The segment format (docs/segment-format.md), for tools and tests that
@@ -708,7 +716,8 @@ void pmem_metrics_snapshot_free(struct pmem_metrics_snapshot *s);
 /*
  * As pmem_metrics_snapshot_take(), waiting at most `timeout_ms` milliseconds
  * for another flush to finish (0: do not wait; negative: wait as long as it
- * takes).  Stores the snapshot in *slot before it returns.  Returns 0, or -1
+ * takes in a private registry, and at most PMEM_METRICS_SEGMENT_WAIT_MS in
+ * a segment, where every wait is bounded).  Stores the snapshot in *slot before it returns.  Returns 0, or -1
  * with *slot NULL and errno ETIMEDOUT (another flush is still outstanding;
  * in a segment, in this process or another),
  * EDEADLK (this thread has one open), ENOMEM, or EINVAL (slot NULL or *slot

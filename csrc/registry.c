@@ -527,10 +527,21 @@ const char *pmem_metrics_registry_fields(struct pmem_metrics_registry *r, size_t
 	size_t n = 0;
 	const char *fields = NULL;
 
+	/* This library's own list is one block, whoever has it: a binding compares a pointer. */
 	if (pmem_metrics_registry_nfields(r) > 0)
-		fields = r->seg ? r->seg->fields : pmi_fields(&n);
-	if (fields && r->seg)
+		fields = r->seg && !r->seg->own_fields ? r->seg->fields : pmi_fields(&n);
+	if (fields && r->seg && !r->seg->own_fields)
 		n = r->seg->fields_len;
+	if (len)
+		*len = n;
+	return fields;
+}
+
+const char *pmem_metrics_fields(size_t *len)
+{
+	size_t n;
+	const char *fields = pmi_fields(&n);
+
 	if (len)
 		*len = n;
 	return fields;

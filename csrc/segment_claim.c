@@ -9,11 +9,13 @@
  * publication, or withdrawn.  Other flushes go on meanwhile: they report
  * only what came after.  Not delivered: the flush moves the baselines back
  * down (relative moves commute with the flushes in between) and lets the
- * record go.  Killed at any step with the record active: the kernel drops
- * its lock, and the next flush finds it so and moves the baselines back for
- * it -- so those counts are reported again (at least once), never lost.  A
- * kill half-way through moving makes the next flush move back what had not
- * moved yet as well: reported twice, again never lost.
+ * record go.  Killed at any step before its publication, with the record
+ * active: the kernel drops its lock, and the next flush finds it so and
+ * moves the baselines back for it -- so those counts are reported again (at
+ * least once), never lost.  A kill half-way through moving makes the next
+ * flush move back what had not moved yet as well: reported twice, again
+ * never lost.  Published, the record says so: a flusher killed after that
+ * had its report out, and the next flush lets its record go as it stands.
  *
  * While a record is active, the baselines of the slots it names may still
  * move back: no drain lets such a device go (segment_life.c), and no slot
@@ -23,6 +25,12 @@
 
 #include <errno.h>
 #include <string.h>
+
+/* Whether a record in state `state` belongs to a flush not settled yet (live or dead). */
+static bool in_use(uint64_t state)
+{
+	return state == CLAIM_ACTIVE || state == CLAIM_PUBLISHED;
+}
 
 static struct pmi_claim *claim_at(const struct pmi_seg *g, int k)
 {
@@ -133,18 +141,18 @@ int pmi_seg_claim_open(struct pmi_seg *g)
 	 */
 	for (int k = 0; k < SEG_CLAIMS; k++) {
 		struct pmi_claim *c = claim_at(g, k);
+		uint64_t state;
 
-		if ((mine & (1u << k)) ||
-		    atomic_load_explicit(&c->state, memory_order_relaxed) != CLAIM_ACTIVE)
+		if ((mine & (1u << k)) || !in_use(atomic_load_explicit(&c->state, memory_order_relaxed)))
 			continue;
 		if (pmi_seg_claim_lock(g, k) != 0)
 			continue; /* a flush of another process, its report on the way */
 		/* Acquire pairs with the release store that made it active: its entries. */
-		if (atomic_load_explicit(&c->state, memory_order_acquire) == CLAIM_ACTIVE) {
-			/* Its owner died with its report on the way, or before: report it again. */
-			claim_move(g, c, true);
+		state = atomic_load_explicit(&c->state, memory_order_acquire);
+		if (state == CLAIM_ACTIVE)
+			claim_move(g, c, true); /* its owner died before its report was out: again */
+		if (in_use(state))
 			atomic_store_explicit(&c->state, 0, memory_order_release);
-		}
 		if (free_k < 0)
 			free_k = k; /* keep its lock: ours now */
 		else
@@ -152,7 +160,7 @@ int pmi_seg_claim_open(struct pmi_seg *g)
 	}
 	for (int k = 0; free_k < 0 && k < SEG_CLAIMS; k++) {
 		if ((mine & (1u << k)) ||
-		    atomic_load_explicit(&claim_at(g, k)->state, memory_order_relaxed) == CLAIM_ACTIVE)
+		    in_use(atomic_load_explicit(&claim_at(g, k)->state, memory_order_relaxed)))
 			continue;
 		if (pmi_seg_claim_lock(g, k) == 0)
 			free_k = k;
@@ -189,6 +197,12 @@ int pmi_seg_claim_record(struct pmi_seg *g, int k, struct device *const *devs,
 	return 0;
 }
 
+void pmi_seg_claim_publish(struct pmi_seg *g, int k)
+{
+	/* Release: after the report went out (the caller's line). */
+	atomic_store_explicit(&claim_at(g, k)->state, CLAIM_PUBLISHED, memory_order_release);
+}
+
 void pmi_seg_claim_close(struct pmi_seg *g, int k)
 {
 	atomic_store_explicit(&claim_at(g, k)->state, 0, memory_order_release);
@@ -204,7 +218,7 @@ bool pmi_seg_claimed(struct pmi_seg *g, uint64_t s)
 		uint64_t n;
 
 		/* Acquire pairs with the release store that made it active: its entries. */
-		if (atomic_load_explicit(&c->state, memory_order_acquire) != CLAIM_ACTIVE)
+		if (!in_use(atomic_load_explicit(&c->state, memory_order_acquire)))
 			continue;
 		n = claim_len(g, c);
 		for (uint64_t i = 0; i < n; i++)

@@ -288,6 +288,12 @@ static int read_fields(struct pmi_seg *g, const struct pmi_seg_header *h)
 				return EBADMSG; /* a name twice: which is which? */
 	g->nfields = h->nfields;
 	g->fields_len = size;
+	{
+		size_t own_len;
+		const char *own = pmi_fields(&own_len);
+
+		g->own_fields = own_len == size && memcmp(own, g->fields, size) == 0;
+	}
 	return at == size ? 0 : EBADMSG;
 }
 
@@ -300,7 +306,6 @@ static int seg_check(struct pmi_seg *g, const struct stat *st, unsigned flags)
 {
 	struct pmi_seg_header h, want = {0};
 	size_t mine = pmi_fields_encode(NULL);
-	char *ours;
 	int err;
 
 	if (!S_ISREG(st->st_mode))
@@ -328,16 +333,9 @@ static int seg_check(struct pmi_seg *g, const struct stat *st, unsigned flags)
 		return EFBIG; /* more than this process can map (a 32-bit one) */
 	if ((err = read_fields(g, &h)) != 0)
 		return err;
-	if (g->writable) {
-		/* The fields by name and doc, byte for byte: a library with other fields refuses the file. */
-		if (!(ours = pmi_malloc(mine + 1)))
-			return ENOMEM;
-		pmi_fields_encode(ours);
-		err = memcmp(ours, g->fields, mine) == 0 ? 0 : EPROTO;
-		free(ours);
-		if (err)
-			return err;
-	}
+	/* The fields by name and doc, byte for byte: a library with other fields refuses the file. */
+	if (g->writable && !g->own_fields)
+		return EPROTO;
 	g->size = want.size;
 	g->capacity = want.capacity;
 	g->slot_size = want.slot_size;
@@ -593,6 +591,7 @@ static const struct {
 	{"byte_order", SEG_BYTE_ORDER},
 	{"claims", SEG_CLAIMS},
 	{"claim_active", (long long)CLAIM_ACTIVE},
+	{"claim_published", (long long)CLAIM_PUBLISHED},
 	{"slot_chunk", SEG_SLOT_CHUNK},
 	{"max_capacity", SEG_MAX_CAPACITY},
 	{"nfields", NFIELDS},

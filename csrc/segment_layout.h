@@ -92,7 +92,13 @@ struct pmi_claim_entry {
 	uint64_t diff[]; /* nfields */
 };
 
-/* A claim record: CLAIM_ACTIVE while the flush it belongs to may still move baselines back. */
+/*
+ * A claim record: CLAIM_ACTIVE from before its baselines move until its
+ * flush is published (a dead owner's is undone: the next flush moves them
+ * back); CLAIM_PUBLISHED from then until the flush is settled for good (a
+ * live owner may still withdraw; a dead owner's is let go as it stands).
+ * Anything else: free.
+ */
 struct pmi_claim {
 	_Atomic uint64_t state;
 	uint64_t n; /* entries */
@@ -101,7 +107,8 @@ struct pmi_claim {
 	/* then n entries of 8 + 8 nfields bytes */
 };
 
-#define CLAIM_ACTIVE 0x434c41494d414354u /* "CLAIMACT": no zeroed or stray word means it */
+#define CLAIM_ACTIVE 0x434c41494d414354u    /* "CLAIMACT": no zeroed or stray word means it */
+#define CLAIM_PUBLISHED 0x434c41494d505542u /* "CLAIMPUB" */
 
 /*
  * The lock file's byte offsets.  The insert lock and the flush lock are

@@ -277,7 +277,10 @@ void pmem_metrics_snapshot_publish(struct pmem_metrics_snapshot **slot)
 		return;
 	if (s->claim < 0)
 		move_old(s, false); /* a claim moved at its take */
+	else
+		pmi_seg_claim_publish(s->reg->seg, s->claim);
 	s->state = SNAPSHOT_PUBLISHED;
+	pmi_pause_point("publish"); /* out, and said so; not settled yet */
 	/*
 	 * A private registry's flush lets its flush lock go now (a withdrawal
 	 * after this is safe there: see pmi_private_drain()).  A segment's

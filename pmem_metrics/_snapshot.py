@@ -41,6 +41,8 @@ from .errors import registry_error
 
 _OWN = b"".join(f"{name}\0{FIELD_DOCS[name]}\0".encode() for name in FIELDS)
 """This library's field list as C gives a registry's: each name, NUL, doc, NUL."""
+_OWN_RAW = lib.pmem_metrics_fields(ffi.NULL)
+"""The C block of this library's field list: what a registry of these fields hands out."""
 _OTHERS: dict[bytes, tuple[tuple[str, ...], dict[str, str]]] = {}
 """Field lists of segments another build made, decoded once each (a few at most)."""
 
@@ -77,7 +79,10 @@ class Snapshot:
         self.ids_text: str = ffi.unpack(raw, size[0]).decode("utf-8")
         # Its registry's fields: this library's, or a segment's that another build made.
         raw = lib.pmem_metrics_snapshot_fields(s, size)
-        self.fields, self.docs = fields_of(ffi.unpack(raw, size[0]))
+        if raw == _OWN_RAW:
+            self.fields, self.docs = FIELDS, FIELD_DOCS
+        else:
+            self.fields, self.docs = fields_of(ffi.unpack(raw, size[0]))
         self.nf: int = len(self.fields)
         nf = self.nf
         # A flush reads diffs and their aggregate; a peek (a scrape) the counts,
