@@ -32,7 +32,7 @@ struct pmem_metrics_registry pmi_default_registry = {
 /* Held while the default registry's kind is being decided (attach(), PMEM_METRICS_SHM). */
 pthread_mutex_t pmi_kind_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* The segments opened as registries, newest first; never freed. */
+/* The segments opened as registries, newest first, until closed (registry.c). */
 pthread_mutex_t pmi_opened_lock = PTHREAD_MUTEX_INITIALIZER;
 struct pmem_metrics_registry *pmi_opened;
 

@@ -464,6 +464,7 @@ struct pmem_metrics_registry {
 	_Atomic uint32_t open_flushes;   /* private: taken and not yet freed (see private_drain()) */
 	_Atomic uint64_t alloc_failures; /* private: allocations that failed (no memory) */
 	uint64_t swept_ms; /* private: when expired retired devices were last let go (lock held) */
+	unsigned opens; /* opens not closed yet (opened_lock held): the last close frees it */
 	struct pmem_metrics_registry *next; /* in `opened` */
 };
 
@@ -525,6 +526,9 @@ int pmi_ready(struct pmem_metrics_registry *r);
 struct pmem_metrics_snapshot {
 	size_t n;         /* devices reported: one per id */
 	size_t nf;        /* fields a row: its registry's (a segment's own, read-only) */
+	/* Their names and docs, as pmem_metrics_registry_fields(): this library's, or a copy. */
+	const char *fields;
+	size_t fields_len;
 	uint64_t *seen;   /* n * nf: `current` as loaded */
 	uint64_t *diffs;  /* n * nf: seen - old */
 	uint64_t agg[SEG_MAX_FIELDS];

@@ -463,7 +463,8 @@ int pmem_metrics_is_shared(void);
  * of their own, without attaching: an exporter reading several, say.  Each
  * call below is the default-registry call of the same name, on `r`; a NULL
  * `r` fails with EINVAL (0 where the call returns a count).  A registry
- * lives as long as the process (its devices' pointers stay valid).
+ * lives until its last open is closed (pmem_metrics_registry_close()), the
+ * default registry as long as the process.
  */
 struct pmem_metrics_registry;
 
@@ -479,6 +480,19 @@ struct pmem_metrics_registry *pmem_metrics_registry_default(void);
  */
 struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_t capacity,
 							 unsigned mode);
+
+/*
+ * Close one open of `r` (each pmem_metrics_registry_open*() that returned
+ * it is one).  The last close lets the segment go: its files, its mapping
+ * and its memory, so an agent that follows segments coming and going holds
+ * only the live ones.  After its last close `r` must not be used, as a
+ * closed file descriptor; snapshots already taken from it stay readable
+ * (they hold copies).  -1 with errno EBUSY, changing nothing, while this
+ * process holds a reference to one of its devices or a flush of it is not
+ * freed; EINVAL for NULL, or a registry not open (the default registry:
+ * only the opens that returned it are counted off; it stays).
+ */
+int pmem_metrics_registry_close(struct pmem_metrics_registry *r);
 
 /*
  * As pmem_metrics_registry_open(), with PMEM_METRICS_OPEN_* flags: a

@@ -148,9 +148,11 @@ static struct pmem_metrics_registry *opened_path(const char *path, unsigned flag
 		return NULL; /* the open below says why */
 	pthread_mutex_lock(&pmi_opened_lock);
 	known = opened_file(st.st_dev, st.st_ino);
-	pthread_mutex_unlock(&pmi_opened_lock);
 	if (known && !(flags & PMEM_METRICS_OPEN_READONLY) && !known->seg->writable)
-		return NULL; /* read-only so far: the open below says EBUSY */
+		known = NULL; /* read-only so far: the open below says EBUSY */
+	if (known)
+		known->opens++; /* one more open to close */
+	pthread_mutex_unlock(&pmi_opened_lock);
 	return known;
 }
 
@@ -297,14 +299,17 @@ struct pmem_metrics_registry *pmem_metrics_registry_open_flags(const char *path,
 			.seg = g,
 			.lock = REGISTRY_LOCK_INITIALIZER,
 			.flush_lock = PTHREAD_MUTEX_INITIALIZER,
+			.opens = 1,
 			.next = pmi_opened,
 		};
 		pmi_opened = r;
 	}
+	err = known && g->writable && !known->seg->writable ? EBUSY : 0; /* open read-only already */
+	if (known && !err)
+		known->opens++;
 	pthread_mutex_unlock(&pmi_opened_lock);
 	if (!known)
 		return r;
-	err = g->writable && !known->seg->writable ? EBUSY : 0; /* open read-only already */
 	pmi_seg_close(g);
 	free(r);
 	if (err) {
@@ -318,6 +323,63 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 							 unsigned mode)
 {
 	return pmem_metrics_registry_open_flags(path, capacity, mode, 0);
+}
+
+/*
+ * Whether this process holds anything of `r` that closing it would leave
+ * dangling: a flush not freed yet, or a reference to one of its devices.
+ */
+static bool registry_busy(struct pmem_metrics_registry *r)
+{
+	bool busy = atomic_load_explicit(&r->open_flushes, memory_order_acquire) != 0;
+
+	pthread_mutex_lock(&r->seg->ref_lock);
+	for (uint64_t s = 0; !busy && r->seg->refs && s < r->seg->capacity; s++)
+		busy = r->seg->refs[s] != 0;
+	pthread_mutex_unlock(&r->seg->ref_lock);
+	return busy;
+}
+
+int pmem_metrics_registry_close(struct pmem_metrics_registry *r)
+{
+	struct pmem_metrics_registry **at;
+	int err = 0;
+
+	if (!r) {
+		errno = EINVAL;
+		return -1;
+	}
+	pthread_mutex_lock(&pmi_opened_lock);
+	for (at = &pmi_opened; *at && *at != r; at = &(*at)->next)
+		;
+	if (r == &pmi_default_registry) {
+		/* Attached: it stays; only the opens that handed it out are counted off. */
+		if (r->opens > 0)
+			r->opens--;
+		else
+			err = EINVAL;
+	} else if (!*at) {
+		err = EINVAL; /* not a registry opened here, or closed already */
+	} else if (r->opens > 1) {
+		r->opens--;
+	} else if (registry_busy(r)) {
+		err = EBUSY;
+	} else {
+		*at = r->next; /* nobody can find it any more, nor hold anything of it */
+		r->opens = 0;
+	}
+	pthread_mutex_unlock(&pmi_opened_lock);
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	if (r != &pmi_default_registry && r->opens == 0) {
+		pmi_seg_close(r->seg);
+		pthread_rwlock_destroy(&r->lock);
+		pthread_mutex_destroy(&r->flush_lock);
+		free(r); /* its segment was allocated with it */
+	}
+	return 0;
 }
 
 /* ---- Calls on a registry ------------------------------------------------------ */

@@ -67,7 +67,8 @@ static void claim(struct pmem_metrics_snapshot *s, int k)
  */
 static bool forked_away(struct pmem_metrics_snapshot *s)
 {
-	if (!s->reg || !s->reg->seg || s->state == SNAPSHOT_PEEK ||
+	/* A peek holds nothing of its registry (which may be closed by now): first. */
+	if (s->state == SNAPSHOT_PEEK || !s->reg || !s->reg->seg ||
 	    s->forks == atomic_load_explicit(&pmi_forks, memory_order_relaxed))
 		return false;
 	if (held == s)
@@ -215,12 +216,9 @@ size_t pmem_metrics_snapshot_nfields(const struct pmem_metrics_snapshot *s)
 
 const char *pmem_metrics_snapshot_fields(const struct pmem_metrics_snapshot *s, size_t *len)
 {
-	if (!s) {
-		if (len)
-			*len = 0;
-		return NULL;
-	}
-	return pmem_metrics_registry_fields(s->reg, len);
+	if (len)
+		*len = s ? s->fields_len : 0;
+	return s ? s->fields : NULL;
 }
 
 /*

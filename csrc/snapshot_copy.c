@@ -24,9 +24,13 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool
 	 * uint64_t arrays first, so they are 8-byte aligned even where pointers
 	 * are 4 bytes.
 	 */
-	size_t arrays = merging ? 3 : 2, nf = r->seg ? r->seg->nfields : NFIELDS;
+	size_t arrays = merging ? 3 : 2, nf = r->seg ? r->seg->nfields : NFIELDS, own_len;
+	const char *own = pmi_fields(&own_len);
+	/* Another build's fields are copied: a peek outlives a registry closed after it. */
+	size_t copied = r->seg && !r->seg->own_fields ? r->seg->fields_len : 0;
 	size_t size = sizeof(struct pmem_metrics_snapshot) + arrays * n * nf * sizeof(uint64_t) +
-		      n * (sizeof(struct device *) + sizeof(size_t) + 2 * sizeof(uint32_t)) + ids_len;
+		      n * (sizeof(struct device *) + sizeof(size_t) + 2 * sizeof(uint32_t)) + copied +
+		      ids_len;
 	struct pmem_metrics_snapshot *s = pmi_malloc(size);
 
 	if (!s)
@@ -42,7 +46,13 @@ static struct pmem_metrics_snapshot *snapshot_new(size_t n, size_t ids_len, bool
 	s->id_at = (size_t *)(s->devs + n);
 	s->states = (uint32_t *)(s->id_at + n);
 	s->borns = s->states + n;
-	s->ids = (char *)(s->borns + n);
+	s->fields = own;
+	s->fields_len = own_len;
+	if (copied) {
+		s->fields = memcpy(s->borns + n, r->seg->fields, copied);
+		s->fields_len = copied;
+	}
+	s->ids = (char *)(s->borns + n) + copied;
 	s->ids_len = ids_len;
 	s->state = state;
 	s->reg = r;

@@ -101,7 +101,7 @@ SEGMENT_PROBLEMS = {
     errno.EFBIG: "too large for this machine (over a quarter of its memory) or this process",
     errno.EBUSY: (
         "this process already used its registry (attach before any other call), "
-        "or has this segment open (open_segment)"
+        "has this segment open (open_segment), or holds a device or a flush of it (close)"
     ),
     errno.ESTALE: "removed or replaced since it was opened: open the path again",
     errno.EPERM: (

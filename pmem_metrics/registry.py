@@ -15,9 +15,8 @@ without attaching the process, so one process can read or flush several
     >>> seg.flush_metrics_json()  # doctest: +SKIP
     '{"pmem_drv0":{"activate_fails":1,...},"pmem":{"activate_fails":1,...}}'
 
-A registry lives as long as the process (its devices' counters stay
-mapped), and opening a segment the process has open already gives that same
-registry.
+Opening a segment the process has open already gives that same registry;
+each open is let go by :meth:`Registry.close`, the last one freeing it.
 """
 
 from __future__ import annotations
@@ -55,9 +54,10 @@ class Registry:
     ``Registry`` objects compare equal when they are the same C registry.
     """
 
-    __slots__ = ("_r", "path")
+    __slots__ = ("_cr", "_opened", "path")
 
-    _r: CData  # the C struct pmem_metrics_registry *
+    _cr: CData | None  # the C struct pmem_metrics_registry *; None once closed
+    _opened: bool  # an open of its own to close (open_segment's)
     path: str | None
     """The path the segment was opened by; ``None`` for the default registry."""
 
@@ -65,11 +65,50 @@ class Registry:
         raise TypeError("use pmem_metrics.open_segment(path) or Registry.default()")
 
     @classmethod
-    def _wrap(cls, r: CData, path: str | None) -> Registry:
+    def _wrap(cls, r: CData, path: str | None, opened: bool = False) -> Registry:
         self = object.__new__(cls)
-        self._r = r
+        self._cr = r
+        self._opened = opened
         self.path = path
         return self
+
+    @property
+    def _r(self) -> CData:
+        """The C registry; ``ValueError`` once this object closed it."""
+        if self._cr is None:
+            raise ValueError(f"{self._origin()} is closed")
+        return self._cr
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (this object can no longer be used)."""
+        return self._cr is None
+
+    def close(self) -> None:
+        """Let go of this open of the segment: its files and memory go with the last one.
+
+        Each :func:`open_segment` that returned this segment is one open; the
+        last close frees it, so an agent that follows segments coming and
+        going holds descriptors and memory for the live ones only.  Reads
+        already made stay yours.  Raises :class:`SegmentError` with
+        ``errno.EBUSY`` (and stays open) while a device handle or a flush of
+        it is held in this process, ``ValueError`` for the default registry
+        (not opened here).  Closing twice does nothing.  Also a context
+        manager: ``with open_segment(path, readonly=True) as seg: ...``.
+        """
+        if self._cr is None:
+            return
+        if not self._opened:
+            raise ValueError(f"{self._origin()} was not opened here: it cannot be closed")
+        if lib.pmem_metrics_registry_close(self._cr) != 0:
+            raise registry_error(ffi.errno, self._cr, "close", "cannot close the segment")
+        self._cr = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def default(cls) -> Registry:
@@ -205,10 +244,10 @@ class Registry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Registry):
             return NotImplemented
-        return bool(self._r == other._r)
+        return self is other if self._cr is None or other._cr is None else self._cr == other._cr
 
     def __hash__(self) -> int:
-        return hash(int(ffi.cast("uintptr_t", self._r)))
+        return hash(int(ffi.cast("uintptr_t", self._cr))) if self._cr is not None else id(self)
 
     def __repr__(self) -> str:
         return self._origin()

@@ -105,7 +105,9 @@ def open_segment(
     it" check applies: the reader cannot be harmed, only misinformed).
 
     Raises what :func:`attach` raises, except ``EBUSY`` (but for a segment
-    open read-only here already, opened again for writing).
+    open read-only here already, opened again for writing).  Each call is
+    one open, let go by the registry's :meth:`~Registry.close` (the segment
+    stays open until its last open is closed, or the process ends).
     """
     # Only a call that may create the segment can make one it would refuse.
     raw, size, bits = segment_args(path, capacity, mode, trust=trust or readonly or not create)
@@ -117,7 +119,7 @@ def open_segment(
     r = lib.pmem_metrics_registry_open_flags(raw, size, bits, flags)
     if r == ffi.NULL:
         raise segment_error(ffi.errno, os.fsdecode(raw), "open")
-    return Registry._wrap(r, registry_path(r))
+    return Registry._wrap(r, registry_path(r), opened=True)
 
 
 def segment_offset(name: str) -> int:
