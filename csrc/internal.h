@@ -239,6 +239,7 @@ struct pmi_seg {
 	dev_t dev; /* the data file's identity: one registry per segment per process */
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */
+	_Atomic int path_forgotten; /* 1: the file it has open is read whatever the path names now */
 	/*
 	 * A segment's locks exclude other processes, not the threads of this
 	 * one (byte-range locks of the open file description, which the

@@ -495,6 +495,15 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 int pmem_metrics_registry_close(struct pmem_metrics_registry *r);
 
 /*
+ * From now on, flushes and peeks of the segment `r` read the file it has
+ * open without checking that its path still names it (no ESTALE): how a
+ * follower reads a segment's final counts once its file was removed or
+ * replaced (a VM that exited), before it closes it.  -1 with errno EINVAL
+ * for NULL or a private registry.
+ */
+int pmem_metrics_registry_forget_path(struct pmem_metrics_registry *r);
+
+/*
  * As pmem_metrics_registry_open(), with PMEM_METRICS_OPEN_* flags: a
  * read-only registry (READONLY), no creation (EXISTING), no ownership
  * check (TRUST).  Opening a segment this process has open already returns

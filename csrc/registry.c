@@ -325,6 +325,16 @@ struct pmem_metrics_registry *pmem_metrics_registry_open(const char *path, size_
 	return pmem_metrics_registry_open_flags(path, capacity, mode, 0);
 }
 
+int pmem_metrics_registry_forget_path(struct pmem_metrics_registry *r)
+{
+	if (!r || !pmem_metrics_registry_is_shared(r)) {
+		errno = EINVAL;
+		return -1;
+	}
+	atomic_store_explicit(&r->seg->path_forgotten, 1, memory_order_relaxed);
+	return 0;
+}
+
 /*
  * Whether this process holds anything of `r` that closing it would leave
  * dangling: a flush not freed yet, or a reference to one of its devices.

@@ -10,6 +10,7 @@ its path when asked.  This module needs nothing but the package itself.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -17,9 +18,9 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from ._snapshot import Snapshot, peek
-from .errors import PmemMetricsError, SegmentReplacedError
+from .errors import PmemMetricsError
+from .follow import Followed
 from .registry import Registry
-from .segment import open_segment
 
 _log = logging.getLogger("pmem_metrics")
 
@@ -46,11 +47,16 @@ order: (name, type, HELP)."""
 class Source:
     """One registry a scrape reads, and the label values its series get."""
 
-    __slots__ = ("labels", "registry")
+    __slots__ = ("followed", "labels", "registry")
 
-    def __init__(self, labels: tuple[str, ...], registry: Registry) -> None:
+    def __init__(self, labels: tuple[str, ...], registry: Registry, reopen: bool) -> None:
         self.labels = labels
-        self.registry = registry  # replaced by the one its path names now, on reopening
+        self.registry = registry  # the default registry's; a segment's is followed:
+        self.followed = None
+        if registry.path is not None:
+            self.followed = Followed(
+                registry.path, registry=registry, readonly=registry.readonly, reopen=reopen
+            )
 
 
 class Reading(NamedTuple):
@@ -98,9 +104,9 @@ class Sources:
         self.segmented = segments is not None
         """Whether these are named segments (series labelled ``segment``, and the room gauges)."""
         self.sources = (
-            [Source((), Registry.default())]
+            [Source((), Registry.default(), reopen)]
             if segments is None
-            else [Source((name,), r) for name, r in segments.items()]
+            else [Source((name,), r, reopen) for name, r in segments.items()]
         )
 
     def read(self) -> list[Reading]:
@@ -126,44 +132,16 @@ class Sources:
 
     def _room(self, source: Source) -> tuple[int, int, int, int] | None:
         """A segment's capacity, devices, retired devices and allocation failures."""
-        if not self.segmented:
-            return None
-        try:
-            stats = source.registry.stats()
-        except (PmemMetricsError, OSError) as e:  # read a moment ago: logged, left out
-            _log.warning("pmem_metrics: cannot read segment %r's room: %s", source.labels[0], e)
-            return None
+        stats = None if source.followed is None else source.followed.room
+        if stats is None:
+            return None  # the default registry, or a room that could not be read
         return (stats.capacity or 0, stats.devices, stats.retired, stats.alloc_failures)
 
     def _peek(self, source: Source, deadline: float) -> Snapshot:
-        """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        name = source.labels[0] if source.labels else None  # the default registry: unnamed
-        snap, source.registry = peek_following(source.registry, deadline, self.reopen, name)
+        """Read *source*: a segment's final counts once it is gone, then the one at its path."""
+        if source.followed is None:
+            return peek(source.registry._r, deadline)
+        snap = source.followed.peek(deadline)
+        if snap is None:  # the path has no segment (yet)
+            raise FileNotFoundError(errno.ENOENT, "no segment", source.followed.path)
         return snap
-
-
-def peek_following(
-    registry: Registry, deadline: float, reopen: bool, name: object
-) -> tuple[Snapshot, Registry]:
-    """A peek of *registry*, and the registry read: with *reopen*, a segment replaced
-    at its path is opened again by that path and read instead (logged, as *name*).
-
-    ``SegmentReplacedError`` without *reopen*; ``ENOENT`` (a ``SegmentError``)
-    until a new segment is there.  The old registry stays open, and mapped if
-    it was, until the process ends: the C library never frees a registry.
-    Concurrent readers may both reopen: opening one file twice gives the same
-    registry, so either's answer is right.
-    """
-    try:
-        return peek(registry._r, deadline), registry
-    except SegmentReplacedError:
-        if not reopen or registry.path is None:
-            raise
-    new = open_segment(registry.path, readonly=registry.readonly, create=False)
-    snap = peek(new._r, deadline)
-    _log.warning(
-        "pmem_metrics: segment %r was removed or replaced; reading the one at %s now",
-        name,
-        registry.path,
-    )
-    return snap, new

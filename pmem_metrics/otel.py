@@ -61,6 +61,7 @@ from the SDK's delta conversion.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -75,9 +76,9 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError("pmem_metrics.otel needs opentelemetry-api: pip install '.[otel]'") from e
 
 from ._binding import FIELD_DOCS, FIELDS
-from ._scrape import peek_following
-from ._snapshot import Snapshot
+from ._snapshot import Snapshot, peek
 from .errors import PmemMetricsError
+from .follow import Followed
 from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
@@ -101,12 +102,17 @@ _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 class _Source:
     """One registry an instrumentation reads, and the attributes its points get."""
 
-    __slots__ = ("attributes", "name", "registry")
+    __slots__ = ("attributes", "followed", "name", "registry")
 
-    def __init__(self, name: str | None, registry: Registry) -> None:
+    def __init__(self, name: str | None, registry: Registry, reopen: bool) -> None:
         self.name = name
         self.attributes = {} if name is None else {SEGMENT: name}
-        self.registry = registry  # replaced by the one its path names now, on reopening
+        self.registry = registry  # the default registry's; a segment's is followed:
+        self.followed = None
+        if registry.path is not None:
+            self.followed = Followed(
+                registry.path, registry=registry, readonly=registry.readonly, reopen=reopen
+            )
 
 
 class Instrumentation:
@@ -166,7 +172,11 @@ class Instrumentation:
 
     def _peek(self, source: _Source, deadline: float) -> Snapshot:
         """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        snap, source.registry = peek_following(source.registry, deadline, self._reopen, source.name)
+        if source.followed is None:
+            return peek(source.registry._r, deadline)
+        snap = source.followed.peek(deadline)
+        if snap is None:  # the path has no segment (yet)
+            raise FileNotFoundError(errno.ENOENT, "no segment", source.followed.path)
         return snap
 
 
@@ -249,9 +259,9 @@ def instrument(
     if not isinstance(reopen, bool):
         raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
     sources = (
-        [_Source(None, Registry.default())]
+        [_Source(None, Registry.default(), reopen)]
         if segments is None
-        else [_Source(name, r) for name, r in segments.items()]
+        else [_Source(name, r, reopen) for name, r in segments.items()]
     )
     member = Instrumentation(sources, reopen)
     provider = _global_provider() if meter_provider is None else meter_provider

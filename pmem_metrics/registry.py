@@ -104,6 +104,17 @@ class Registry:
             raise registry_error(ffi.errno, self._cr, "close", "cannot close the segment")
         self._cr = None
 
+    def forget_path(self) -> None:
+        """Read and flush the file this segment has open, whatever its path names now.
+
+        Once a VM's segment was removed or replaced, its last counts are
+        still in the file this registry holds: after this call, reads and
+        flushes reach them (no :class:`SegmentReplacedError`), until
+        :meth:`close`.  :class:`pmem_metrics.follow.Followed` does this.
+        """
+        if lib.pmem_metrics_registry_forget_path(self._r) != 0:
+            raise registry_error(ffi.errno, self._r, "follow", "not a segment")
+
     def __enter__(self) -> Registry:
         return self
 

@@ -16,7 +16,6 @@ import weakref
 from collections.abc import Mapping
 from types import FrameType
 
-from ._binding import DEFAULT_REGISTRY
 from ._fdsink import FdSink, Progress
 from ._periodic import Periodic, PeriodicWriting, seconds
 from ._sink import Destination, FileSink, sink_for
@@ -44,7 +43,7 @@ class MetricsWriter(PeriodicWriting):
         if registry is not None and not isinstance(registry, Registry):
             what = type(registry).__name__
             raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
-        self._r = DEFAULT_REGISTRY if registry is None else registry._r
+        self._registry = Registry.default() if registry is None else registry
         self._sink: FdSink | FileSink | None = None
         self._path: str | os.PathLike[str] | None = None  # what init() opened, for reopen()
         self._hup = False  # a SIGHUP asked for reopen() before the next line
@@ -63,15 +62,21 @@ class MetricsWriter(PeriodicWriting):
 
         For a writer that follows a segment's path: when the segment was
         replaced (a line failed with :class:`~pmem_metrics.SegmentReplacedError`),
-        the exporter opens the path again and hands the new one here.  The
-        old registry's counts since its last line are not reported.  A line
-        being written meanwhile (by the periodic thread) flushes one or the
-        other, whole.  Raises ``TypeError`` for what is not a ``Registry``.
+        the exporter writes a final line from the old one, closes it, opens
+        the path again and hands the new one here
+        (:class:`~pmem_metrics.follow.Followed`).  A line being written
+        meanwhile (by the periodic thread) flushes one or the other, whole.
+        Raises ``TypeError`` for what is not a ``Registry``.
         """
         if not isinstance(registry, Registry):
             what = type(registry).__name__
             raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
-        self._r = registry._r  # read once per line, by _write
+        self._registry = registry  # read once per line, by _write
+
+    @property
+    def registry(self) -> Registry:
+        """The registry each line flushes."""
+        return self._registry
 
     @property
     def initialized(self) -> bool:
@@ -183,7 +188,7 @@ class MetricsWriter(PeriodicWriting):
         slot = new_slot()
         progress = Progress()
         try:
-            body = as_json(take(slot, deadline, self._r))
+            body = as_json(take(slot, deadline, self._registry._r))  # ValueError once closed
             line = self._head % (time.time_ns() // 1_000_000) + body[1:] + "\n"
             until = time.monotonic() + self._timeout
             sink.write(line, until if deadline is None else min(deadline, until), progress)

@@ -184,7 +184,7 @@ def test_a_prometheus_only_exporter_reads_a_segment_it_may_only_read(shared_dir:
 
 def test_a_scrape_follows_the_path_to_the_segment_that_replaced_one(tmp_path: Path) -> None:
     seg, other = tmp_path / "seg", tmp_path / "other"
-    make_segment(seg, drv0=3)
+    vm = make_segment(seg, drv0=3)
     make_segment(other, drv0=9)
     exporter = Exporter(tmp_path, "--shm", str(seg), "--shm", str(other), "--prometheus-port", "0")
     try:
@@ -193,7 +193,12 @@ def test_a_scrape_follows_the_path_to_the_segment_that_replaced_one(tmp_path: Pa
             {(str(seg), "drv0"): 3.0, (str(other), "drv0"): 9.0},
             {str(seg): 1.0, str(other): 1.0},
         )
-        seg.unlink()  # its process ended, say
+        vm.alloc("drv0").cfg_fails.add(4)  # its last counts,
+        seg.unlink()  # then its process ended, say: the next scrape has them, once
+        assert scrape(url) == (
+            {(str(seg), "drv0"): 7.0, (str(other), "drv0"): 9.0},
+            {str(seg): 1.0, str(other): 1.0},
+        )
         assert scrape(url) == ({(str(other), "drv0"): 9.0}, {str(seg): 0.0, str(other): 1.0})
         make_segment(seg, drv1=5)  # and a new one started, with other devices
         new = (
@@ -203,7 +208,8 @@ def test_a_scrape_follows_the_path_to_the_segment_that_replaced_one(tmp_path: Pa
         assert scrape(url) == new
         assert scrape(url) == new
         make_segment(tmp_path / "next", drv2=11)
-        os.replace(tmp_path / "next", seg)  # replaced without a gap
+        os.replace(tmp_path / "next", seg)  # replaced without a gap: the old one's last read
+        assert scrape(url) == new
         assert scrape(url) == (
             {(str(seg), "drv2"): 11.0, (str(other), "drv0"): 9.0},
             {str(seg): 1.0, str(other): 1.0},
@@ -211,31 +217,60 @@ def test_a_scrape_follows_the_path_to_the_segment_that_replaced_one(tmp_path: Pa
     finally:
         rc, err = exporter.stop()
     assert rc == 130, err
-    assert err.count(f"segment {str(seg)!r} was removed or replaced") == 2, err
+
+
+def test_an_exporter_follows_300_vm_restarts_with_every_last_count_and_no_leak(
+    tmp_path: Path,
+) -> None:
+    """A VM's segment replaced 300 times under a running exporter: each VM's last counts
+    are scraped once, from the file it had open, and its descriptors stay as they were."""
+    seg = tmp_path / "seg"
+    vm = make_segment(seg, d=1)
+    exporter = Exporter(tmp_path, "--shm", str(seg), "--prometheus-port", "0")
+    try:
+        url = exporter.url()
+        assert scrape(url) == ({(str(seg), "d"): 1.0}, {str(seg): 1.0})
+        fds = len(os.listdir(f"/proc/{exporter.proc.pid}/fd"))
+        for i in range(2, 302):
+            vm.alloc("d").cfg_fails.add(1000)  # counted since the last scrape, then it exits
+            old, seg_tmp = vm, tmp_path / "next"
+            vm = make_segment(seg_tmp, d=i)
+            os.replace(seg_tmp, seg)  # the next VM's segment, at the same path
+            os.replace(seg_tmp.with_name("next.lock"), seg.with_name("seg.lock"))
+            old.close()  # this process lets go of the old one too
+            assert scrape(url) == ({(str(seg), "d"): i - 1 + 1000.0}, {str(seg): 1.0})  # its last
+            assert scrape(url) == ({(str(seg), "d"): float(i)}, {str(seg): 1.0})
+        assert len(os.listdir(f"/proc/{exporter.proc.pid}/fd")) == fds
+    finally:
+        rc, err = exporter.stop()
+    assert rc == 130, err
 
 
 def test_lines_follow_the_path_to_the_segment_that_replaced_one(tmp_path: Path) -> None:
     seg, lines = tmp_path / "seg", tmp_path / "lines.json"
-    make_segment(seg, drv0=3)
+    vm = make_segment(seg, drv0=3)
     exporter = Exporter(tmp_path, "--shm", str(seg), "--interval", "0.05",
                         "--metrics-path", str(lines))  # fmt: skip
     try:
         eventually(lambda: reported(lines) == 3, "the first segment's counts in a line")
-        seg.unlink()
+        vm.alloc("drv0").cfg_fails.add(6)  # its last counts, then its process ends:
+        seg.unlink()  # a final line reports them, from the file still open
         exporter.expect(f"export: the segment at {str(seg)!r} was removed; waiting for a new one")
+        assert reported(lines) == 3 + 6
         new = make_segment(seg, drv1=5)
         exporter.expect(f"export: the segment at {str(seg)!r} was replaced")
-        eventually(lambda: reported(lines) == 3 + 5, "the new segment's counts in a line")
+        eventually(lambda: reported(lines) == 9 + 5, "the new segment's counts in a line")
         new.alloc("drv1").cfg_fails.add(2)  # lines go on, from the new segment
-        eventually(lambda: reported(lines) == 3 + 5 + 2, "later counts of the new segment")
+        eventually(lambda: reported(lines) == 9 + 5 + 2, "later counts of the new segment")
         make_segment(tmp_path / "next", drv2=4)
+        new.alloc("drv1").cfg_fails.add(1)  # counted just before it is replaced
         os.replace(tmp_path / "next", seg)  # replaced without a gap
         exporter.expect(f"export: the segment at {str(seg)!r} was replaced")
-        eventually(lambda: reported(lines) == 3 + 5 + 2 + 4, "the third segment's counts")
+        eventually(lambda: reported(lines) == 9 + 5 + 2 + 1 + 4, "the third segment's counts")
     finally:
         rc, err = exporter.stop()
     assert rc == 130, err
-    assert reported(lines) == 3 + 5 + 2 + 4  # each count once, the final line included
+    assert reported(lines) == 9 + 5 + 2 + 1 + 4  # each count once, the final lines included
     assert all(line.startswith("export: ") for line in exporter.stderr), exporter.stderr
 
 

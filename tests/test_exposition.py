@@ -148,7 +148,10 @@ def test_a_replaced_segment_is_followed_only_when_asked(tmp_path: Path) -> None:
     path.unlink()
     open_segment(path).alloc("new").cfg_fails.add(2)
     assert b'pmem_segment_up{segment="vm"} 0.0\n' in kept.render()
-    text = followed.render()
+    last = followed.render()  # the old segment's final counts, from the file still open
+    assert b'pmem_cfg_fails_total{drive_id="old",segment="vm"} 1.0\n' in last
+    assert b"new" not in last
+    text = followed.render()  # then the segment at the path now
     assert b'pmem_cfg_fails_total{drive_id="new",segment="vm"} 2.0\n' in text
     assert b"old" not in text and followed.render() == text
 

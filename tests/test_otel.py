@@ -37,7 +37,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 import pmem_metrics
-from pmem_metrics import FIELD_DOCS, FIELDS, PmemMetricsPerDevice, _scrape, open_segment, otel
+from pmem_metrics import FIELD_DOCS, FIELDS, PmemMetricsPerDevice, follow, open_segment, otel
 
 from .helpers import run_threads
 
@@ -196,13 +196,14 @@ def test_a_retired_device_ends_its_series(tmp_path: Path) -> None:
 def counting_peeks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every registry otel reads from now on, once per read."""
     reads: list[object] = []
-    real = _scrape.peek  # otel reads through _scrape.peek_following
+    real = follow.peek  # otel reads a segment through follow.Followed, the default registry itself
 
     def peek(r: Any, *args: Any, **kwargs: Any) -> Any:
         reads.append(r)
         return real(r, *args, **kwargs)
 
-    monkeypatch.setattr(_scrape, "peek", peek)
+    monkeypatch.setattr(follow, "peek", peek)
+    monkeypatch.setattr(otel, "peek", peek)
     return reads
 
 
@@ -265,6 +266,9 @@ def test_reopen_follows_a_replaced_segment(tmp_path: Path) -> None:
     otel.instrument(mp, segments={"s": open_segment(path, readonly=True)}, reopen=True)
     assert {dict(k[1])[otel.DRIVE_ID] for k in points(reader)} == {"old"}
     os.unlink(path)
+    last = {"old": open_segment(path.with_name("unused")).alloc("old")}
+    last["old"].cfg_fails.inc()  # what the old segment had: its final counts, once
+    assert points(reader) == expected(last, "s")
     assert points(reader) == {}  # nothing at the path: logged, skipped
     new = {"new": open_segment(path).alloc("new")}
     new["new"].event_fails.add(2)

@@ -141,8 +141,10 @@ def test_a_collector_reopens_a_replaced_segment_only_when_asked(tmp_path: Path) 
     path.unlink()
     open_segment(path).alloc("new").cfg_fails.add(2)
     kept = generate_latest(registries[False]).decode()
-    followed = generate_latest(registries[True]).decode()
+    last = generate_latest(registries[True]).decode()  # the old one's final counts, once
     assert 'pmem_segment_up{segment="vm"} 0.0' in kept and "cfg_fails_total{" not in kept
+    assert 'pmem_cfg_fails_total{drive_id="old",segment="vm"} 1.0' in last and "new" not in last
+    followed = generate_latest(registries[True]).decode()
     assert 'pmem_segment_up{segment="vm"} 1.0' in followed
     assert 'pmem_cfg_fails_total{drive_id="new",segment="vm"} 2.0' in followed
     assert "old" not in followed

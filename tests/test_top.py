@@ -29,7 +29,8 @@ import pytest
 from pmem_metrics import FIELDS, Registry, open_segment
 from pmem_metrics.cli._monitor import Monitor, Rates, Row, is_zero
 from pmem_metrics.cli._table import COLUMNS, View, as_json, describe, table
-from pmem_metrics.cli.top import Segment, open_all, print_once
+from pmem_metrics.cli.top import open_all, print_once
+from pmem_metrics.follow import Followed
 
 PATIENCE = 30.0
 """Seconds any one wait below may take before the test fails (a bound, not a timing check)."""
@@ -266,7 +267,9 @@ def test_a_removed_segment_is_named_and_a_new_one_at_its_path_starts_new_baselin
     monitor = Monitor(open_all([str(path)]), clock)
     monitor.poll()
     os.unlink(path)
-    clock.now = 1.0
+    clock.now = 1.0  # its final counts, read from the file still open, once
+    assert by_key(monitor.poll())[str(path), "d", "cfg_fails"].total == 5
+    clock.now = 1.5
     assert monitor.poll() == []
     assert monitor.errors() == {str(path): "no segment"}
     make_segment(path, d=2)
@@ -283,6 +286,7 @@ def test_an_unreadable_segment_is_named_with_its_problem(tmp_path: Path) -> None
     [segment] = open_all([str(path)])
     os.unlink(path)
     path.write_bytes(b"not a segment at all" * 100)
+    assert segment.read() == {"d": {**dict.fromkeys(FIELDS, 0), "cfg_fails": 5}}  # its last
     assert segment.read() is None
     assert segment.error is not None and "not a pmem_metrics segment" in segment.error
 
@@ -330,7 +334,7 @@ def test_one_segment_under_two_names_is_read_once(tmp_path: Path) -> None:
     os.link(tmp_path / "seg", tmp_path / "alias")
     segments = open_all([str(tmp_path / "seg"), str(tmp_path / "alias"), str(tmp_path / "seg")])
     assert [s.path for s in segments] == [str(tmp_path / "seg")]
-    assert isinstance(segments[0], Segment) and segments[0].registry is not None
+    assert isinstance(segments[0], Followed) and segments[0].registry is not None
 
 
 # --- one-shot runs ----------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Rates:
 
 
 class Source(Protocol):
-    """What a :class:`Monitor` reads: a segment by its path (``top.Segment``)."""
+    """What a :class:`Monitor` reads: a segment by its path (a ``follow.Followed``)."""
 
     path: str
     error: str | None  # why the last read failed

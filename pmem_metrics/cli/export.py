@@ -19,11 +19,11 @@ the first).  Without lines the segments are opened read-only: read
 permission is enough (a 0640 segment scraped by its group).
 
 The exporter follows its paths: when a segment is removed or replaced (its
-process restarted, say), a scrape reports ``pmem_segment_up`` 0 until a
-segment is at the path again, then the new one under the same label; lines
-come from the new segment once there is one (the old one's counts since its
-last line are not reported).  An old segment stays open in the process: the
-C library never frees a registry.
+process restarted, say), what it counted since the last line or scrape is
+read once more from the file still open -- a final line; the next scrape and
+OTLP export carry it -- and the old segment is closed; a scrape then reports
+``pmem_segment_up`` 0 until a segment is at the path again, then the new one
+under the same label, and lines come from the new one.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 
-from ..errors import SegmentError, SegmentReplacedError
+from ..errors import SegmentError
+from ..follow import Followed
 from ..registry import Registry
 from ..segment import open_segment
 from ..writer import MetricsWriter
@@ -87,44 +88,32 @@ def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None)
 
 
 class _Lines:
-    """The metrics lines of the segment at one path, from whichever segment is there now."""
+    """The metrics lines of the segment at one path, from whichever segment is there now.
 
-    def __init__(self, path: str, writer: MetricsWriter) -> None:
+    When the segment is removed or replaced, one more line reports what it
+    counted since the last one (read from the file still open), then the
+    path is followed to the next segment (:class:`~pmem_metrics.follow.Followed`).
+    """
+
+    def __init__(self, path: str, writer: MetricsWriter, registry: Registry) -> None:
         self._path = path
         self._writer = writer
+        self._followed = Followed(path, readonly=False, registry=registry)
         self._gone = False  # the path had no segment at the last look (said once on stderr)
 
     def write(self) -> bool:
-        """Write a line; ``False`` (none written) while the path has no segment.
-
-        When the segment was replaced, the path is opened again and the line
-        comes from the new segment.
-        """
-        for _ in range(2):  # the segment, then the one that replaced it
-            try:
-                return self._writer.write()
-            except SegmentReplacedError:
-                if not self._reopen():
-                    break
-        return False  # no segment yet; or replaced once more already: the next line reopens it
-
-    def _reopen(self) -> bool:
-        try:
-            # The old registry stays open (and mapped) until the process
-            # ends: the C library never frees one.  Its counts since its
-            # last line are not reported.
-            registry = open_segment(self._path, create=False)
-        except SegmentError as e:
-            if e.errno != errno.ENOENT:
-                raise
+        """Write a line; ``False`` (none written) while the path has no segment."""
+        registry = self._followed.open()
+        if registry is None:
             if not self._gone:
                 _say(f"the segment at {self._path!r} was removed; waiting for a new one")
                 self._gone = True
             return False
-        self._writer.set_registry(registry)
+        if registry is not self._writer.registry:
+            _say(f"the segment at {self._path!r} was replaced; lines come from the new one")
+            self._writer.set_registry(registry)
         self._gone = False
-        _say(f"the segment at {self._path!r} was replaced; lines come from the new one")
-        return True
+        return bool(self._followed.use(lambda _: self._writer.write()))
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -231,7 +220,7 @@ def export(
         if lines_wanted:
             writer.set_registry(segments[paths[0]])
             writer.init(metrics_path if metrics_path is not None else sys.stdout)
-            follower = _Lines(paths[0], writer)
+            follower = _Lines(paths[0], writer, segments[paths[0]])
         if prometheus is not None:
             serve_prometheus(*prometheus, who="export", segments=segments, reopen=True)
         with nullcontext() if otlp is None else Pusher(*otlp, segments, "export"):

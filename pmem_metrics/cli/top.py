@@ -37,8 +37,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import SegmentReplacedError
-from ..registry import Counts, Registry, Stats
+from ..follow import Followed
 from ..segment import open_segment
 from ._args import interval
 from ._monitor import Monitor
@@ -50,44 +49,12 @@ _KEY_WAIT = 0.1  # seconds the live view waits for a key at most: how soon it se
 _KEYS = {curses.KEY_BACKSPACE: "\b", curses.KEY_ENTER: "\n"}
 
 
-class Segment:
-    """The segment at one ``--shm`` path: read-only, and opened again when replaced."""
-
-    def __init__(self, path: str, registry: Registry) -> None:
-        self.path = path
-        self.registry: Registry | None = registry
-        self.error: str | None = None  # why the last read failed
-        self.fresh = True  # opened since the last read: its devices start new baselines
-        self.room: Stats | None = None  # its capacity, devices, retired ones, failures
-
-    def read(self) -> Counts | None:
-        """Its counts now; ``None`` when it cannot be read (:attr:`error` says why)."""
-        for _ in range(2):  # the segment, then the one that replaced it
-            try:
-                if self.registry is None:
-                    self.registry = open_segment(self.path, readonly=True, create=False)
-                    self.fresh = True
-                counts = self.registry.read()
-                self.room = self.registry.stats()
-            except SegmentReplacedError:
-                self.registry = None
-                continue
-            except OSError as e:
-                self.error = "no segment" if e.errno == errno.ENOENT else e.strerror or str(e)
-                self.room = None
-                return None
-            self.error = None
-            return counts
-        self.error = "replaced again while being read"
-        return None
-
-
-def open_all(paths: Sequence[str]) -> list[Segment]:
+def open_all(paths: Sequence[str]) -> list[Followed]:
     """The segments at *paths*, read-only; a path without one is an error naming it.
 
     A segment given twice (under two names, say) is read once, under the first.
     """
-    segments: list[Segment] = []
+    segments: list[Followed] = []
     for path in dict.fromkeys(paths):
         try:
             registry = open_segment(path, readonly=True, create=False)
@@ -98,7 +65,7 @@ def open_all(paths: Sequence[str]) -> list[Segment]:
         except ValueError:
             raise SystemExit(f"{_ME}: not a segment path: {path!r} (--shm)") from None
         if all(s.registry != registry for s in segments):
-            segments.append(Segment(path, registry))
+            segments.append(Followed(path, registry=registry))
     return segments
 
 

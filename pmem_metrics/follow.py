@@ -1,0 +1,144 @@
+"""Segments followed by their paths: what an agent on a host of VMs reads.
+
+A VM's segment lives at a path for as long as the VM runs.  A
+:class:`Followed` segment is opened by that path (never created), read, and
+watched: once the path no longer names the file it opened (the VM exited and
+its file was removed, or the next VM's replaced it), the counts the old file
+holds -- what the VM counted since the last read -- are read once more
+through the descriptor still open (:meth:`Registry.forget_path`), handed to
+the caller as that segment's final reading, and the registry is closed: the
+path is opened again at the next read, if a segment is there.  So nothing a
+VM counted is lost when it exits, and the agent holds descriptors and memory
+for the live segments only.
+
+The exporter's lines, ``top``, the Prometheus page and the OpenTelemetry
+bridge all read their segments through this one object.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from ._snapshot import Snapshot, peek
+from .errors import PmemMetricsError, SegmentReplacedError
+from .registry import Registry, Stats
+from .segment import open_segment
+
+_log = logging.getLogger("pmem_metrics")
+_T = TypeVar("_T")
+
+
+class Followed:
+    """The segment at *path*: opened read-only unless *readonly* is false, followed.
+
+    *registry*: the segment already open at *path* (else it is opened at the
+    first read).  *reopen* false: a segment replaced or removed stays
+    unreadable (:class:`SegmentReplacedError`), as it is read no more.
+    *labels*: what its series are labelled with (the caller's to use).
+    """
+
+    __slots__ = ("error", "fresh", "labels", "path", "readonly", "registry", "reopen", "room")
+
+    def __init__(
+        self,
+        path: str,
+        labels: dict[str, str] | None = None,
+        *,
+        readonly: bool = True,
+        registry: Registry | None = None,
+        reopen: bool = True,
+    ) -> None:
+        self.path = path
+        self.labels = labels if labels is not None else {}
+        self.readonly = readonly
+        self.registry = registry
+        self.reopen = reopen
+        self.error: str | None = None
+        """Why the last read failed (``"no segment"`` while the path has none); else None."""
+        self.fresh = True
+        """(Re)opened since the last read: its counts start new baselines (``top``'s rates)."""
+        self.room: Stats | None = None
+        """The segment's room as of the last read (:meth:`Registry.stats`); None if unread."""
+
+    def open(self) -> Registry | None:
+        """Its registry, opening the path if need be: None while the path has no segment."""
+        if self.registry is None:
+            try:
+                self.registry = open_segment(self.path, readonly=self.readonly, create=False)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                return None
+            self.fresh = True
+        return self.registry
+
+    def peek(self, deadline: float) -> Snapshot | None:
+        """Every device's counts now (C's peek), and its room; its final ones once it is gone.
+
+        None, with :attr:`error` saying why, while the path has no segment.
+        Raises what a peek raises for a segment that cannot be read, and
+        :class:`SegmentReplacedError` for a replaced one when not *reopen*.
+        """
+        return self.use(lambda r: peek(r._r, deadline))
+
+    def read(self) -> dict[str, dict[str, int]] | None:
+        """The counts as :meth:`Registry.read` gives them, as :meth:`peek` reads them; None,
+        with :attr:`error` saying why, when they cannot be read (``top`` shows why)."""
+        try:
+            return self.use(Registry.read)
+        except (PmemMetricsError, OSError) as e:
+            self.error = (e.strerror if isinstance(e, OSError) else None) or str(e)
+            self.room = None
+            return None
+
+    def use(self, call: Callable[[Registry], _T]) -> _T | None:
+        """*call* on the registry (a peek, a read, a line); the final one once it is gone.
+
+        When the path no longer names the file, *call* runs once more on the
+        old file, then the registry is closed: the next use opens the path
+        again.  None, with :attr:`error` set, while the path has no segment.
+        """
+        registry = self.open()
+        if registry is None:
+            self.error, self.room = "no segment", None
+            return None
+        try:
+            out = call(registry)
+        except SegmentReplacedError:
+            if not self.reopen:
+                raise
+            return self._final(registry, call)
+        self._read_room(registry)
+        self.error = None
+        return out
+
+    def _final(self, registry: Registry, call: Callable[[Registry], _T]) -> _T:
+        """*call*'s last run on the file *registry* has open, then the registry let go."""
+        registry.forget_path()
+        try:
+            out = call(registry)
+            self._read_room(registry)
+        finally:
+            self.let_go()
+        _log.info("pmem_metrics: the segment at %s was removed or replaced: final counts read",
+                  self.path)  # fmt: skip
+        self.error = None
+        return out
+
+    def _read_room(self, registry: Registry) -> None:
+        try:
+            self.room = registry.stats()
+        except (PmemMetricsError, OSError):  # read a moment ago: left out
+            self.room = None
+
+    def let_go(self) -> None:
+        """Close its registry (the path is opened again at the next use)."""
+        registry, self.registry = self.registry, None
+        if registry is not None:
+            try:
+                registry.close()
+            except OSError as e:  # a handle of it held here: it stays open, and is not read
+                _log.warning("pmem_metrics: cannot let go of the segment at %s: %s", self.path, e)
