@@ -14,11 +14,12 @@ import errno
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from ._snapshot import Snapshot, peek
 from .errors import PmemMetricsError
+from .fleet import Fleet
 from .follow import Followed
 from .registry import Registry
 
@@ -49,21 +50,30 @@ class Source:
 
     __slots__ = ("followed", "labels", "registry")
 
-    def __init__(self, labels: tuple[str, ...], registry: Registry, reopen: bool) -> None:
+    def __init__(
+        self, labels: tuple[str, ...], registry: Registry | None, followed: Followed | None
+    ) -> None:
         self.labels = labels
-        self.registry = registry  # the default registry's; a segment's is followed:
-        self.followed = None
-        if registry.path is not None:
-            self.followed = Followed(
-                registry.path, registry=registry, readonly=registry.readonly, reopen=reopen
-            )
+        self.registry = registry  # the default registry's; a segment's is followed
+        self.followed = followed
+
+    @classmethod
+    def of(cls, labels: tuple[str, ...], registry: Registry, reopen: bool) -> Source:
+        """*registry* as a source: a segment followed by its path."""
+        if registry.path is None:
+            return cls(labels, registry, None)
+        followed = Followed(
+            registry.path, registry=registry, readonly=registry.readonly, reopen=reopen
+        )
+        return cls(labels, None, followed)
 
 
 class Reading(NamedTuple):
     """What one scrape found in one :class:`Source`."""
 
     labels: tuple[str, ...]
-    """The source's label values: ``()`` for the default registry, ``(segment,)`` otherwise."""
+    """The source's label values, as :attr:`Sources.label_names` names them: ``()`` for the
+    default registry, ``(segment, ...)`` otherwise."""
     snap: Snapshot | None
     """Every device's counts; ``None`` when the segment could not be read (logged)."""
     room: tuple[int, int, int, int] | None
@@ -72,19 +82,20 @@ class Reading(NamedTuple):
 
 
 class Sources:
-    """The registries one exporter reads: the default one, or named segments.
+    """The registries one exporter reads: the default one, or named segments and patterns.
 
-    *segments*, *timeout* and *reopen* as for
+    *segments*, *patterns*, *timeout* and *reopen* as for
     :class:`pmem_metrics.prometheus.PmemCollector`, which documents them.
     Raises ``TypeError`` for *segments* that do not map ``str`` to
     ``Registry`` or a *reopen* that is not a ``bool``, ``ValueError`` for a
-    *timeout* that is not a positive number.
+    *timeout* that is not a positive number or a bad pattern.
     """
 
     def __init__(
         self,
         segments: Mapping[str, Registry] | None = None,
         *,
+        patterns: Iterable[str] | None = None,
         timeout: float = SCRAPE_TIMEOUT,
         reopen: bool = False,
     ) -> None:
@@ -101,12 +112,18 @@ class Sources:
             raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
         self.timeout = float(timeout)
         self.reopen = reopen
-        self.segmented = segments is not None
+        self.fleet = Fleet(patterns) if patterns is not None else None
+        self.segmented = segments is not None or self.fleet is not None
         """Whether these are named segments (series labelled ``segment``, and the room gauges)."""
+        names = self.fleet.names if self.fleet is not None else ()
+        self.label_names: tuple[str, ...] = ("segment", *names) if self.segmented else ()
+        """The labels of every series but the device's own: ``segment``, then the patterns'."""
+        self._found: set[Source] = set()  # the sources the patterns found, at the last read
+        blank = ("",) * len(names)
         self.sources = (
-            [Source((), Registry.default(), reopen)]
-            if segments is None
-            else [Source((name,), r, reopen) for name, r in segments.items()]
+            [Source.of((), Registry.default(), reopen)]
+            if not self.segmented
+            else [Source.of((name, *blank), r, reopen) for name, r in (segments or {}).items()]
         )
 
     def read(self) -> list[Reading]:
@@ -118,12 +135,19 @@ class Sources:
         """
         out = []
         deadline = time.monotonic() + self.timeout  # each segment still gets one try
-        for source in self.sources:
+        for source in self._all():
             try:
                 snap = self._peek(source, deadline)
+            except _Absent:
+                continue  # a pattern's segment gone (its final counts read already)
             except (PmemMetricsError, OSError, ValueError) as e:
                 if not self.segmented:
                     raise
+                if source in self._found and source.followed is not None:
+                    if source.followed.registry is None:  # never a segment: skipped
+                        assert self.fleet is not None
+                        self.fleet.skipped(source.followed, e)
+                        continue
                 _log.warning("pmem_metrics: cannot read segment %r: %s", source.labels[0], e)
                 out.append(Reading(source.labels, None, None))
                 continue
@@ -137,11 +161,29 @@ class Sources:
             return None  # the default registry, or a room that could not be read
         return (stats.capacity or 0, stats.devices, stats.retired, stats.alloc_failures)
 
+    def _all(self) -> list[Source]:
+        """The sources given, then the segments the patterns match now."""
+        if self.fleet is None:
+            return self.sources
+        found = []
+        for member in self.fleet.members():
+            labels = (member.path, *(member.labels[n] for n in self.fleet.names))
+            found.append(Source(labels, None, member))
+        self._found = set(found)
+        return [*self.sources, *found]
+
     def _peek(self, source: Source, deadline: float) -> Snapshot:
         """Read *source*: a segment's final counts once it is gone, then the one at its path."""
         if source.followed is None:
+            assert source.registry is not None
             return peek(source.registry._r, deadline)
         snap = source.followed.peek(deadline)
+        if snap is None and source in self._found:
+            raise _Absent  # a pattern's: gone, not down
         if snap is None:  # the path has no segment (yet)
             raise FileNotFoundError(errno.ENOENT, "no segment", source.followed.path)
         return snap
+
+
+class _Absent(Exception):
+    """A pattern's segment whose path has none now: left out, not down."""

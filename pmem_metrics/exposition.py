@@ -32,7 +32,7 @@ an ``Accept`` for OpenMetrics other than 1.0.0 gets text 0.0.4.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from http.server import ThreadingHTTPServer
 from io import BytesIO
 from typing import Any
@@ -110,14 +110,20 @@ def _escaped(text: str) -> bytes:
     return _label(text).replace("%", "%%").encode()
 
 
-def _pieces(readings: list[Reading], segmented: bool, om: bool) -> Iterator[bytes]:
-    """The exposition of *readings*, in pieces: fields' families, then the segments' gauges."""
+def _labelled(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """The label pairs *names* = *values*, comma-separated, escaped."""
+    return ",".join(f'{n}="{_label(v)}"' for n, v in zip(names, values))
+
+
+def _pieces(readings: list[Reading], names: tuple[str, ...], om: bool) -> Iterator[bytes]:
+    """The exposition of *readings*, labelled *names*, in pieces: fields' families, then the
+    segments' gauges (given *names*: segments)."""
     read = []
     docs = dict(FIELD_DOCS)  # this library's fields, then any other a segment has
     for labels, snap, _ in readings:
         if snap is not None:
             # All ids escaped at once, before they are split, as flush.as_json does.
-            extra = b',segment="' + _escaped(labels[0]) + b'"' if labels else b""
+            extra = ("," + _labelled(names, labels)).replace("%", "%%").encode() if labels else b""
             read.append((_escaped(snap.ids_text).split(b"\0")[:-1], snap, extra))
             for field in snap.fields:
                 docs.setdefault(field, snap.docs[field])
@@ -129,18 +135,18 @@ def _pieces(readings: list[Reading], segmented: bool, om: bool) -> Iterator[byte
                 yield from _lines(
                     f"pmem_{field}_total".encode(), ids, snap.counts[f :: snap.nf], extra
                 )
-    if segmented:
+    if names:
         yield _head("pmem_segment_up", "gauge", UP_DOC, om)
         for labels, snap, _ in readings:
             up = float(snap is not None)
-            yield f'pmem_segment_up{{segment="{_label(labels[0])}"}} {up}\n'.encode()
+            yield f"pmem_segment_up{{{_labelled(names, labels)}}} {up}\n".encode()
         for k, (name, kind, doc) in enumerate(ROOM):
             yield _head(name, kind, doc, om)
             sample = name + "_total" if kind == "counter" else name
             for labels, _, room in readings:
                 if room is not None:
                     value = go_float(room[k])
-                    yield f'{sample}{{segment="{_label(labels[0])}"}} {value}\n'.encode()
+                    yield f"{sample}{{{_labelled(names, labels)}}} {value}\n".encode()
     if om:
         yield b"# EOF\n"
 
@@ -184,7 +190,7 @@ def _gzip_accepted(accept_encoding: str | None) -> bool:
 class Exposition:
     """The counters of the default registry, or of *segments*, as Prometheus scrapes them.
 
-    *segments*, *timeout* and *reopen* as for
+    *segments*, *patterns*, *timeout* and *reopen* as for
     :class:`pmem_metrics.prometheus.PmemCollector` (same errors): a segment
     replaced under its path is followed from one scrape to the next, so keep
     one ``Exposition`` for an endpoint.  Scrapes may run in several threads.
@@ -194,14 +200,15 @@ class Exposition:
         self,
         segments: Mapping[str, Registry] | None = None,
         *,
+        patterns: Iterable[str] | None = None,
         timeout: float = SCRAPE_TIMEOUT,
         reopen: bool = False,
     ) -> None:
-        self._sources = Sources(segments, timeout=timeout, reopen=reopen)
+        self._sources = Sources(segments, patterns=patterns, timeout=timeout, reopen=reopen)
 
     def pieces(self, openmetrics: bool = False) -> Iterator[bytes]:
         """Read every registry now; the exposition, in pieces to write or compress one by one."""
-        return _pieces(self._sources.read(), self._sources.segmented, openmetrics)
+        return _pieces(self._sources.read(), self._sources.label_names, openmetrics)
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The text format 0.0.4, or OpenMetrics 1.0, of every registry, read now."""
@@ -240,9 +247,14 @@ class Exposition:
         return serve(self.handler(), port, addr)
 
 
-def render(segments: Mapping[str, Registry] | None = None, *, openmetrics: bool = False) -> bytes:
-    """One scrape's text of the default registry, or of *segments*: ``Exposition(...).render()``."""
-    return Exposition(segments).render(openmetrics)
+def render(
+    segments: Mapping[str, Registry] | None = None,
+    *,
+    patterns: Iterable[str] | None = None,
+    openmetrics: bool = False,
+) -> bytes:
+    """One scrape's text of the default registry, or of *segments* and *patterns*."""
+    return Exposition(segments, patterns=patterns).render(openmetrics)
 
 
 def start_http_server(
@@ -250,8 +262,10 @@ def start_http_server(
     addr: str = "127.0.0.1",
     segments: Mapping[str, Registry] | None = None,
     *,
+    patterns: Iterable[str] | None = None,
     timeout: float = SCRAPE_TIMEOUT,
     reopen: bool = False,
 ) -> ThreadingHTTPServer:
-    """Serve an :class:`Exposition` of *segments* on *addr*:*port* from a daemon thread."""
-    return Exposition(segments, timeout=timeout, reopen=reopen).serve(port, addr)
+    """Serve an :class:`Exposition` of *segments* and *patterns* on *addr*:*port* from a
+    daemon thread."""
+    return Exposition(segments, patterns=patterns, timeout=timeout, reopen=reopen).serve(port, addr)

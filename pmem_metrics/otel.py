@@ -61,7 +61,6 @@ from the SDK's delta conversion.
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
@@ -76,9 +75,9 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError("pmem_metrics.otel needs opentelemetry-api: pip install '.[otel]'") from e
 
 from ._binding import FIELD_DOCS, FIELDS
-from ._snapshot import Snapshot, peek
+from ._scrape import Sources
+from ._snapshot import Snapshot
 from .errors import PmemMetricsError
-from .follow import Followed
 from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
@@ -99,28 +98,11 @@ _Row = tuple[list[dict[str, str]], dict[str, list[int]]]
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
-class _Source:
-    """One registry an instrumentation reads, and the attributes its points get."""
-
-    __slots__ = ("attributes", "followed", "name", "registry")
-
-    def __init__(self, name: str | None, registry: Registry, reopen: bool) -> None:
-        self.name = name
-        self.attributes = {} if name is None else {SEGMENT: name}
-        self.registry = registry  # the default registry's; a segment's is followed:
-        self.followed = None
-        if registry.path is not None:
-            self.followed = Followed(
-                registry.path, registry=registry, readonly=registry.readonly, reopen=reopen
-            )
-
-
 class Instrumentation:
     """What :func:`instrument` returns: :meth:`uninstrument` stops it."""
 
-    def __init__(self, sources: list[_Source], reopen: bool) -> None:
+    def __init__(self, sources: Sources) -> None:
         self._sources = sources
-        self._reopen = reopen
         self._lock = threading.Lock()
         self._rows: list[_Row] = []
         self._served: set[str] | None = None  # None: the first callback reads
@@ -146,7 +128,7 @@ class Instrumentation:
             if not self._active:
                 return []
             if self._served is None or field in self._served:
-                self._rows = [row for s in self._sources if (row := self._read(s, deadline))]
+                self._rows = self._read()
                 self._served = set()
             self._served.add(field)
             rows = self._rows
@@ -157,27 +139,29 @@ class Instrumentation:
             for a, v in zip(attrs, cols[field])
         ]
 
-    def _read(self, source: _Source, deadline: float) -> _Row | None:
-        """*source*'s attributes per device and counts per field; ``None`` (logged) on failure."""
+    def _read(self) -> list[_Row]:
+        """Every source's attributes per device and counts per field (one peek each)."""
         try:
-            snap = self._peek(source, deadline)
-        except (PmemMetricsError, OSError, ValueError) as e:
-            what = "the default registry" if source.name is None else f"segment {source.name!r}"
-            _log.warning("pmem_metrics: OpenTelemetry: cannot read %s: %s", what, e)
-            return None
-        attributes = [{DRIVE_ID: i, **source.attributes} for i in Snapshot.split(snap.ids_text)]
-        if self._provider is not None and snap.fields != FIELDS:
-            self._provider.later(snap.docs)  # another build's segment: its own fields too
-        return attributes, dict(zip(snap.fields, snap.columns(snap.counts)))
-
-    def _peek(self, source: _Source, deadline: float) -> Snapshot:
-        """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        if source.followed is None:
-            return peek(source.registry._r, deadline)
-        snap = source.followed.peek(deadline)
-        if snap is None:  # the path has no segment (yet)
-            raise FileNotFoundError(errno.ENOENT, "no segment", source.followed.path)
-        return snap
+            readings = self._sources.read()  # a segment that cannot be read: logged, None
+        except (PmemMetricsError, OSError, ValueError) as e:  # the default registry
+            _log.warning("pmem_metrics: OpenTelemetry: cannot read the default registry: %s", e)
+            return []
+        names = (SEGMENT, *self._sources.label_names[1:])
+        rows = []
+        for labels, snap, _ in readings:
+            if snap is None:
+                continue
+            extra = {n: v for n, v in zip(names, labels) if v}
+            ids = Snapshot.split(snap.ids_text)
+            if self._provider is not None and snap.fields != FIELDS:
+                self._provider.later(snap.docs)  # another build's segment: its own fields too
+            rows.append(
+                (
+                    [{DRIVE_ID: i, **extra} for i in ids],
+                    dict(zip(snap.fields, snap.columns(snap.counts))),
+                )
+            )
+        return rows
 
 
 class _Provider:
@@ -235,6 +219,7 @@ def instrument(
     meter_provider: MeterProvider | None = None,
     *,
     segments: Mapping[str, Registry] | None = None,
+    patterns: Iterable[str] | None = None,
     reopen: bool = False,
 ) -> Instrumentation:
     """Report every device's cumulative counts through *meter_provider*; return the handle.
@@ -242,35 +227,27 @@ def instrument(
     *meter_provider*: the global one (``opentelemetry.metrics.get_meter_provider()``)
     if None.  Of the process's default registry; or, given *segments* (a
     name for each :class:`~pmem_metrics.Registry`), of each of those, every
-    point with attribute ``pmem.segment`` set to its name.  *reopen*: a
-    segment whose path comes to name another file is opened again by that
-    path (read-only if it was; never created).  Several instrumentations may
-    share a provider (each device under one set of attributes only: the SDK
-    would add up two observations of the same set).
+    point with attribute ``pmem.segment`` set to its name; and given
+    *patterns*, of every segment they match (:mod:`pmem_metrics.fleet`),
+    ``pmem.segment`` its path and each named wildcard an attribute of that
+    name.  *reopen*: a segment whose path comes to name another file is read
+    once more (its final counts), then opened again by that path (read-only
+    if it was; never created).  Several instrumentations may share a
+    provider (each device under one set of attributes only: the SDK would
+    add up two observations of the same set).
 
     Raises ``TypeError`` for *segments* that do not map ``str`` to
-    ``Registry``, or a *reopen* that is not a ``bool``.
+    ``Registry``, or a *reopen* that is not a ``bool``, ``ValueError`` for a
+    bad pattern.
     """
-    if segments is not None and not (
-        isinstance(segments, Mapping)
-        and all(isinstance(k, str) and isinstance(v, Registry) for k, v in segments.items())
-    ):
-        raise TypeError("segments must map str to pmem_metrics.Registry")
-    if not isinstance(reopen, bool):
-        raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
-    sources = (
-        [_Source(None, Registry.default(), reopen)]
-        if segments is None
-        else [_Source(name, r, reopen) for name, r in segments.items()]
-    )
-    member = Instrumentation(sources, reopen)
+    sources = Sources(segments, patterns=patterns, reopen=reopen)
+    member = Instrumentation(sources)
     provider = _global_provider() if meter_provider is None else meter_provider
     with _providers_lock:
         if provider not in _providers:
             _providers[provider] = _Provider(provider)
         member._provider = _providers[provider]
         member._provider.add(member)
-    for source in sources:  # segments another build made: their fields too
-        if source.name is not None:
-            member._provider.ensure(source.registry.field_docs)
+    for r in (segments or {}).values():  # segments another build made: their fields too
+        member._provider.ensure(r.field_docs)
     return member

@@ -71,20 +71,28 @@ class PmemCollector(Collector):
     it is unreadable (``pmem_segment_up`` 0).  Without *reopen* it stays
     unreadable.
 
+    *patterns*: paths with wildcards, a segment at every path they match
+    (:mod:`pmem_metrics.fleet`: ``/srv/jailer/firecracker/{vm}/root/run/pmem.seg``),
+    found when it appears (patterns are looked at again at most once a
+    second) and followed as with *reopen*: once its file is gone, the next
+    scrape has its final counts and then it is gone too.  Its series are
+    labelled ``segment`` with its path, and with each named wildcard's match.
+
     Raises ``TypeError`` for *segments* that do not map ``str`` to
     ``Registry`` or a *reopen* that is not a ``bool``, ``ValueError`` for a
-    *timeout* that is not a positive number.
+    *timeout* that is not a positive number or a bad pattern (naming it).
     """
 
     def __init__(
         self,
         segments: Mapping[str, Registry] | None = None,
         *,
+        patterns: Iterable[str] | None = None,
         timeout: float = SCRAPE_TIMEOUT,
         reopen: bool = False,
     ) -> None:
-        self._sources = Sources(segments, timeout=timeout, reopen=reopen)
-        self._labels = ["drive_id", "segment"] if self._sources.segmented else ["drive_id"]
+        self._sources = Sources(segments, patterns=patterns, timeout=timeout, reopen=reopen)
+        self._labels = ["drive_id", *self._sources.label_names]
 
     def describe(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         """The families, without samples: registering reads no counter."""
@@ -118,8 +126,11 @@ class PmemCollector(Collector):
             return []
         kinds: dict[str, Any] = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily}
         return [
-            GaugeMetricFamily("pmem_segment_up", UP_DOC, labels=["segment"]),
-            *(kinds[kind](name, doc, labels=["segment"]) for name, kind, doc in ROOM),
+            GaugeMetricFamily("pmem_segment_up", UP_DOC, labels=list(self._sources.label_names)),
+            *(
+                kinds[kind](name, doc, labels=list(self._sources.label_names))
+                for name, kind, doc in ROOM
+            ),
         ]
 
     def _family(self, name: str, doc: str) -> CounterMetricFamily:
@@ -130,6 +141,7 @@ def register(
     collector_registry: CollectorRegistry | None = None,
     segments: Mapping[str, Registry] | None = None,
     *,
+    patterns: Iterable[str] | None = None,
     timeout: float = SCRAPE_TIMEOUT,
     reopen: bool = False,
 ) -> PmemCollector:
@@ -138,10 +150,10 @@ def register(
     *collector_registry* is prometheus_client's ``CollectorRegistry`` (its
     default one, ``REGISTRY``, if None; named so as not to be taken for a
     pmem :class:`~pmem_metrics.Registry`, which go in *segments*);
-    *segments*, *timeout* and *reopen* as for :class:`PmemCollector` (None:
-    this process's default registry).
+    *segments*, *patterns*, *timeout* and *reopen* as for :class:`PmemCollector`
+    (neither: this process's default registry).
     """
-    collector = PmemCollector(segments, timeout=timeout, reopen=reopen)
+    collector = PmemCollector(segments, patterns=patterns, timeout=timeout, reopen=reopen)
     target: Any = REGISTRY if collector_registry is None else collector_registry
     target.register(collector)
     return collector

@@ -37,7 +37,15 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 import pmem_metrics
-from pmem_metrics import FIELD_DOCS, FIELDS, PmemMetricsPerDevice, follow, open_segment, otel
+from pmem_metrics import (
+    FIELD_DOCS,
+    FIELDS,
+    PmemMetricsPerDevice,
+    _scrape,
+    follow,
+    open_segment,
+    otel,
+)
 
 from .helpers import run_threads
 
@@ -196,14 +204,14 @@ def test_a_retired_device_ends_its_series(tmp_path: Path) -> None:
 def counting_peeks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every registry otel reads from now on, once per read."""
     reads: list[object] = []
-    real = follow.peek  # otel reads a segment through follow.Followed, the default registry itself
+    real = follow.peek  # otel reads as a scrape does: a segment through follow.Followed
 
     def peek(r: Any, *args: Any, **kwargs: Any) -> Any:
         reads.append(r)
         return real(r, *args, **kwargs)
 
     monkeypatch.setattr(follow, "peek", peek)
-    monkeypatch.setattr(otel, "peek", peek)
+    monkeypatch.setattr(_scrape, "peek", peek)  # the default registry
     return reads
 
 
@@ -252,9 +260,7 @@ def test_an_unreadable_segment_is_logged_and_skipped(
     with caplog.at_level(logging.WARNING, logger="pmem_metrics"):
         assert points(reader) == expected(devices, "good")
     (record,) = caplog.records
-    assert record.getMessage().startswith(
-        "pmem_metrics: OpenTelemetry: cannot read segment 'bad': "
-    )
+    assert record.getMessage().startswith("pmem_metrics: cannot read segment 'bad': ")
     assert str(tmp_path / "bad") in record.getMessage()
     mp.shutdown()
 

@@ -31,7 +31,7 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -157,7 +157,14 @@ class Pusher:
     As a context manager, it stops on leaving.
     """
 
-    def __init__(self, url: str, interval: float, segments: Mapping[str, Registry], who: str):
+    def __init__(
+        self,
+        url: str,
+        interval: float,
+        segments: Mapping[str, Registry],
+        who: str,
+        patterns: Sequence[str] | None = None,
+    ):
         resource = Resource.create()
         if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
             resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
@@ -173,7 +180,7 @@ class Pusher:
             exporter, export_interval_millis=interval * 1000, **limits
         )
         self._provider = MeterProvider(metric_readers=[reader], resource=resource)
-        instrument(self._provider, segments=segments, reopen=True)
+        instrument(self._provider, segments=segments, patterns=patterns, reopen=True)
 
     def stop(self) -> None:
         """Shut the provider down: a final export, within :data:`SHUTDOWN_TIMEOUT` seconds."""

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 from ..registry import Registry
@@ -156,6 +156,7 @@ def serve_prometheus(
     who: str,
     segments: Mapping[str, Registry] | None = None,
     reopen: bool = False,
+    patterns: Sequence[str] | None = None,
 ) -> None:
     """Serve the counters (of *segments*, if given) for Prometheus on addr:port while *who* runs.
 
@@ -167,7 +168,7 @@ def serve_prometheus(
     from ..exposition import Exposition  # http.server and zlib only for the commands that serve
 
     try:
-        server = Exposition(segments, reopen=reopen).serve(port, addr)
+        server = Exposition(segments, patterns=patterns, reopen=reopen).serve(port, addr)
     except OSError as e:
         why = e.strerror or str(e)
         raise SystemExit(

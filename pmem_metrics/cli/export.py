@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import resource
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 
 from ..errors import SegmentError
+from ..fleet import Pattern
 from ..follow import Followed
 from ..registry import Registry
 from ..segment import open_segment
@@ -87,6 +89,17 @@ def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None)
             return None
 
 
+def _raise_open_files() -> None:
+    """The open-file soft limit raised to the hard one: a segment takes two descriptors
+    when read-write, one read-only (a fleet of VMs is many segments)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit the kernel caps lower: keep the soft one
+            pass
+
+
 class _Lines:
     """The metrics lines of the segment at one path, from whichever segment is there now.
 
@@ -130,10 +143,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--shm",
-        required=True,
         action="append",
+        default=[],
         metavar="PATH",
-        help="a shared segment to read (repeat it for several: Prometheus only)",
+        help="a shared segment to read (repeat it for several: Prometheus and OTLP only)",
+    )
+    p.add_argument(
+        "--shm-glob",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="every shared segment at a path PATTERN matches, found as it appears and let go "
+        "once gone; {NAME} matches as * does and labels its series NAME=<match> (repeat it "
+        "for several; Prometheus and OTLP only), e.g. /srv/jailer/firecracker/{vm}/root/pmem.seg",
     )
     p.add_argument(
         "--metrics-path",
@@ -167,7 +189,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _main(a: argparse.Namespace) -> int:
     return export(
-        a.shm, a.metrics_path, a.interval, a.duration, prometheus_of(a), a.wait, otlp_of(a)
+        a.shm,
+        a.metrics_path,
+        a.interval,
+        a.duration,
+        prometheus_of(a),
+        a.wait,
+        otlp_of(a),
+        patterns=a.shm_glob,
     )
 
 
@@ -179,6 +208,7 @@ def export(
     prometheus: tuple[int, str] | None,
     wait: bool = False,
     otlp: tuple[str, float] | None = None,
+    patterns: Sequence[str] = (),
 ) -> int:
     """Run the exporter; return the process exit status (130 after a Ctrl-C, else 0).
 
@@ -188,11 +218,18 @@ def export(
     """
     lines_wanted = metrics_path is not None or (prometheus is None and otlp is None)
     paths = list(dict.fromkeys(shms))
-    if lines_wanted and len(paths) != 1:
+    if not paths and not patterns:
+        raise SystemExit(f"{_ME}: give the segments to read: --shm PATH or --shm-glob PATTERN")
+    if lines_wanted and (len(paths) != 1 or patterns):
         raise SystemExit(
-            f"{_ME}: metrics lines report one segment; give one --shm, or several with "
-            "--prometheus-port or --otlp-endpoint and no --metrics-path"
+            f"{_ME}: metrics lines report one segment; give one --shm, or several (and "
+            "--shm-glob) with --prometheus-port or --otlp-endpoint and no --metrics-path"
         )
+    for pattern in patterns:
+        try:
+            Pattern(pattern)
+        except ValueError as e:
+            raise SystemExit(f"{_ME}: --shm-glob {e}") from None
     if lines_wanted and metrics_path is None and sys.stdout is None:
         raise SystemExit("python -m pmem_metrics: stdout is closed; give --metrics-path")
     for path in paths:
@@ -203,6 +240,7 @@ def export(
             from ._otlp import Pusher  # the extra otel: imported only when asked for
         except ImportError:
             raise SystemExit(f"{_ME}: --otlp-endpoint needs pip install '.[otel]'") from None
+    _raise_open_files()
     writer = MetricsWriter()
     with Signals(on_hup=writer.reopen if metrics_path is not None else None) as signals:
         start = time.monotonic()
@@ -222,8 +260,10 @@ def export(
             writer.init(metrics_path if metrics_path is not None else sys.stdout)
             follower = _Lines(paths[0], writer, segments[paths[0]])
         if prometheus is not None:
-            serve_prometheus(*prometheus, who="export", segments=segments, reopen=True)
-        with nullcontext() if otlp is None else Pusher(*otlp, segments, "export"):
+            serve_prometheus(
+                *prometheus, who="export", segments=segments, reopen=True, patterns=patterns
+            )
+        with nullcontext() if otlp is None else Pusher(*otlp, segments, "export", patterns):
             if follower is not None:
                 # Beats count from now: the wait for a segment must not make them late.
                 opened = time.monotonic()
