@@ -12,7 +12,9 @@
  *                     grace period, moving its baselines
  *   segment_lock.c    a segment's locks, in its lock file: insert, flush,
  *                     claims', references'
- *   segment_file.c    a segment's files: create, check, open, close, fork
+ *   segment_file.c    a segment's files: create, check, open, close, fork,
+ *                     storage
+ *   segment_names.c   the format's offsets by name, for tools and tests
  *   segment_read.c    reading a segment without a lock: views, sorting by id
  *   segment_claim.c   claim records: flushes whose reports are on their way
  *   segment_index.c   finding and inserting ids, the sorted index, room
@@ -26,7 +28,7 @@
  *   line.c            writing metrics lines to a destination
  *
  * Calls between these files only go down this list's dependency order:
- * device, then the segment files (lock, file, read, claim, index, life),
+ * device, then the segment files (lock, file, names, read, claim, index, life),
  * then fork, private, registry, snapshot_copy, snapshot.  segment_layout.h is the file's
  * bytes.
  *
@@ -312,6 +314,8 @@ bool pmi_seg_referenced(const struct pmi_seg *g, uint64_t s);
 int pmi_seg_refs_after_fork(struct pmi_seg *g);
 
 /* segment_file.c */
+/* The size of a slot of `nfields` counters. */
+uint64_t pmi_seg_slot_size(uint64_t nfields);
 int pmi_seg_open(struct pmi_seg *g, const char *path, uint64_t capacity, unsigned mode,
 		 unsigned flags);
 void pmi_seg_close(struct pmi_seg *g);
