@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -156,3 +157,18 @@ def eventually(check: Callable[[], bool]) -> None:
     while not check():
         assert time.monotonic() < deadline, "never"
         time.sleep(0.02)
+
+
+def test_top_shows_every_vm_a_pattern_finds(tmp_path: Path) -> None:
+    vm(tmp_path, "a", drv0=1)
+    vm(tmp_path, "b", drv0=2)
+    out = subprocess.run(
+        [sys.executable, "-m", "pmem_metrics", "top", "--shm-glob",
+         f"{tmp_path}/{{vm}}/run/pmem.seg", "--json", "--all", "--interval", "0.01"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    segments = json.loads(out)["segments"]
+    assert {
+        path: {d: f["cfg_fails"]["count"] for d, f in s["devices"].items()}
+        for path, s in segments.items()
+    } == {f"{tmp_path}/a/run/pmem.seg": {"drv0": 1}, f"{tmp_path}/b/run/pmem.seg": {"drv0": 2}}

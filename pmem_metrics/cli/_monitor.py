@@ -95,8 +95,14 @@ class Source(Protocol):
 class Monitor:
     """Every segment's rows at each :meth:`poll`, with their rates since the previous one."""
 
-    def __init__(self, segments: Sequence[Source], clock: Callable[[], float] = time.monotonic):
-        self.segments = segments
+    def __init__(
+        self,
+        segments: Sequence[Source] | Callable[[], Sequence[Source]],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._segments = segments
+        self.segments: Sequence[Source] = [] if callable(segments) else segments
+        """The segments read at the last poll (a callable *segments* is asked at each)."""
         self.clock = clock
         self.rows: list[Row] = []
         self.polled: float | None = None  # when the last poll read
@@ -107,6 +113,8 @@ class Monitor:
         """Read every segment; the rows, also kept in :attr:`rows`."""
         now = self.clock()
         rows: list[Row] = []
+        if callable(self._segments):
+            self.segments = self._segments()  # segments a pattern found: as they are now
         for s in self.segments:
             counts = s.read()
             if s.fresh or counts is None:

@@ -37,6 +37,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from ..fleet import Fleet
 from ..follow import Followed
 from ..segment import open_segment
 from ._args import interval
@@ -81,10 +82,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--shm",
-        required=True,
         action="append",
+        default=[],
         metavar="PATH",
         help="a shared segment to show (repeat it for several)",
+    )
+    p.add_argument(
+        "--shm-glob",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="every segment at a path PATTERN matches, as they come and go ({NAME} matches "
+        "as * does; repeat it for several)",
     )
     p.add_argument(
         "--interval",
@@ -112,8 +121,15 @@ def _main(args: argparse.Namespace) -> int:
             curses.setupterm(os.environ.get("TERM", "unknown"), sys.stdout.fileno())
         except curses.error as e:
             raise SystemExit(f"{_ME}: cannot use this terminal ({e}); --once or --json") from None
-    monitor = Monitor(open_all(args.shm))
-    columns = COLUMNS if len(monitor.segments) > 1 else COLUMNS[1:]
+    if not args.shm and not args.shm_glob:
+        raise SystemExit(f"{_ME}: give the segments to show: --shm PATH or --shm-glob PATTERN")
+    given = open_all(args.shm)
+    try:
+        fleet = Fleet(args.shm_glob) if args.shm_glob else None
+    except ValueError as e:
+        raise SystemExit(f"{_ME}: --shm-glob {e}") from None
+    monitor = Monitor(given if fleet is None else lambda: [*given, *fleet.members()])
+    columns = COLUMNS if len(given) > 1 or fleet is not None else COLUMNS[1:]
     view = View(columns, zeros=args.all, text=args.filter)
     with Signals() as signals:
         if one_shot:
