@@ -85,16 +85,12 @@ class Registry:
         return self._cr is None
 
     def close(self) -> None:
-        """Let go of this open of the segment: its files and memory go with the last one.
+        """Let go of this open (an :func:`open_segment`'s); the last frees files and memory.
 
-        Each :func:`open_segment` that returned this segment is one open; the
-        last close frees it, so an agent that follows segments coming and
-        going holds descriptors and memory for the live ones only.  Reads
-        already made stay yours.  Raises :class:`SegmentError` with
-        ``errno.EBUSY`` (and stays open) while a device handle or a flush of
-        it is held in this process, ``ValueError`` for the default registry
-        (not opened here).  Closing twice does nothing.  Also a context
-        manager: ``with open_segment(path, readonly=True) as seg: ...``.
+        Reads already made stay yours.  Raises :class:`SegmentError`
+        ``EBUSY`` (staying open) while a device handle or a flush of it is
+        held here, ``ValueError`` for the default registry.  Twice: nothing.
+        Also a context manager: ``with open_segment(path) as seg: ...``.
         """
         if self._cr is None:
             return
@@ -105,13 +101,8 @@ class Registry:
         self._cr = None
 
     def forget_path(self) -> None:
-        """Read and flush the file this segment has open, whatever its path names now.
-
-        Once a VM's segment was removed or replaced, its last counts are
-        still in the file this registry holds: after this call, reads and
-        flushes reach them (no :class:`SegmentReplacedError`), until
-        :meth:`close`.  :class:`pmem_metrics.follow.Followed` does this.
-        """
+        """Read and flush the file this segment has open, whatever its path names now: the
+        final counts of a segment removed or replaced (:class:`pmem_metrics.follow.Followed`)."""
         if lib.pmem_metrics_registry_forget_path(self._r) != 0:
             raise registry_error(ffi.errno, self._r, "follow", "not a segment")
 
