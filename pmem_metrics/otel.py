@@ -43,18 +43,28 @@ holds its lock while it collects: an instrument made there would wait for
 ever), so its points start at the next collection.
 
 *Errors.*  A registry that cannot be read (a segment removed, corrupt) is
-logged on the ``pmem_metrics`` logger (WARNING) and left out of that
-collection; nothing is raised into the SDK.  With ``reopen=True`` a segment
-whose path names a new file is opened again by that path, as
-:class:`~pmem_metrics.prometheus.PmemCollector` does.
+left out of the collections until it can be read again; nothing is raised
+into the SDK.  The ``pmem_metrics`` logger says so (WARNING) once when it
+stops being readable and once when it is read again, not at every
+collection.  With ``reopen=True`` a segment whose path names a new file is
+opened again by that path, as :class:`~pmem_metrics.prometheus.PmemCollector`
+does.
+
+*Counts past 2**63 - 1.*  OTLP's integer points are signed 64-bit, and one
+point out of range makes the exporter fail the whole batch, at every export,
+for every device.  So a count of 2**63 or more (counters are unsigned 64-bit)
+is clamped: sent as 2**63 - 1, the series flat there until the counter wraps
+(a reset to the backend), with one WARNING naming the registry, device and
+field, the first time only (:mod:`pmem_metrics._otel_read`).  Clamped, not
+left out: a series that vanished would read as a device that went away.
 
 # Limitations
 
 Recent SDKs keep at most 2000 attribute sets per instrument and reader (the
 default ``cardinality_limits``), every device they saw counting; past that,
 new devices go into one ``otel.metric.overflow`` point: give the reader a
-larger limit (the exporter's is 2**20).  OTLP carries signed 64-bit integers:
-a count of 2**63 or more cannot be sent.  A drive id retired and allocated
+larger limit (the exporter's is 2**20).  A count of 2**63 or more is sent as
+2**63 - 1 (above).  A drive id retired and allocated
 again starts from zero: a reset to a cumulative reader, and one negative delta
 from the SDK's delta conversion.
 """
@@ -75,48 +85,29 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError("pmem_metrics.otel needs opentelemetry-api: pip install '.[otel]'") from e
 
 from ._binding import FIELD_DOCS, FIELDS
-from ._scrape import peek_following
-from ._snapshot import Snapshot
-from .errors import PmemMetricsError
+from ._otel_read import DRIVE_ID, SEGMENT, Row, Source
 from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
 
 SCOPE = "pmem_metrics"
 """The instrumentation scope (meter name) of the instruments."""
-DRIVE_ID = "pmem.drive_id"
-"""The attribute naming a point's device."""
-SEGMENT = "pmem.segment"
-"""The attribute naming a point's registry, given ``segments``."""
 UNIT = "{event}"
 """The instruments' unit: a count of events."""
 
 __all__ = ["DRIVE_ID", "SCOPE", "SEGMENT", "UNIT", "Instrumentation", "instrument"]
 
-# A registry's attributes per device, and its columns by field name.
-_Row = tuple[list[dict[str, str]], dict[str, list[int]]]
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
-
-
-class _Source:
-    """One registry an instrumentation reads, and the attributes its points get."""
-
-    __slots__ = ("attributes", "name", "registry")
-
-    def __init__(self, name: str | None, registry: Registry) -> None:
-        self.name = name
-        self.attributes = {} if name is None else {SEGMENT: name}
-        self.registry = registry  # replaced by the one its path names now, on reopening
 
 
 class Instrumentation:
     """What :func:`instrument` returns: :meth:`uninstrument` stops it."""
 
-    def __init__(self, sources: list[_Source], reopen: bool) -> None:
+    def __init__(self, sources: list[Source], reopen: bool) -> None:
         self._sources = sources
         self._reopen = reopen
         self._lock = threading.Lock()
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._served: set[str] | None = None  # None: the first callback reads
         self._active = True
         self._provider: _Provider | None = None
@@ -151,23 +142,15 @@ class Instrumentation:
             for a, v in zip(attrs, cols[field])
         ]
 
-    def _read(self, source: _Source, deadline: float) -> _Row | None:
-        """*source*'s attributes per device and counts per field; ``None`` (logged) on failure."""
-        try:
-            snap = self._peek(source, deadline)
-        except (PmemMetricsError, OSError, ValueError) as e:
-            what = "the default registry" if source.name is None else f"segment {source.name!r}"
-            _log.warning("pmem_metrics: OpenTelemetry: cannot read %s: %s", what, e)
+    def _read(self, source: Source, deadline: float) -> Row | None:
+        """*source*'s attributes per device and counts per field; ``None`` (said) on failure."""
+        got = source.read(deadline, self._reopen)
+        if got is None:
             return None
-        attributes = [{DRIVE_ID: i, **source.attributes} for i in Snapshot.split(snap.ids_text)]
+        row, snap = got
         if self._provider is not None and snap.fields != FIELDS:
             self._provider.later(snap.docs)  # another build's segment: its own fields too
-        return attributes, dict(zip(snap.fields, snap.columns(snap.counts)))
-
-    def _peek(self, source: _Source, deadline: float) -> Snapshot:
-        """Read *source*; if its path names another segment now and *reopen* was asked, that one."""
-        snap, source.registry = peek_following(source.registry, deadline, self._reopen, source.name)
-        return snap
+        return row
 
 
 class _Provider:
@@ -249,9 +232,9 @@ def instrument(
     if not isinstance(reopen, bool):
         raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
     sources = (
-        [_Source(None, Registry.default())]
+        [Source(None, Registry.default())]
         if segments is None
-        else [_Source(name, r) for name, r in segments.items()]
+        else [Source(name, r) for name, r in segments.items()]
     )
     member = Instrumentation(sources, reopen)
     provider = _global_provider() if meter_provider is None else meter_provider
