@@ -4,14 +4,16 @@ Both :class:`pmem_metrics.prometheus.PmemCollector` (prometheus_client's
 objects) and :mod:`pmem_metrics.exposition` (text, from templates) render a
 :class:`Sources`' :meth:`~Sources.read`, so they read the same counters the
 same way: one peek per registry, the segment's room read right after it, an
-unreadable segment logged and reported as such, a replaced one reopened by
-its path when asked.  This module needs nothing but the package itself.
+unreadable segment reported as such (and logged once when it becomes
+unreadable, once when it is read again: not at every scrape), a replaced one
+reopened by its path when asked.  This module needs nothing but the package itself.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -46,11 +48,12 @@ order: (name, type, HELP)."""
 class Source:
     """One registry a scrape reads, and the label values its series get."""
 
-    __slots__ = ("labels", "registry")
+    __slots__ = ("down", "labels", "registry")
 
     def __init__(self, labels: tuple[str, ...], registry: Registry) -> None:
         self.labels = labels
         self.registry = registry  # replaced by the one its path names now, on reopening
+        self.down = False  # the last scrape could not read it (logged once)
 
 
 class Reading(NamedTuple):
@@ -95,6 +98,7 @@ class Sources:
             raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
         self.timeout = float(timeout)
         self.reopen = reopen
+        self._said = threading.Lock()  # concurrent scrapes log a segment going down or up once
         self.segmented = segments is not None
         """Whether these are named segments (series labelled ``segment``, and the room gauges)."""
         self.sources = (
@@ -107,8 +111,9 @@ class Sources:
         """One peek of every source, in order, and each segment's room right after its peek.
 
         The default registry alone: a failure to read it raises (the scrape
-        fails, as it should).  Segments: one that cannot be read is logged
-        and read as ``snap=None``; one must not hide the others.
+        fails, as it should).  Segments: one that cannot be read is read as
+        ``snap=None`` (one must not hide the others), logged (WARNING) at the
+        first scrape that cannot read it and at the first that can again.
         """
         out = []
         deadline = time.monotonic() + self.timeout  # each segment still gets one try
@@ -118,11 +123,21 @@ class Sources:
             except (PmemMetricsError, OSError, ValueError) as e:
                 if not self.segmented:
                     raise
-                _log.warning("pmem_metrics: cannot read segment %r: %s", source.labels[0], e)
+                if self._went(source, down=True):
+                    _log.warning("pmem_metrics: cannot read segment %r: %s", source.labels[0], e)
                 out.append(Reading(source.labels, None, None))
                 continue
+            if source.down and self._went(source, down=False):
+                _log.warning("pmem_metrics: segment %r can be read again", source.labels[0])
             out.append(Reading(source.labels, snap, self._room(source)))
         return out
+
+    def _went(self, source: Source, down: bool) -> bool:
+        """Mark *source* as *down* (or up); whether it was not already (to log it once)."""
+        with self._said:
+            changed = source.down != down
+            source.down = down
+        return changed
 
     def _room(self, source: Source) -> tuple[int, int, int, int] | None:
         """A segment's capacity, devices, retired devices and allocation failures."""

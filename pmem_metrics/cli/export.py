@@ -6,8 +6,8 @@ never creating one: a mistyped path is an error, not a new file; with
 every process in them: Firecracker metrics lines every ``--interval``
 seconds (and a final one), a Prometheus endpoint, an OpenTelemetry push
 (:mod:`._otlp`), or any of them together, until Ctrl-C, SIGTERM or
-``--duration``; SIGHUP reopens ``--metrics-path`` (log rotation).  It
-creates no device of its own.
+``--duration``, never on a fault that passes (:mod:`._lines`); SIGHUP reopens
+``--metrics-path`` (log rotation).  It creates no device of its own.
 
 Lines are flushes: they report each count once, across every process that
 flushes the segment.  A flush moves the segment's baselines, so lines need
@@ -38,9 +38,10 @@ from contextlib import nullcontext
 from ..errors import SegmentError, SegmentReplacedError
 from ..registry import Registry
 from ..segment import open_segment
-from ..writer import MetricsWriter
+from ..writer import DEFAULT_TIMEOUT, MetricsWriter
 from ._args import add_otlp, add_prometheus, interval, otlp_of, prometheus_of, seconds
-from ._service import Signals, serve_prometheus, write_lines
+from ._lines import Lines, add_write_timeout
+from ._service import Signals, serve_prometheus
 
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a path that ``--wait`` waits on."""
@@ -135,9 +136,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Report every device of existing shared segments, from every process "
         "in them: a Firecracker metrics line every --interval seconds (one --shm; needs write "
         "access), and/or a Prometheus endpoint, and/or an OpenTelemetry push (any number of "
-        "--shm; read access is enough). "
-        "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0); SIGHUP reopens "
-        "--metrics-path.",
+        "--shm; read access is enough). A failed line is tried again at the next beat. "
+        "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0; a second one abandons "
+        "a line that hangs); SIGHUP reopens --metrics-path.",
     )
     p.add_argument(
         "--shm",
@@ -171,15 +172,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="wait for a segment that is not there yet (until --duration), instead of failing",
     )
+    add_write_timeout(p)
     add_prometheus(p, "the counters")
     add_otlp(p, "the counters")
     p.set_defaults(run=_main)
 
 
 def _main(a: argparse.Namespace) -> int:
-    return export(
-        a.shm, a.metrics_path, a.interval, a.duration, prometheus_of(a), a.wait, otlp_of(a)
-    )
+    return export(a.shm, a.metrics_path, a.interval, a.duration, prometheus_of(a), a.wait,
+                  otlp_of(a), a.write_timeout)  # fmt: skip
 
 
 def export(
@@ -190,12 +191,14 @@ def export(
     prometheus: tuple[int, str] | None,
     wait: bool = False,
     otlp: tuple[str, float] | None = None,
+    write_timeout: float = DEFAULT_TIMEOUT,
 ) -> int:
     """Run the exporter; return the process exit status (130 after a Ctrl-C, else 0).
 
     Lines go to *metrics_path*, or to stdout unless *prometheus* (port, address)
-    or *otlp* (URL, interval) was asked for.  With *wait*, a segment not there
-    yet is waited for (within *duration*), not an error.
+    or *otlp* (URL, interval) was asked for, each waiting *write_timeout*
+    seconds at most.  With *wait*, a segment not there yet is waited for
+    (within *duration*), not an error.
     """
     lines_wanted = metrics_path is not None or (prometheus is None and otlp is None)
     paths = list(dict.fromkeys(shms))
@@ -226,24 +229,22 @@ def export(
                 return signals.status
             if registry not in segments.values():
                 segments[path] = registry
-        lines = 0
-        follower = None
+        beats: Lines | None = None
         if lines_wanted:
             writer.set_registry(segments[paths[0]])
-            writer.init(metrics_path if metrics_path is not None else sys.stdout)
+            writer.init(sys.stdout if metrics_path is None else metrics_path, timeout=write_timeout)
             follower = _Lines(paths[0], writer)
-        if prometheus is not None:
-            serve_prometheus(*prometheus, who="export", segments=segments, reopen=True)
-        with nullcontext() if otlp is None else Pusher(*otlp, segments, "export"):
-            if follower is not None:
-                # Beats count from now: the wait for a segment must not make them late.
-                opened = time.monotonic()
-                lines = write_lines(
-                    signals, opened, interval, start + duration - opened, follower.write
-                )
-                lines += follower.write()
-            else:
-                signals.sleep_until(start + duration)
-    what = f"{lines} metrics lines from {paths[0]}" if lines_wanted else "served"
+            beats = Lines("export", follower.write, paths[0], stdout=metrics_path is None)
+        with nullcontext() if beats is None else beats:  # says what a second signal left
+            if prometheus is not None:
+                serve_prometheus(*prometheus, who="export", segments=segments, reopen=True)
+            with nullcontext() if otlp is None else Pusher(*otlp, segments, "export"):
+                if beats is not None:
+                    # Beats count from now: the wait for a segment must not make them late.
+                    opened = time.monotonic()
+                    beats.run(signals, opened, interval, start + duration - opened)
+                else:
+                    signals.sleep_until(start + duration)
+    what = f"{beats.written} metrics lines from {paths[0]}" if beats else "served"
     _say(f"{what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s")
     return signals.status
