@@ -4,6 +4,17 @@ Kept apart from the rendering: the handler only turns a request's headers
 into a call of ``respond(accept, accept_encoding)`` and writes what it
 returns; the server is a ``ThreadingHTTPServer`` of the address's family on
 a daemon thread.
+
+An endpoint that runs for months meets clients that misbehave: the listen
+queue holds :data:`BACKLOG` connections (not ``socketserver``'s 5, which makes
+a crowd of clients wait seconds for their SYNs to be sent again), a
+connection that sends nothing for :attr:`MetricsHandler.timeout` seconds (an
+idle client, half a request) is dropped, freeing its thread, and a client
+that goes away (a reset, a broken pipe, a timeout) is one DEBUG line on the
+``pmem_metrics`` logger, not a traceback on stderr.  The timeout bounds each
+wait for the client, not a whole request: a client that trickles a byte
+every few seconds keeps its thread (a reverse proxy in front guards against
+that).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, Protocol
@@ -18,6 +30,9 @@ from typing import Any, ClassVar, Protocol
 from .errors import PmemMetricsError
 
 _log = logging.getLogger("pmem_metrics")
+
+BACKLOG = socket.SOMAXCONN
+"""The listen queue's length (the kernel caps it at ``net.core.somaxconn``)."""
 
 
 class Responder(Protocol):
@@ -37,6 +52,8 @@ class MetricsHandler(BaseHTTPRequestHandler):
     """
 
     exposition: ClassVar[Responder]
+    timeout = 5.0
+    """Seconds each read or write of the connection may wait for the client: then it is dropped."""
 
     def do_GET(self) -> None:
         """Serve the exposition."""
@@ -69,10 +86,20 @@ class _Server(ThreadingHTTPServer):
         self.address_family = family
         super().__init__(address, handler)
 
+    request_queue_size = BACKLOG
+
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # not HTTPServer's: its getfqdn() may hang
         self.server_name = str(self.server_address[0])
         self.server_port = int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is no error of the server's: one DEBUG line, no traceback."""
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, socket.timeout)):
+            _log.debug("pmem_metrics: a client went away (%s): %s", client_address, e)
+        else:
+            super().handle_error(request, client_address)
 
 
 def serve(handler: type[BaseHTTPRequestHandler], port: int, addr: str) -> ThreadingHTTPServer:

@@ -4,8 +4,9 @@ Both :class:`pmem_metrics.prometheus.PmemCollector` (prometheus_client's
 objects) and :mod:`pmem_metrics.exposition` (text, from templates) render a
 :class:`Sources`' :meth:`~Sources.read`, so they read the same counters the
 same way: one peek per registry, the segment's room read right after it, an
-unreadable segment logged and reported as such, a replaced one reopened by
-its path when asked.  This module needs nothing but the package itself.
+unreadable segment reported as such (and logged once when it becomes
+unreadable, once when it is read again: not at every scrape), a replaced one
+read out and reopened by its path when asked.  This module needs nothing but the package itself.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -48,7 +50,7 @@ order: (name, type, HELP)."""
 class Source:
     """One registry a scrape reads, and the label values its series get."""
 
-    __slots__ = ("followed", "labels", "registry")
+    __slots__ = ("down", "followed", "labels", "registry")
 
     def __init__(
         self, labels: tuple[str, ...], registry: Registry | None, followed: Followed | None
@@ -56,6 +58,7 @@ class Source:
         self.labels = labels
         self.registry = registry  # the default registry's; a segment's is followed
         self.followed = followed
+        self.down = False  # the last scrape could not read it (logged once)
 
     @classmethod
     def of(cls, labels: tuple[str, ...], registry: Registry, reopen: bool) -> Source:
@@ -112,13 +115,14 @@ class Sources:
             raise TypeError(f"reopen must be a bool, not {type(reopen).__name__}")
         self.timeout = float(timeout)
         self.reopen = reopen
+        self._said = threading.Lock()  # concurrent scrapes log a segment going down or up once
         self.fleet = Fleet(patterns) if patterns is not None else None
         self.segmented = segments is not None or self.fleet is not None
         """Whether these are named segments (series labelled ``segment``, and the room gauges)."""
         names = self.fleet.names if self.fleet is not None else ()
         self.label_names: tuple[str, ...] = ("segment", *names) if self.segmented else ()
         """The labels of every series but the device's own: ``segment``, then the patterns'."""
-        self._found: set[Source] = set()  # the sources the patterns found, at the last read
+        self._found: dict[str, Source] = {}  # the sources the patterns found, by path
         blank = ("",) * len(names)
         self.sources = (
             [Source.of((), Registry.default(), reopen)]
@@ -130,8 +134,9 @@ class Sources:
         """One peek of every source, in order, and each segment's room right after its peek.
 
         The default registry alone: a failure to read it raises (the scrape
-        fails, as it should).  Segments: one that cannot be read is logged
-        and read as ``snap=None``; one must not hide the others.
+        fails, as it should).  Segments: one that cannot be read is read as
+        ``snap=None`` (one must not hide the others), logged (WARNING) at the
+        first scrape that cannot read it and at the first that can again.
         """
         out = []
         deadline = time.monotonic() + self.timeout  # each segment still gets one try
@@ -143,16 +148,26 @@ class Sources:
             except (PmemMetricsError, OSError, ValueError) as e:
                 if not self.segmented:
                     raise
-                if source in self._found and source.followed is not None:
-                    if source.followed.registry is None:  # never a segment: skipped
-                        assert self.fleet is not None
-                        self.fleet.skipped(source.followed, e)
-                        continue
-                _log.warning("pmem_metrics: cannot read segment %r: %s", source.labels[0], e)
+                found = source.followed is not None and source.followed.path in self._found
+                if found and source.followed is not None and source.followed.registry is None:
+                    assert self.fleet is not None  # never a segment: skipped
+                    self.fleet.skipped(source.followed, e)
+                    continue
+                if self._went(source, down=True):
+                    _log.warning("pmem_metrics: cannot read segment %r: %s", source.labels[0], e)
                 out.append(Reading(source.labels, None, None))
                 continue
+            if source.down and self._went(source, down=False):
+                _log.warning("pmem_metrics: segment %r can be read again", source.labels[0])
             out.append(Reading(source.labels, snap, self._room(source)))
         return out
+
+    def _went(self, source: Source, down: bool) -> bool:
+        """Mark *source* as *down* (or up); whether it was not already (to log it once)."""
+        with self._said:
+            changed = source.down != down
+            source.down = down
+        return changed
 
     def _room(self, source: Source) -> tuple[int, int, int, int] | None:
         """A segment's capacity, devices, retired devices and allocation failures."""
@@ -165,12 +180,15 @@ class Sources:
         """The sources given, then the segments the patterns match now."""
         if self.fleet is None:
             return self.sources
-        found = []
+        found = {}
         for member in self.fleet.members():
-            labels = (member.path, *(member.labels[n] for n in self.fleet.names))
-            found.append(Source(labels, None, member))
-        self._found = set(found)
-        return [*self.sources, *found]
+            source = self._found.get(member.path)
+            if source is None or source.followed is not member:
+                labels = (member.path, *(member.labels[n] for n in self.fleet.names))
+                source = Source(labels, None, member)
+            found[member.path] = source
+        self._found = found
+        return [*self.sources, *found.values()]
 
     def _peek(self, source: Source, deadline: float) -> Snapshot:
         """Read *source*: a segment's final counts once it is gone, then the one at its path."""
@@ -178,7 +196,7 @@ class Sources:
             assert source.registry is not None
             return peek(source.registry._r, deadline)
         snap = source.followed.peek(deadline)
-        if snap is None and source in self._found:
+        if snap is None and source.followed.path in self._found:
             raise _Absent  # a pattern's: gone, not down
         if snap is None:  # the path has no segment (yet)
             raise FileNotFoundError(errno.ENOENT, "no segment", source.followed.path)

@@ -75,8 +75,8 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     raise ImportError("pmem_metrics.otel needs opentelemetry-api: pip install '.[otel]'") from e
 
 from ._binding import FIELD_DOCS, FIELDS
+from ._otel_read import DRIVE_ID, SEGMENT, Points, Row
 from ._scrape import Sources
-from ._snapshot import Snapshot
 from .errors import PmemMetricsError
 from .registry import Registry
 
@@ -84,17 +84,11 @@ _log = logging.getLogger("pmem_metrics")
 
 SCOPE = "pmem_metrics"
 """The instrumentation scope (meter name) of the instruments."""
-DRIVE_ID = "pmem.drive_id"
-"""The attribute naming a point's device."""
-SEGMENT = "pmem.segment"
-"""The attribute naming a point's registry, given ``segments``."""
 UNIT = "{event}"
 """The instruments' unit: a count of events."""
 
 __all__ = ["DRIVE_ID", "SCOPE", "SEGMENT", "UNIT", "Instrumentation", "instrument"]
 
-# A registry's attributes per device, and its columns by field name.
-_Row = tuple[list[dict[str, str]], dict[str, list[int]]]
 _Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
@@ -103,8 +97,10 @@ class Instrumentation:
 
     def __init__(self, sources: Sources) -> None:
         self._sources = sources
+        self._points = Points(sources.label_names)
+        self._down = False  # the default registry could not be read (said once)
         self._lock = threading.Lock()
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._served: set[str] | None = None  # None: the first callback reads
         self._active = True
         self._provider: _Provider | None = None
@@ -139,28 +135,27 @@ class Instrumentation:
             for a, v in zip(attrs, cols[field])
         ]
 
-    def _read(self) -> list[_Row]:
+    def _read(self) -> list[Row]:
         """Every source's attributes per device and counts per field (one peek each)."""
         try:
-            readings = self._sources.read()  # a segment that cannot be read: logged, None
+            readings = self._sources.read()  # a segment that cannot be read: logged once, None
         except (PmemMetricsError, OSError, ValueError) as e:  # the default registry
-            _log.warning("pmem_metrics: OpenTelemetry: cannot read the default registry: %s", e)
+            if not self._down:
+                _log.warning("pmem_metrics: OpenTelemetry: cannot read the default registry: %s", e)
+                self._down = True
             return []
-        names = (SEGMENT, *self._sources.label_names[1:])
+        if self._down:
+            _log.warning("pmem_metrics: OpenTelemetry: the default registry can be read again")
+            self._down = False
         rows = []
-        for labels, snap, _ in readings:
-            if snap is None:
+        for reading in readings:
+            points = self._points.row(reading)
+            if points is None:
                 continue
-            extra = {n: v for n, v in zip(names, labels) if v}
-            ids = Snapshot.split(snap.ids_text)
+            row, snap = points
             if self._provider is not None and snap.fields != FIELDS:
                 self._provider.later(snap.docs)  # another build's segment: its own fields too
-            rows.append(
-                (
-                    [{DRIVE_ID: i, **extra} for i in ids],
-                    dict(zip(snap.fields, snap.columns(snap.counts))),
-                )
-            )
+            rows.append(row)
         return rows
 
 

@@ -21,19 +21,44 @@ class FifoReader:
         self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         self.data = bytearray()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # held while the thread reads
+        self._paused = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.fd], [], [], 0.05)
-            chunk = os.read(self.fd, 1 << 16) if ready else b""
+            with self._reading:
+                ready = [] if self._paused else select.select([self.fd], [], [], 0.05)[0]
+                chunk = os.read(self.fd, 1 << 16) if ready else b""
             if chunk:
                 with self._lock:
                     self.data += chunk
-            elif ready:
-                time.sleep(0.005)  # no writer (EOF) right now
+            elif ready or self._paused:
+                time.sleep(0.005)  # no writer (EOF) right now, or paused
+
+    def pause(self) -> None:
+        """Read nothing until :meth:`resume`, as a consumer that stalls: the pipe fills up."""
+        self._paused = True
+        with self._reading:  # a read under way is over
+            pass
+
+    def resume(self) -> None:
+        """Read again."""
+        self._paused = False
+
+    def read_to_end(self) -> None:
+        """Stop the thread's reading, then read what is left, up to the end of file (no writer)."""
+        self.pause()
+        while chunk := os.read(self.fd, 1 << 16):
+            with self._lock:
+                self.data += chunk
+
+    def text(self) -> str:
+        """What was read so far."""
+        with self._lock:
+            return bytes(self.data).decode("utf-8", "replace")
 
     def lines(self, n: int, timeout: float = 30) -> list[str]:
         """The first *n* complete lines that are not empty, waiting up to *timeout* seconds.

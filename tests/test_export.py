@@ -50,10 +50,17 @@ def eventually(check: Callable[[], bool], what: str) -> None:
 class Exporter:
     """``python -m pmem_metrics export ARGS`` in the background, its stderr read line by line."""
 
-    def __init__(self, cwd: Path, *args: str, prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        *args: str,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             [*(prefix or [sys.executable, "-m", "pmem_metrics"]), "export", *args],
             cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -77,6 +84,16 @@ class Exporter:
             self.proc.kill()  # dead or astray: what else it said goes in the failure
             pytest.fail(f"expected {start!r}, got {line!r}; then: {self.stop()}")
         return line
+
+    def until(self, text: str) -> str:
+        """The next stderr line that holds *text*, the lines before it kept in :attr:`stderr`."""
+        while True:
+            line = self._lines.get(timeout=PATIENCE)
+            self.stderr.append(line)
+            if text in line:
+                return line
+            if not line:  # the exporter is gone
+                pytest.fail(f"never said {text!r}: {''.join(self.stderr)}")
 
     def url(self) -> str:
         return self.expect("export: Prometheus metrics at ").split(" at ")[1].strip()

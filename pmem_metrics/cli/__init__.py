@@ -19,6 +19,7 @@ from typing import Callable
 
 from .. import __version__, capi
 from . import demo, export, top
+from ._service import Abandoned
 
 PROG = "python -m pmem_metrics"
 
@@ -80,12 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
-    except KeyboardInterrupt:
-        # A Ctrl-C before the command's own handling, or a second one.  On the
-        # way out, a further one must not interrupt the exit with a traceback.
+    except KeyboardInterrupt as e:
+        # A Ctrl-C before the command's own handling, or a second stop signal
+        # (Abandoned: 0 unless a Ctrl-C came).  On the way out, a further one
+        # must not interrupt the exit with a traceback.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return 130
+        return e.status if isinstance(e, Abandoned) else 130
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             _discard_stdout()

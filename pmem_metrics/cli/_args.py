@@ -27,6 +27,7 @@ def _checked(kind: type[_T], ok: Callable[[_T], bool], what: str) -> Callable[[s
 count = _checked(int, lambda v: v >= 0, ">= 0")
 port = _checked(int, lambda v: 0 <= v <= 65535, "a port number, 0 to 65535")
 seconds = _checked(float, lambda v: v >= 0, ">= 0")
+positive = _checked(float, lambda v: 0 < v < float("inf"), "> 0")
 interval = _checked(
     float, lambda v: INTERVAL_FLOOR <= v < float("inf"), f"{INTERVAL_FLOOR:g} s or more"
 )

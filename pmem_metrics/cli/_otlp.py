@@ -154,7 +154,9 @@ class _Said(MetricExporter):
 class Pusher:
     """The counters of *segments* pushed to *url* every *interval* seconds, until :meth:`stop`.
 
-    As a context manager, it stops on leaving.
+    As a context manager, it stops on leaving, but for a ``KeyboardInterrupt``
+    (a second stop signal): then the process leaves at once, without a
+    final export.
     """
 
     def __init__(
@@ -189,7 +191,9 @@ class Pusher:
     def __enter__(self) -> Pusher:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            return  # a second stop signal: out at once, no final export (the next run's has it)
         self.stop()
 
 

@@ -24,11 +24,17 @@ _MAX_WAIT = 60.0  # seconds one select() may wait (a deadline may be inf: --dura
 _STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _abort(signum: int, frame: FrameType | None) -> None:
-    """A second stop signal: ignore any further one, and raise ``KeyboardInterrupt`` (for main)."""
-    for sig in _STOPS:
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
+class Abandoned(KeyboardInterrupt):
+    """A second stop signal: what the command still waited for (a line that hangs) is abandoned.
+
+    A ``KeyboardInterrupt``, so that it interrupts whatever waits, a metrics
+    line included (which withdraws its flush); :attr:`status` is the exit
+    status: 130 if a Ctrl-C came, else 0 (two SIGTERMs are still a stop).
+    """
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.status = status
 
 
 class Signals:
@@ -37,10 +43,10 @@ class Signals:
     The first SIGINT (Ctrl-C) or SIGTERM (what service managers send) only
     sets :attr:`caught` and wakes :meth:`sleep_until`, so a metrics line is
     never cut short: the command stops at its next step and ends as usual,
-    with its final line and summary.  A second one raises
-    ``KeyboardInterrupt`` (to abort a final write that hangs); from then on,
-    or once the command is done, both are ignored: the process is on its way
-    out, and a further one would only interrupt its exit with a traceback.
+    with its final line and summary.  A second one raises :class:`Abandoned`
+    (to abandon a line that hangs, at once); from then on, or once the
+    command is done, both are ignored: the process is on its way out, and a
+    further one would only interrupt its exit with a traceback.
     SIGHUP calls *on_hup* from :meth:`sleep_until` (never from the handler),
     as daemons reopen their log files.  The signal wakeup fd wakes the sleep
     even when the signal lands just before ``select()`` blocks.  Outside the
@@ -50,6 +56,7 @@ class Signals:
 
     def __init__(self, on_hup: Callable[[], object] | None = None) -> None:
         self.caught: int | None = None  # the stop signal that came, if any
+        self._interrupted = False  # a Ctrl-C came, first or second
         self._hup = False
         self._on_hup = on_hup
         self._pipe: tuple[int, int] | None = None
@@ -59,7 +66,7 @@ class Signals:
     @property
     def status(self) -> int:
         """The exit status for how the command ended: 130 after a Ctrl-C, else 0 (SIGTERM too)."""
-        return 130 if self.caught == signal.SIGINT else 0
+        return 130 if self._interrupted else 0
 
     def __enter__(self) -> Signals:
         if threading.current_thread() is not threading.main_thread():
@@ -84,9 +91,17 @@ class Signals:
             self._hup = True
             return
         self.caught = signum
+        self._interrupted = signum == signal.SIGINT
         for sig in _STOPS:
             if sig in self._installed:
-                signal.signal(sig, _abort)
+                signal.signal(sig, self._abort)
+
+    def _abort(self, signum: int, frame: FrameType | None) -> None:
+        """A second stop signal: ignore any further one, and raise :class:`Abandoned`."""
+        for sig in _STOPS:
+            signal.signal(sig, signal.SIG_IGN)
+        self._interrupted |= signum == signal.SIGINT
+        raise Abandoned(self.status)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._pipe is None:

@@ -6,8 +6,8 @@ never creating one: a mistyped path is an error, not a new file; with
 every process in them: Firecracker metrics lines every ``--interval``
 seconds (and a final one), a Prometheus endpoint, an OpenTelemetry push
 (:mod:`._otlp`), or any of them together, until Ctrl-C, SIGTERM or
-``--duration``; SIGHUP reopens ``--metrics-path`` (log rotation).  It
-creates no device of its own.
+``--duration``, never on a fault that passes (:mod:`._lines`); SIGHUP reopens
+``--metrics-path`` (log rotation).  It creates no device of its own.
 
 Lines are flushes: they report each count once, across every process that
 flushes the segment.  A flush moves the segment's baselines, so lines need
@@ -38,12 +38,12 @@ from contextlib import nullcontext
 
 from ..errors import SegmentError
 from ..fleet import Pattern
-from ..follow import Followed
 from ..registry import Registry
 from ..segment import open_segment
-from ..writer import MetricsWriter
+from ..writer import DEFAULT_TIMEOUT, MetricsWriter
 from ._args import add_otlp, add_prometheus, interval, otlp_of, prometheus_of, seconds
-from ._service import Signals, serve_prometheus, write_lines
+from ._lines import Lines, SegmentLines, add_write_timeout
+from ._service import Signals, serve_prometheus
 
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a path that ``--wait`` waits on."""
@@ -100,35 +100,6 @@ def _raise_open_files() -> None:
             pass
 
 
-class _Lines:
-    """The metrics lines of the segment at one path, from whichever segment is there now.
-
-    When the segment is removed or replaced, one more line reports what it
-    counted since the last one (read from the file still open), then the
-    path is followed to the next segment (:class:`~pmem_metrics.follow.Followed`).
-    """
-
-    def __init__(self, path: str, writer: MetricsWriter, registry: Registry) -> None:
-        self._path = path
-        self._writer = writer
-        self._followed = Followed(path, readonly=False, registry=registry)
-        self._gone = False  # the path had no segment at the last look (said once on stderr)
-
-    def write(self) -> bool:
-        """Write a line; ``False`` (none written) while the path has no segment."""
-        registry = self._followed.open()
-        if registry is None:
-            if not self._gone:
-                _say(f"the segment at {self._path!r} was removed; waiting for a new one")
-                self._gone = True
-            return False
-        if registry is not self._writer.registry:
-            _say(f"the segment at {self._path!r} was replaced; lines come from the new one")
-            self._writer.set_registry(registry)
-        self._gone = False
-        return bool(self._followed.use(lambda _: self._writer.write()))
-
-
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``export`` command and its options."""
     p = commands.add_parser(
@@ -137,9 +108,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Report every device of existing shared segments, from every process "
         "in them: a Firecracker metrics line every --interval seconds (one --shm; needs write "
         "access), and/or a Prometheus endpoint, and/or an OpenTelemetry push (any number of "
-        "--shm; read access is enough). "
-        "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0); SIGHUP reopens "
-        "--metrics-path.",
+        "--shm; read access is enough). A failed line is tried again at the next beat. "
+        "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0; a second one abandons "
+        "a line that hangs); SIGHUP reopens --metrics-path.",
     )
     p.add_argument(
         "--shm",
@@ -182,6 +153,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="wait for a segment that is not there yet (until --duration), instead of failing",
     )
+    add_write_timeout(p)
     add_prometheus(p, "the counters")
     add_otlp(p, "the counters")
     p.set_defaults(run=_main)
@@ -197,6 +169,7 @@ def _main(a: argparse.Namespace) -> int:
         a.wait,
         otlp_of(a),
         patterns=a.shm_glob,
+        write_timeout=a.write_timeout,
     )
 
 
@@ -209,12 +182,15 @@ def export(
     wait: bool = False,
     otlp: tuple[str, float] | None = None,
     patterns: Sequence[str] = (),
+    write_timeout: float = DEFAULT_TIMEOUT,
 ) -> int:
     """Run the exporter; return the process exit status (130 after a Ctrl-C, else 0).
 
     Lines go to *metrics_path*, or to stdout unless *prometheus* (port, address)
-    or *otlp* (URL, interval) was asked for.  With *wait*, a segment not there
-    yet is waited for (within *duration*), not an error.
+    or *otlp* (URL, interval) was asked for, each waiting *write_timeout*
+    seconds at most; *patterns* find more segments (``--shm-glob``).  With
+    *wait*, a segment not there yet is waited for (within *duration*), not an
+    error.
     """
     lines_wanted = metrics_path is not None or (prometheus is None and otlp is None)
     paths = list(dict.fromkeys(shms))
@@ -253,26 +229,24 @@ def export(
                 return signals.status
             if registry not in segments.values():
                 segments[path] = registry
-        lines = 0
-        follower = None
+        beats: Lines | None = None
         if lines_wanted:
             writer.set_registry(segments[paths[0]])
-            writer.init(metrics_path if metrics_path is not None else sys.stdout)
-            follower = _Lines(paths[0], writer, segments[paths[0]])
-        if prometheus is not None:
-            serve_prometheus(
-                *prometheus, who="export", segments=segments, reopen=True, patterns=patterns
-            )
-        with nullcontext() if otlp is None else Pusher(*otlp, segments, "export", patterns):
-            if follower is not None:
-                # Beats count from now: the wait for a segment must not make them late.
-                opened = time.monotonic()
-                lines = write_lines(
-                    signals, opened, interval, start + duration - opened, follower.write
+            writer.init(sys.stdout if metrics_path is None else metrics_path, timeout=write_timeout)
+            follower = SegmentLines(paths[0], writer, segments[paths[0]], _say)
+            beats = Lines("export", follower.write, paths[0], stdout=metrics_path is None)
+        with nullcontext() if beats is None else beats:  # says what a second signal left
+            if prometheus is not None:
+                serve_prometheus(
+                    *prometheus, who="export", segments=segments, reopen=True, patterns=patterns
                 )
-                lines += follower.write()
-            else:
-                signals.sleep_until(start + duration)
-    what = f"{lines} metrics lines from {paths[0]}" if lines_wanted else "served"
+            with nullcontext() if otlp is None else Pusher(*otlp, segments, "export", patterns):
+                if beats is not None:
+                    # Beats count from now: the wait for a segment must not make them late.
+                    opened = time.monotonic()
+                    beats.run(signals, opened, interval, start + duration - opened)
+                else:
+                    signals.sleep_until(start + duration)
+    what = f"{beats.written} metrics lines from {paths[0]}" if beats else "served"
     _say(f"{what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s")
     return signals.status
