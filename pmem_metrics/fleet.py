@@ -157,7 +157,3 @@ class Fleet:
                 )  # fmt: skip
             else:
                 _log.warning("pmem_metrics: skipping %s: %s", member.path, why)
-
-    def recovered(self, member: Followed) -> None:
-        """*member* could be read again: a later failure is logged again."""
-        self._skipped.discard(member.path)
