@@ -242,6 +242,7 @@ struct pmi_seg {
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */
 	_Atomic int path_forgotten; /* 1: the file it has open is read whatever the path names now */
+	_Atomic uint64_t read_high; /* read-only: `high` as last read (segment_read.c's guess) */
 	/*
 	 * A segment's locks exclude other processes, not the threads of this
 	 * one (byte-range locks of the open file description, which the
@@ -367,6 +368,8 @@ struct pmi_seg_view {
 	uint32_t *state_by_slot; /* each slot's state word, as read */
 	size_t high;       /* slots the view read: [0, high) */
 	bool sorted;       /* by the slots' own ids, not by the index */
+	size_t ids_used, ids_cap; /* bytes of `ids` (a copy) */
+	uint64_t alloc_failures;  /* the header's, read with the rest */
 };
 int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v);
 /*
@@ -433,6 +436,9 @@ struct pmi_reported {
 int pmi_seg_retire(struct pmi_seg *g, const char *id, size_t len);
 void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep);
 int pmi_seg_stats(struct pmi_seg *g, struct pmem_metrics_registry_stats *out);
+/* The room of `g` as the view `v` of it shows it. */
+void pmi_seg_view_stats(const struct pmi_seg *g, const struct pmi_seg_view *v,
+			struct pmem_metrics_registry_stats *out);
 
 /* ---- fork.c: the process-wide registry state ---- */
 
@@ -470,12 +476,19 @@ struct pmem_metrics_registry {
 	_Atomic uint64_t alloc_failures; /* private: allocations that failed (no memory) */
 	uint64_t swept_ms; /* private: when expired retired devices were last let go (lock held) */
 	unsigned opens; /* opens not closed yet (opened_lock held): the last close frees it */
-	struct pmem_metrics_registry *next; /* in `opened` */
+	/* In `pmi_opened`, and in opened.c's tables (opened_lock held). */
+	struct pmem_metrics_registry *next, *prev, *next_by_file, *next_by_addr;
 };
 
 extern struct pmem_metrics_registry pmi_default_registry;
 extern pthread_mutex_t pmi_opened_lock;
 extern struct pmem_metrics_registry *pmi_opened;
+
+/* opened.c: the segments open as registries, by file and by address (opened_lock held) */
+struct pmem_metrics_registry *pmi_opened_by_file(dev_t dev, ino_t ino);
+bool pmi_opened_has(const struct pmem_metrics_registry *r);
+void pmi_opened_add(struct pmem_metrics_registry *r);
+void pmi_opened_remove(struct pmem_metrics_registry *r);
 extern pthread_mutex_t pmi_kind_lock;
 
 /*
@@ -556,6 +569,8 @@ struct pmem_metrics_snapshot {
 	 */
 	int claim;
 	bool locked; /* holds its registry's flush lock */
+	bool has_room; /* a segment's: `room` is its stats as read with these counts */
+	struct pmem_metrics_registry_stats room;
 	uint64_t forks; /* pmi_forks at the take: a segment's flush forked away stays the parent's */
 	enum pmi_snapshot_state state;
 	struct pmem_metrics_registry *reg; /* whose flush it is */

@@ -696,6 +696,15 @@ const uint64_t *pmem_metrics_snapshot_aggregate(const struct pmem_metrics_snapsh
 const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot *s);
 
 /*
+ * A segment's room (pmem_metrics_registry_stats()) as read with the
+ * snapshot's counts, from the same reading of the file: what a scrape
+ * shows beside them, at no extra cost.  0, or -1 with errno EINVAL for
+ * NULL or a snapshot of a private registry (ask the registry instead).
+ */
+int pmem_metrics_snapshot_stats(const struct pmem_metrics_snapshot *s,
+				struct pmem_metrics_registry_stats *out);
+
+/*
  * The report built from the flush `s` was delivered: move every counter's
  * `old` up by what `s` reported, release the flush and free `s`.  Increments
  * made since the snapshot stay for the next flush.  NULL, or a peek: no-op.

@@ -123,10 +123,7 @@ static struct pmem_metrics_registry *opened_file(dev_t dev, ino_t ino)
 
 	if (r->seg && r->seg->dev == dev && r->seg->ino == ino)
 		return r;
-	for (r = pmi_opened; r; r = r->next)
-		if (r->seg->dev == dev && r->seg->ino == ino)
-			return r;
-	return NULL;
+	return pmi_opened_by_file(dev, ino);
 }
 
 static struct pmem_metrics_registry *opened_segment(const struct pmi_seg *g)
@@ -300,9 +297,8 @@ struct pmem_metrics_registry *pmem_metrics_registry_open_flags(const char *path,
 			.lock = REGISTRY_LOCK_INITIALIZER,
 			.flush_lock = PTHREAD_MUTEX_INITIALIZER,
 			.opens = 1,
-			.next = pmi_opened,
 		};
-		pmi_opened = r;
+		pmi_opened_add(r);
 	}
 	err = known && g->writable && !known->seg->writable ? EBUSY : 0; /* open read-only already */
 	if (known && !err)
@@ -352,7 +348,6 @@ static bool registry_busy(struct pmem_metrics_registry *r)
 
 int pmem_metrics_registry_close(struct pmem_metrics_registry *r)
 {
-	struct pmem_metrics_registry **at;
 	int err = 0;
 
 	if (!r) {
@@ -360,22 +355,20 @@ int pmem_metrics_registry_close(struct pmem_metrics_registry *r)
 		return -1;
 	}
 	pthread_mutex_lock(&pmi_opened_lock);
-	for (at = &pmi_opened; *at && *at != r; at = &(*at)->next)
-		;
 	if (r == &pmi_default_registry) {
 		/* Attached: it stays; only the opens that handed it out are counted off. */
 		if (r->opens > 0)
 			r->opens--;
 		else
 			err = EINVAL;
-	} else if (!*at) {
+	} else if (!pmi_opened_has(r)) {
 		err = EINVAL; /* not a registry opened here, or closed already */
 	} else if (r->opens > 1) {
 		r->opens--;
 	} else if (registry_busy(r)) {
 		err = EBUSY;
 	} else {
-		*at = r->next; /* nobody can find it any more, nor hold anything of it */
+		pmi_opened_remove(r); /* nobody can find it any more, nor hold anything of it */
 		r->opens = 0;
 	}
 	pthread_mutex_unlock(&pmi_opened_lock);

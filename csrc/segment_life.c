@@ -65,19 +65,15 @@ void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep)
 		pmi_seg_compact(g); /* out of the index */
 }
 
-int pmi_seg_stats(struct pmi_seg *g, struct pmem_metrics_registry_stats *out)
+void pmi_seg_view_stats(const struct pmi_seg *g, const struct pmi_seg_view *v,
+			struct pmem_metrics_registry_stats *out)
 {
-	struct pmi_seg_view v;
-	uint64_t failures;
-	int err = pmi_seg_view(g, &v);
-
-	if (err)
-		return err;
 	out->capacity = g->capacity;
+	out->alloc_failures = v->alloc_failures;
 	out->devices = 0;
 	out->retired = 0;
-	for (size_t s = 0; s < v.high; s++) {
-		uint32_t state = pmi_dev_state(v.state_by_slot[s]);
+	for (size_t s = 0; s < v->high; s++) {
+		uint32_t state = pmi_dev_state(v->state_by_slot[s]);
 
 		out->devices += state == DEV_LIVE;
 		/* A drained device whose references are all given back is room, not a device. */
@@ -85,10 +81,16 @@ int pmi_seg_stats(struct pmi_seg *g, struct pmem_metrics_registry_stats *out)
 				(state == DEV_DRAINED &&
 				 ((g->refs && g->refs[s] != 0) || pmi_seg_referenced(g, s)));
 	}
-	pmi_seg_view_free(&v);
-	if ((err = pmi_seg_read_word(g, offsetof(struct pmi_seg_header, alloc_failures),
-				     &failures)) != 0)
+}
+
+int pmi_seg_stats(struct pmi_seg *g, struct pmem_metrics_registry_stats *out)
+{
+	struct pmi_seg_view v;
+	int err = pmi_seg_view(g, &v);
+
+	if (err)
 		return err;
-	out->alloc_failures = failures;
+	pmi_seg_view_stats(g, &v, out);
+	pmi_seg_view_free(&v);
 	return 0;
 }

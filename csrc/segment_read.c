@@ -163,6 +163,65 @@ static int pread_all(int fd, void *buf, size_t len, uint64_t off)
 enum { COPY_CHUNK = 64 };
 
 /*
+ * A segment whose header, field list, index and slots in use take at most
+ * this many bytes is read whole by one pread() (two when its `high` grew
+ * since the last read): a scrape of a host's thousands of small segments
+ * costs a system call each, not five.
+ */
+enum { WHOLE_MAX = 64 * 1024 };
+
+/* The private copies a view of `high` slots fills: ENOMEM, or 0. */
+static int copies_new(const struct pmi_seg *g, struct pmi_seg_view *v)
+{
+	v->copy = pmi_malloc(v->high * sizeof(*v->copy) + 1);
+	v->counts = pmi_malloc(v->high * 2 * g->nfields * sizeof(*v->counts) + 1);
+	v->ids = pmi_malloc(v->high * 16 + 1);
+	v->ids_cap = v->high * 16 + 1;
+	return v->copy && v->counts && v->ids ? 0 : ENOMEM;
+}
+
+/*
+ * Copy slot `s` (its bytes at `slot`, a private copy) into the view: its
+ * state, id and counters.  EBADMSG if it is unpublished or its id
+ * impossible (below `high`, every slot is published), ENOMEM.
+ */
+static int copy_slot(const struct pmi_seg *g, struct pmi_seg_view *v, size_t s, const char *slot)
+{
+	size_t nf = g->nfields, len;
+	/* The slot's tail is past the segment's own counters, whatever this build's are. */
+	size_t tail = SEG_COUNTER_SIZE * nf;
+	struct pmi_slot_copy *c = &v->copy[s];
+	struct pmi_slot_tail t;
+
+	/* Private memory: the order of these loads no longer matters. */
+	memcpy(&t, slot + tail, sizeof(t));
+	len = pmi_is_device(t.state) && t.id_len <= ID_MAX_BYTES ? t.id_len : 0;
+	if (!t.published || (pmi_is_device(t.state) && len == 0))
+		return EBADMSG;
+	if (v->ids_used + len > v->ids_cap) {
+		char *more = pmi_realloc(v->ids, v->ids_cap = 2 * v->ids_cap + len);
+
+		if (!more)
+			return ENOMEM;
+		v->ids = more;
+	}
+	memcpy(v->ids + v->ids_used, slot + tail + sizeof(t), len);
+	c->id_at = v->ids_used;
+	v->ids_used += len;
+	v->by_slot[s] = (uint32_t)len;
+	v->state_by_slot[s] = t.state;
+	c->retired_ms = t.retired_ms;
+	c->counts = v->counts + s * 2 * nf;
+	for (size_t f = 0; f < nf; f++) {
+		const char *ctr = slot + SEG_COUNTER_SIZE * f;
+
+		memcpy(&c->counts[f], ctr + SEG_COUNTER_CURRENT, sizeof(uint64_t));
+		memcpy(&c->counts[nf + f], ctr + SEG_COUNTER_OLD, sizeof(uint64_t));
+	}
+	return 0;
+}
+
+/*
  * Copy the first `v->high` slots' states, ids and counters, and the first
  * `v->n` index entries, out of the file with pread() -- for a registry
  * with no mapping: a process that truncates the file makes this fail
@@ -170,77 +229,89 @@ enum { COPY_CHUNK = 64 };
  */
 static int copy_slots(const struct pmi_seg *g, struct pmi_seg_view *v)
 {
-	size_t cap = v->high * 16 + 1, used = 0, nf = g->nfields;
-	/* The slot's tail is past the segment's own counters, whatever this build's are. */
-	size_t tail = SEG_COUNTER_SIZE * nf;
 	char *chunk;
 	int err;
 
 	if ((err = pread_all(g->fd, v->slot, v->n * sizeof(uint32_t), g->index_off)) != 0)
 		return err;
-	v->copy = pmi_malloc(v->high * sizeof(*v->copy) + 1);
-	v->counts = pmi_malloc(v->high * 2 * nf * sizeof(*v->counts) + 1);
-	v->ids = pmi_malloc(cap);
+	err = copies_new(g, v);
 	chunk = pmi_malloc(COPY_CHUNK * g->slot_size);
-	if (!v->copy || !v->counts || !v->ids || !chunk)
+	if (!chunk)
 		err = ENOMEM;
 	for (size_t s0 = 0; err == 0 && s0 < v->high; s0 += COPY_CHUNK) {
 		size_t k = v->high - s0 < COPY_CHUNK ? v->high - s0 : COPY_CHUNK;
 
 		err = pread_all(g->fd, chunk, k * g->slot_size, g->slots_off + s0 * g->slot_size);
-		for (size_t j = 0; err == 0 && j < k; j++) {
-			const char *slot = chunk + j * g->slot_size;
-			struct pmi_slot_tail t;
-			struct pmi_slot_copy *c = &v->copy[s0 + j];
-			size_t len;
-
-			/* Private memory: the order of these loads no longer matters. */
-			memcpy(&t, slot + tail, sizeof(t));
-			len = pmi_is_device(t.state) && t.id_len <= ID_MAX_BYTES ? t.id_len : 0;
-			if (!t.published || (pmi_is_device(t.state) && len == 0)) {
-				err = EBADMSG; /* below `high`, every slot is published */
-				break;
-			}
-			if (used + len > cap) {
-				char *more = pmi_realloc(v->ids, cap = 2 * cap + len);
-
-				if (!more) {
-					err = ENOMEM;
-					break;
-				}
-				v->ids = more;
-			}
-			memcpy(v->ids + used, slot + tail + sizeof(t), len);
-			c->id_at = used;
-			used += len;
-			v->by_slot[s0 + j] = (uint32_t)len;
-			v->state_by_slot[s0 + j] = t.state;
-			c->retired_ms = t.retired_ms;
-			c->counts = v->counts + (s0 + j) * 2 * nf;
-			for (size_t f = 0; f < nf; f++) {
-				const char *ctr = slot + SEG_COUNTER_SIZE * f;
-
-				memcpy(&c->counts[f], ctr + SEG_COUNTER_CURRENT, sizeof(uint64_t));
-				memcpy(&c->counts[nf + f], ctr + SEG_COUNTER_OLD, sizeof(uint64_t));
-			}
-		}
+		for (size_t j = 0; err == 0 && j < k; j++)
+			err = copy_slot(g, v, s0 + j, chunk + j * g->slot_size);
 	}
 	free(chunk);
 	return err;
 }
 
-int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v)
+static int view_alloc(struct pmi_seg_view *v, size_t used, size_t high);
+
+/* The header's word at `off` in the private copy `buf` of the file's start. */
+static uint64_t word_at(const char *buf, size_t off)
 {
-	uint64_t used, high;
-	unsigned char *seen;
-	bool ok = true;
+	uint64_t w;
+
+	memcpy(&w, buf + off, sizeof(w));
+	return w;
+}
+
+/*
+ * A small segment read whole: one pread() of everything from the header
+ * to the slots in use as of the last read (`read_high`), one more if more
+ * are in use now.  `used`, `high` and the allocation failures come from
+ * the copy, so they are as bounded as ever; the order of the words in one
+ * copy is not promised, so a reading that makes no sense (EBADMSG) is
+ * left to the careful path, word by word.  ENOSYS: too big to read whole.
+ */
+static int read_whole(struct pmi_seg *g, struct pmi_seg_view *v)
+{
+	uint64_t guess = atomic_load_explicit(&g->read_high, memory_order_relaxed), used, high;
+	size_t size, want;
+	char *buf;
 	int err;
 
-	*v = (struct pmi_seg_view){.slot_size = g->slot_size, .nfields = g->nfields};
-	if ((err = read_counts(g, &used, &high)) != 0)
-		return err;
-	v->n = (size_t)used;
-	v->high = (size_t)high;
+	if (guess > g->capacity || g->slots_off + guess * g->slot_size > WHOLE_MAX)
+		return ENOSYS;
+	size = (size_t)(g->slots_off + guess * g->slot_size);
+	if (!(buf = pmi_malloc(size)))
+		return ENOMEM;
+	err = pread_all(g->fd, buf, size, 0);
+	used = err ? 0 : word_at(buf, offsetof(struct pmi_seg_header, used));
+	high = err ? 0 : word_at(buf, offsetof(struct pmi_seg_header, high));
+	if (err == 0 && !(used <= high && high <= g->capacity))
+		err = EBADMSG;
+	want = err ? size : (size_t)(g->slots_off + high * g->slot_size);
+	if (err == 0 && want > size) { /* more slots than last time: read them too */
+		char *more = pmi_realloc(buf, want);
+
+		err = more ? pread_all(g->fd, more + size, want - size, size) : ENOMEM;
+		buf = more ? more : buf;
+	}
+	if (err == 0) {
+		atomic_store_explicit(&g->read_high, high, memory_order_relaxed);
+		err = view_alloc(v, (size_t)used, (size_t)high);
+	}
+	if (err == 0) {
+		v->alloc_failures = word_at(buf, offsetof(struct pmi_seg_header, alloc_failures));
+		memcpy(v->slot, buf + g->index_off, v->n * sizeof(uint32_t));
+		err = copies_new(g, v);
+	}
+	for (size_t s = 0; err == 0 && s < v->high; s++)
+		err = copy_slot(g, v, s, buf + g->slots_off + s * g->slot_size);
+	free(buf);
+	return err;
+}
+
+/* The view's arrays for `used` index entries and `high` slots: 0, or ENOMEM. */
+static int view_alloc(struct pmi_seg_view *v, size_t used, size_t high)
+{
+	v->n = used;
+	v->high = high;
 	/*
 	 * One block: slot[high], len[high], state[high] (by position: a sort
 	 * may list up to `high`), the lengths and states by slot number[high],
@@ -253,7 +324,17 @@ int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v)
 	v->state = v->len + v->high;
 	v->by_slot = v->state + v->high;
 	v->state_by_slot = v->by_slot + v->high;
-	seen = (unsigned char *)(v->state_by_slot + v->high);
+	return 0;
+}
+
+/* The view through the mapping, or copied word by word: 0, or an error (the view freed). */
+static int view_careful(struct pmi_seg *g, struct pmi_seg_view *v)
+{
+	uint64_t used, high;
+	int err;
+
+	if ((err = read_counts(g, &used, &high)) != 0 || (err = view_alloc(v, used, high)) != 0)
+		return err;
 	if (g->map) {
 		_Atomic uint32_t *index = pmi_seg_index(g);
 
@@ -264,15 +345,33 @@ int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v)
 	} else {
 		err = copy_slots(g, v);
 	}
-	if (err) {
+	if (err == 0)
+		err = pmi_seg_read_word(g, offsetof(struct pmi_seg_header, alloc_failures),
+					&v->alloc_failures);
+	if (err)
 		pmi_seg_view_free(v);
-		return err;
+	return err;
+}
+
+int pmi_seg_view(struct pmi_seg *g, struct pmi_seg_view *v)
+{
+	unsigned char *seen;
+	bool ok = true;
+	int err = ENOSYS;
+
+	*v = (struct pmi_seg_view){.slot_size = g->slot_size, .nfields = g->nfields};
+	if (!g->map && (err = read_whole(g, v)) != 0) {
+		pmi_seg_view_free(v);
+		*v = (struct pmi_seg_view){.slot_size = g->slot_size, .nfields = g->nfields};
 	}
+	if (err && (err = view_careful(g, v)) != 0)
+		return err;
 	/*
 	 * The index as read: every entry a device, each once?  Whether the ids
 	 * strictly increase along it is checked on the copies the caller makes
 	 * (the walk it does anyway); if not, it calls pmi_seg_view_sort().
 	 */
+	seen = (unsigned char *)(v->state_by_slot + v->high);
 	memset(seen, 0, v->high);
 	for (size_t i = 0; ok && i < v->n; i++) {
 		ok = v->slot[i] < v->high && !seen[v->slot[i]] && v->by_slot[v->slot[i]] != 0;

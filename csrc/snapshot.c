@@ -209,6 +209,17 @@ const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot 
 	return s ? s->seen : NULL;
 }
 
+int pmem_metrics_snapshot_stats(const struct pmem_metrics_snapshot *s,
+				struct pmem_metrics_registry_stats *out)
+{
+	if (!s || !out || !s->has_room) {
+		errno = EINVAL;
+		return -1;
+	}
+	*out = s->room;
+	return 0;
+}
+
 size_t pmem_metrics_snapshot_nfields(const struct pmem_metrics_snapshot *s)
 {
 	return s ? s->nf : 0;

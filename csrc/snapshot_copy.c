@@ -236,6 +236,7 @@ static int load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state
 {
 	struct pmi_seg_view v;
 	struct pmem_metrics_snapshot *s;
+	struct pmem_metrics_registry_stats room;
 	size_t ids_len = 0;
 	int err = pmi_seg_check_identity(r->seg);
 
@@ -244,6 +245,8 @@ static int load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state
 		err = pmi_seg_view(r->seg, &v);
 	if (err)
 		return err;
+	/* The segment's room, from the same reading: a scrape reads both at once. */
+	pmi_seg_view_stats(r->seg, &v, &room);
 	/*
 	 * Room for every device slot, not only the index's: a sort of the slots
 	 * (the index out of order) can list more than the index did.
@@ -265,6 +268,8 @@ static int load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state
 		return err == EAGAIN ? EBADMSG : err;
 	}
 	pmi_seg_view_free(&v);
+	s->has_room = true;
+	s->room = room;
 	*out = s;
 	return 0;
 }

@@ -648,6 +648,20 @@ static int64_t flush_sum(struct pmem_metrics_registry *r, size_t f, const char *
 	return sum;
 }
 
+/* A peek of `r` carries the room pmem_metrics_registry_stats() gives, read with its counts. */
+static bool peek_stats_agree(struct pmem_metrics_registry *r)
+{
+	struct pmem_metrics_registry_stats want, got;
+	struct pmem_metrics_snapshot *s = pmem_metrics_registry_snapshot_peek(r);
+	bool ok = s && pmem_metrics_registry_stats(r, &want) == 0 &&
+		  pmem_metrics_snapshot_stats(s, &got) == 0 && got.capacity == want.capacity &&
+		  got.devices == want.devices && got.retired == want.retired &&
+		  got.alloc_failures == want.alloc_failures;
+
+	pmem_metrics_snapshot_free(s);
+	return ok;
+}
+
 static bool retire_and_reuse(const void *arg)
 {
 	int before = check_failures;
@@ -670,6 +684,7 @@ static bool retire_and_reuse(const void *arg)
 	CHECK(pmem_metrics_registry_retire(r, "a", 1) == -1 && errno == ENOENT);
 	CHECK(pmem_metrics_registry_stats(r, &st) == 0 && st.capacity == 2 && st.devices == 1 &&
 	      st.retired == 1 && st.alloc_failures == 1);
+	CHECK(peek_stats_agree(r));
 	CHECK(flush_sum(r, 1, "a", &one) == 3 && one == 3); /* the final delta */
 	CHECK(flush_sum(r, 1, "a", &one) == 0 && one == -1); /* gone */
 	CHECK(pmem_metrics_registry_device_count(r) == 1);
@@ -1416,9 +1431,88 @@ static bool close_and_reopen(const void *arg)
 	return check_failures == failures;
 }
 
+/*
+ * A read-only peek (pread(), no mapping) carries the room the writer saw:
+ * two live devices, one retired, one allocation refused.
+ */
+static bool room_read_only(const void *arg)
+{
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("room"), 3, 0600);
+	struct pmem_metrics *m[3] = {NULL, NULL, NULL};
+	struct pmem_metrics_registry_stats want = {0}, got = {0};
+	struct pmem_metrics_snapshot *s = NULL;
+	int failures = check_failures;
+
+	(void)arg;
+	for (int i = 0; r && i < 3; i++)
+		m[i] = pmem_metrics_registry_alloc(r, (const char *[]){"a", "b", "c"}[i]);
+	CHECK(m[0] && m[1] && m[2] && !pmem_metrics_registry_alloc(r, "d"));
+	CHECK(r && pmem_metrics_registry_retire(r, "b", 1) == 0);
+	CHECK(r && peek_stats_agree(r) && pmem_metrics_registry_stats(r, &want) == 0);
+	for (int i = 0; i < 3; i++)
+		if (m[i])
+			pmem_metrics_release(m[i]);
+	CHECK(r && pmem_metrics_registry_close(r) == 0);
+	r = pmem_metrics_registry_open_flags(seg_path("room"), 0, 0600, PMEM_METRICS_OPEN_READONLY);
+	CHECK(r && pmem_metrics_registry_snapshot_peek_into(r, &s, 0) == 0);
+	CHECK(s && pmem_metrics_snapshot_stats(s, &got) == 0);
+	CHECK(want.capacity == 3 && want.devices == 2 && want.retired == 1 &&
+	      want.alloc_failures == 1);
+	CHECK(got.capacity == want.capacity && got.devices == want.devices &&
+	      got.retired == want.retired && got.alloc_failures == want.alloc_failures);
+	pmem_metrics_snapshot_free(s);
+	s = pmem_metrics_snapshot_peek(); /* the private registry's: no room to give */
+	errno = 0;
+	CHECK(s && pmem_metrics_snapshot_stats(s, &got) == -1 && errno == EINVAL);
+	pmem_metrics_snapshot_free(s);
+	CHECK(r && pmem_metrics_registry_close(r) == 0);
+	return check_failures == failures;
+}
+
+/*
+ * Hundreds of segments open at once (the tables that find them grow): each
+ * found again by an open of its file, closed in another order than opened,
+ * and a second close of any of them refused.
+ */
+static bool many_open_at_once(const void *arg)
+{
+	enum { MANY = 300 };
+	static struct pmem_metrics_registry *r[MANY];
+	int before = open_fds(), failures = check_failures;
+	char name[32];
+
+	(void)arg;
+	for (int i = 0; i < MANY; i++) {
+		snprintf(name, sizeof(name), "many%d", i);
+		r[i] = pmem_metrics_registry_open(seg_path(name), 1, 0600);
+		CHECK(r[i] != NULL);
+	}
+	for (int i = 0; i < MANY; i++) {
+		snprintf(name, sizeof(name), "many%d", i);
+		CHECK(pmem_metrics_registry_open_flags(seg_path(name), 0, 0600,
+						       PMEM_METRICS_OPEN_READONLY) == r[i]);
+	}
+	for (int k = 0; k < MANY; k++) {
+		int i = (k * 7) % MANY; /* 7 and 300 are coprime: each once */
+
+		CHECK(pmem_metrics_registry_close(r[i]) == 0 && pmem_metrics_registry_close(r[i]) == 0);
+		errno = 0;
+		if (k % 50 == 0)
+			CHECK(pmem_metrics_registry_close(r[i]) == -1 && errno == EINVAL);
+		snprintf(name, sizeof(name), "many%d", i);
+		unlink(seg_path(name));
+		snprintf(name, sizeof(name), "many%d.lock", i);
+		unlink(seg_path(name));
+	}
+	CHECK(open_fds() == before);
+	return check_failures == failures;
+}
+
 static void test_a_closed_registry_holds_nothing(void)
 {
 	CHECK(in_child(close_and_reopen, NULL) == 0);
+	CHECK(in_child(many_open_at_once, NULL) == 0);
+	CHECK(in_child(room_read_only, NULL) == 0);
 }
 
 int main(void)
