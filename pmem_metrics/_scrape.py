@@ -3,7 +3,7 @@
 Both :class:`pmem_metrics.prometheus.PmemCollector` (prometheus_client's
 objects) and :mod:`pmem_metrics.exposition` (text, from templates) render a
 :class:`Sources`' :meth:`~Sources.read`, so they read the same counters the
-same way: one peek per registry, the segment's room read right after it, an
+same way: one peek per registry (a segment's room read with its counts), an
 unreadable segment reported as such (and logged once when it becomes
 unreadable, once when it is read again: not at every scrape), a replaced one
 read out and reopened by its path when asked.  This module needs nothing but the package itself.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from ._snapshot import Snapshot, peek
+from ._snapshot import Scratch, Snapshot, peek
 from .errors import PmemMetricsError
 from .fleet import Fleet
 from .follow import Followed
@@ -131,7 +131,7 @@ class Sources:
         )
 
     def read(self) -> list[Reading]:
-        """One peek of every source, in order, and each segment's room right after its peek.
+        """One peek of every source, in order (a segment's room read with its counts).
 
         The default registry alone: a failure to read it raises (the scrape
         fails, as it should).  Segments: one that cannot be read is read as
@@ -140,9 +140,10 @@ class Sources:
         """
         out = []
         deadline = time.monotonic() + self.timeout  # each segment still gets one try
+        scratch = Scratch()
         for source in self._all():
             try:
-                snap = self._peek(source, deadline)
+                snap = self._peek(source, deadline, scratch)
             except _Absent:
                 continue  # a pattern's segment gone (its final counts read already)
             except (PmemMetricsError, OSError, ValueError) as e:
@@ -159,7 +160,7 @@ class Sources:
                 continue
             if source.down and self._went(source, down=False):
                 _log.warning("pmem_metrics: segment %r can be read again", source.labels[0])
-            out.append(Reading(source.labels, snap, self._room(source)))
+            out.append(Reading(source.labels, snap, snap.room))
         return out
 
     def _went(self, source: Source, down: bool) -> bool:
@@ -168,13 +169,6 @@ class Sources:
             changed = source.down != down
             source.down = down
         return changed
-
-    def _room(self, source: Source) -> tuple[int, int, int, int] | None:
-        """A segment's capacity, devices, retired devices and allocation failures."""
-        stats = None if source.followed is None else source.followed.room
-        if stats is None:
-            return None  # the default registry, or a room that could not be read
-        return (stats.capacity or 0, stats.devices, stats.retired, stats.alloc_failures)
 
     def _all(self) -> list[Source]:
         """The sources given, then the segments the patterns match now."""
@@ -190,12 +184,12 @@ class Sources:
         self._found = found
         return [*self.sources, *found.values()]
 
-    def _peek(self, source: Source, deadline: float) -> Snapshot:
+    def _peek(self, source: Source, deadline: float, scratch: Scratch) -> Snapshot:
         """Read *source*: a segment's final counts once it is gone, then the one at its path."""
         if source.followed is None:
             assert source.registry is not None
-            return peek(source.registry._r, deadline)
-        snap = source.followed.peek(deadline)
+            return peek(source.registry._r, deadline, scratch=scratch)
+        snap = source.followed.peek(deadline, scratch)
         if snap is None and source.followed.path in self._found:
             raise _Absent  # a pattern's: gone, not down
         if snap is None:  # the path has no segment (yet)

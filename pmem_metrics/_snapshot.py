@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from ._binding import (
     DEFAULT_REGISTRY,
@@ -69,11 +69,13 @@ dispose = lib.pmem_metrics_snapshot_dispose
 class Snapshot:
     """The ids and numbers of one C snapshot, in id order, copied out in a few calls."""
 
-    __slots__ = ("aggregate", "counts", "diffs", "docs", "fields", "ids_text", "nf")
+    __slots__ = ("aggregate", "counts", "diffs", "docs", "fields", "ids_text", "nf", "room")
 
-    def __init__(self, s: CData, counts: bool = False, diffs: bool = True) -> None:
+    def __init__(
+        self, s: CData, counts: bool = False, diffs: bool = True, scratch: Scratch | None = None
+    ) -> None:
+        size = scratch.size if scratch is not None else ffi.new("size_t *")
         n = lib.pmem_metrics_snapshot_len(s)
-        size = ffi.new("size_t *")
         raw = lib.pmem_metrics_snapshot_ids(s, size)
         # Every id followed by NUL; ids never contain NUL (C rejects it).
         self.ids_text: str = ffi.unpack(raw, size[0]).decode("utf-8")
@@ -90,8 +92,14 @@ class Snapshot:
         self.diffs: list[int] = []
         self.aggregate: list[int] = []
         self.counts: list[int] = []
+        self.room: tuple[int, int, int, int] | None = None
+        """A segment's capacity, devices, retired devices and allocation failures, read with
+        its counts (a peek); None for a private registry's."""
         if counts:
             self.counts = ffi.unpack(lib.pmem_metrics_snapshot_counts(s), n * nf)
+            room = scratch.room if scratch is not None else Scratch.new_room()
+            if lib.pmem_metrics_snapshot_stats(s, room) == 0:
+                self.room = (room.capacity, room.devices, room.retired, room.alloc_failures)
         if diffs:
             self.diffs = ffi.unpack(lib.pmem_metrics_snapshot_diffs(s), n * nf)
             self.aggregate = ffi.unpack(lib.pmem_metrics_snapshot_aggregate(s), nf)
@@ -109,6 +117,26 @@ class Snapshot:
 def new_slot() -> CData:
     """A ``struct pmem_metrics_snapshot *[1]`` that disposes of its snapshot when collected."""
     return ffi.gc(ffi.new("struct pmem_metrics_snapshot *[1]"), dispose)
+
+
+class Scratch:
+    """The C memory peeks made one after another reuse: a slot and out-parameters.
+
+    A scrape of thousands of segments makes one, not one each.  Not to be
+    shared between threads (each call fills its out-parameters).
+    """
+
+    __slots__ = ("room", "size", "slot")
+
+    def __init__(self) -> None:
+        self.slot = new_slot()
+        self.size: Any = ffi.new("size_t *")
+        self.room = self.new_room()
+
+    @staticmethod
+    def new_room() -> Any:
+        """A ``struct pmem_metrics_registry_stats *`` (``Any``: its fields are read by name)."""
+        return ffi.new("struct pmem_metrics_registry_stats *")
 
 
 def _into(
@@ -152,15 +180,21 @@ def take(slot: CData, deadline: float | None = None, r: CData = DEFAULT_REGISTRY
 
 
 def peek(
-    r: CData = DEFAULT_REGISTRY, deadline: float | None = None, diffs: bool = False
+    r: CData = DEFAULT_REGISTRY,
+    deadline: float | None = None,
+    diffs: bool = False,
+    scratch: Scratch | None = None,
 ) -> Snapshot:
     """Every device's cumulative counts in the C registry *r* (and *diffs*), without flushing.
 
     A peek waits for no flush and takes no lock (in a shared segment it
     reads the file without one); *deadline* (``time.monotonic()``) is kept
-    for the callers that bound every call they make.
+    for the callers that bound every call they make.  *scratch*: C memory
+    to reuse (peeks of many registries in a row, in one thread).
     """
-    slot = new_slot()
+    if scratch is None:
+        scratch = Scratch()
+    slot = scratch.slot
     _into(
         lib.pmem_metrics_registry_snapshot_peek_into,
         r,
@@ -169,4 +203,7 @@ def peek(
         "the registry is busy",
         "read",
     )
-    return Snapshot(slot[0], counts=True, diffs=diffs)
+    try:
+        return Snapshot(slot[0], counts=True, diffs=diffs, scratch=scratch)
+    finally:
+        dispose(slot)  # copied out: freed now, the slot empty for the next peek

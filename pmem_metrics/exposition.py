@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from http.server import ThreadingHTTPServer
 from io import BytesIO
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._binding import FIELD_DOCS
 from ._httpd import MetricsHandler, serve
@@ -97,21 +97,22 @@ def _head(name: str, kind: str, doc: str, om: bool) -> bytes:
     return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n".encode()
 
 
-def _lines(sample: bytes, ids: list[bytes], column: list[int], extra: bytes) -> Iterator[bytes]:
-    """The lines ``sample{drive_id="ID"EXTRA} VALUE``, a chunk of devices per template.
+def _series(opening: bytes, keys: list[bytes], values: list[int]) -> Iterator[bytes]:
+    """The lines ``OPENING KEY} VALUE``, a chunk of them per template.
 
-    *ids* and *extra* are escaped for labels and for ``%``.  A chunk's
-    template is made by one ``join`` and filled by one ``%``: no Python
-    object per line, unless a count needs Go's exponent (one from 10**6).
+    *keys* are escaped for labels and for ``%``: a device's is its id, its
+    closing quote and the source's labels, so the devices of many segments
+    share templates.  A chunk's template is made by one ``join`` and filled
+    by one ``%``: no Python object per line, unless a count needs Go's
+    exponent (one from 10**6).
     """
-    opening = sample + b'{drive_id="'
-    for i in range(0, len(ids), _CHUNK):
-        values: list[Any] = column[i : i + _CHUNK]
-        closing = b'"' + extra + b"} %d.0\n"
-        if max(values) >= _EXACT:
-            closing = b'"' + extra + b"} %s\n"
-            values = [_go_count(v) for v in values]
-        yield (opening + (closing + opening).join(ids[i : i + _CHUNK]) + closing) % tuple(values)
+    for i in range(0, len(keys), _CHUNK):
+        chunk: list[Any] = values[i : i + _CHUNK]
+        closing = b"} %d.0\n"
+        if max(chunk) >= _EXACT:
+            closing = b"} %s\n"
+            chunk = [_go_count(v) for v in chunk]
+        yield (opening + (closing + opening).join(keys[i : i + _CHUNK]) + closing) % tuple(chunk)
 
 
 def _escaped(text: str) -> bytes:
@@ -119,43 +120,101 @@ def _escaped(text: str) -> bytes:
     return _label(text).replace("%", "%%").encode()
 
 
-def _labelled(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    """The label pairs *names* = *values*, comma-separated, escaped."""
-    return ",".join(f'{n}="{_label(v)}"' for n, v in zip(names, values))
+def _labelled(names: tuple[str, ...], values: tuple[str, ...]) -> bytes:
+    """The label pairs *names* = *values*, comma-separated, escaped for labels and for ``%``."""
+    return ",".join(f'{n}="{_label(v)}"' for n, v in zip(names, values)).replace("%", "%%").encode()
 
 
-def _pieces(readings: list[Reading], names: tuple[str, ...], om: bool) -> Iterator[bytes]:
+class _Keys:
+    """What each source's series carry, escaped once and kept while they are the same.
+
+    A scrape of many segments renders their devices together: each device's
+    key (its id, the closing quote and its segment's labels) is made when its
+    segment's ids or labels change, not at every scrape.  Only what the last
+    scrape used is kept (at most one scrape's worth: a gone segment's go).
+    """
+
+    def __init__(self) -> None:
+        self._devices: dict[tuple[tuple[str, ...], str], list[bytes]] = {}
+        self._labels: dict[tuple[str, ...], bytes] = {}
+
+    def of(
+        self, readings: list[Reading], names: tuple[str, ...]
+    ) -> tuple[list[list[bytes] | None], list[bytes]]:
+        """Each reading's device keys (None if unread), and each one's labels."""
+        devices, labels = self._devices, self._labels
+        kept_devices: dict[tuple[tuple[str, ...], str], list[bytes]] = {}
+        kept_labels: dict[tuple[str, ...], bytes] = {}
+        out: list[list[bytes] | None] = []
+        for values, snap, _ in readings:
+            text = labels.get(values)
+            if text is None:
+                text = _labelled(names, values)
+            kept_labels[values] = text
+            if snap is None:
+                out.append(None)
+                continue
+            key = (values, snap.ids_text)
+            keys = devices.get(key)
+            if keys is None:
+                closing = b'"' + (b"," + text if values else b"")
+                keys = [i + closing for i in _escaped(snap.ids_text).split(b"\0")[:-1]]
+            kept_devices[key] = keys
+            out.append(keys)
+        self._devices, self._labels = kept_devices, kept_labels  # one assignment each: threads
+        return out, [kept_labels[values] for values, _, _ in readings]
+
+
+def _runs(readings: list[Reading], keys: list[list[bytes] | None]) -> list[_Run]:
+    """The read sources in order, those of one field list in a row merged into one run."""
+    runs: list[_Run] = []
+    for (_, snap, _), mine in zip(readings, keys):
+        if snap is None or mine is None:
+            continue
+        if not runs or runs[-1].fields is not snap.fields:
+            runs.append(_Run(snap.fields, snap.docs, [], []))
+        runs[-1].keys.extend(mine)
+        runs[-1].counts.extend(snap.counts)
+    return runs
+
+
+class _Run(NamedTuple):
+    """Devices of sources in a row with one field list: keys, and counts row-major."""
+
+    fields: tuple[str, ...]
+    docs: dict[str, str]
+    keys: list[bytes]
+    counts: list[int]
+
+
+def _pieces(
+    readings: list[Reading], names: tuple[str, ...], om: bool, known: _Keys
+) -> Iterator[bytes]:
     """The exposition of *readings*, labelled *names*, in pieces: fields' families, then the
     segments' gauges (given *names*: segments)."""
-    read = []
+    keys, labels = known.of(readings, names)
+    runs = _runs(readings, keys)
     docs = dict(FIELD_DOCS)  # this library's fields, then any other a segment has
-    for labels, snap, _ in readings:
-        if snap is not None:
-            # All ids escaped at once, before they are split, as flush.as_json does.
-            extra = ("," + _labelled(names, labels)).replace("%", "%%").encode() if labels else b""
-            read.append((_escaped(snap.ids_text).split(b"\0")[:-1], snap, extra))
-            for field in snap.fields:
-                docs.setdefault(field, snap.docs[field])
+    for run in runs:
+        for field in run.fields:
+            docs.setdefault(field, run.docs[field])
     for field, doc in docs.items():
         yield _head(f"pmem_{field}", "counter", doc, om)
-        for ids, snap, extra in read:
-            if field in snap.docs:
-                f = snap.fields.index(field)
-                yield from _lines(
-                    f"pmem_{field}_total".encode(), ids, snap.counts[f :: snap.nf], extra
-                )
+        opening = f'pmem_{field}_total{{drive_id="'.encode()
+        for run in runs:
+            if field in run.docs:
+                nf = len(run.fields)
+                f = run.fields.index(field)
+                yield from _series(opening, run.keys, run.counts[f::nf])
     if names:
         yield _head("pmem_segment_up", "gauge", UP_DOC, om)
-        for labels, snap, _ in readings:
-            up = float(snap is not None)
-            yield f"pmem_segment_up{{{_labelled(names, labels)}}} {up}\n".encode()
+        up = [int(snap is not None) for _, snap, _ in readings]
+        yield from _series(b"pmem_segment_up{", labels, up)
+        rooms = [(text, room) for text, (_, _, room) in zip(labels, readings) if room is not None]
         for k, (name, kind, doc) in enumerate(ROOM):
             yield _head(name, kind, doc, om)
-            sample = name + "_total" if kind == "counter" else name
-            for labels, _, room in readings:
-                if room is not None:
-                    value = go_float(room[k])
-                    yield f"{sample}{{{_labelled(names, labels)}}} {value}\n".encode()
+            opening = (name + "_total{" if kind == "counter" else name + "{").encode()
+            yield from _series(opening, [t for t, _ in rooms], [room[k] for _, room in rooms])
     if om:
         yield b"# EOF\n"
 
@@ -178,10 +237,11 @@ class Exposition:
         reopen: bool = False,
     ) -> None:
         self._sources = Sources(segments, patterns=patterns, timeout=timeout, reopen=reopen)
+        self._keys = _Keys()
 
     def pieces(self, openmetrics: bool = False) -> Iterator[bytes]:
         """Read every registry now; the exposition, in pieces to write or compress one by one."""
-        return _pieces(self._sources.read(), self._sources.label_names, openmetrics)
+        return _pieces(self._sources.read(), self._sources.label_names, openmetrics, self._keys)
 
     def render(self, openmetrics: bool = False) -> bytes:
         """The text format 0.0.4, or OpenMetrics 1.0, of every registry, read now."""

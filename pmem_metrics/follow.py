@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from ._snapshot import Snapshot, peek
+from ._snapshot import Scratch, Snapshot, peek
 from .errors import PmemMetricsError, SegmentReplacedError
 from .registry import Registry, Stats
 from .segment import open_segment
@@ -61,7 +61,7 @@ class Followed:
         self.fresh = True
         """(Re)opened since the last read: its counts start new baselines (``top``'s rates)."""
         self.room: Stats | None = None
-        """The segment's room as of the last read (:meth:`Registry.stats`); None if unread."""
+        """The segment's room as of the last read; None if unread."""
 
     def open(self) -> Registry | None:
         """Its registry, opening the path if need be: None while the path has no segment."""
@@ -75,24 +75,32 @@ class Followed:
             self.fresh = True
         return self.registry
 
-    def peek(self, deadline: float) -> Snapshot | None:
+    def peek(self, deadline: float, scratch: Scratch | None = None) -> Snapshot | None:
         """Every device's counts now (C's peek), and its room; its final ones once it is gone.
 
         None, with :attr:`error` saying why, while the path has no segment.
         Raises what a peek raises for a segment that cannot be read, and
         :class:`SegmentReplacedError` for a replaced one when not *reopen*.
         """
-        return self.use(lambda r: peek(r._r, deadline))
+        snap = self.use(lambda r: peek(r._r, deadline, scratch=scratch))
+        room = None if snap is None else snap.room
+        self.room = None if room is None else Stats(*room)
+        return snap
 
     def read(self) -> dict[str, dict[str, int]] | None:
         """The counts as :meth:`Registry.read` gives them, as :meth:`peek` reads them; None,
         with :attr:`error` saying why, when they cannot be read (``top`` shows why)."""
+        self.room = None
         try:
-            return self.use(Registry.read)
+            counts = self.use(Registry.read)
         except (PmemMetricsError, OSError) as e:
             self.error = (e.strerror if isinstance(e, OSError) else None) or str(e)
-            self.room = None
             return None
+        try:
+            self.room = None if self.registry is None else self.registry.stats()
+        except (PmemMetricsError, OSError):
+            pass  # read a moment ago: its room left out
+        return counts
 
     def use(self, call: Callable[[Registry], _T]) -> _T | None:
         """*call* on the registry (a peek, a read, a line); the final one once it is gone.
@@ -103,7 +111,7 @@ class Followed:
         """
         registry = self.open()
         if registry is None:
-            self.error, self.room = "no segment", None
+            self.error = "no segment"
             return None
         try:
             out = call(registry)
@@ -111,7 +119,6 @@ class Followed:
             if not self.reopen:
                 raise
             return self._final(registry, call)
-        self._read_room(registry)
         self.error = None
         return out
 
@@ -120,19 +127,12 @@ class Followed:
         registry.forget_path()
         try:
             out = call(registry)
-            self._read_room(registry)
         finally:
             self.let_go()
         _log.info("pmem_metrics: the segment at %s was removed or replaced: final counts read",
                   self.path)  # fmt: skip
         self.error = None
         return out
-
-    def _read_room(self, registry: Registry) -> None:
-        try:
-            self.room = registry.stats()
-        except (PmemMetricsError, OSError):  # read a moment ago: left out
-            self.room = None
 
     def let_go(self) -> None:
         """Close its registry (the path is opened again at the next use)."""
