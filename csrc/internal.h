@@ -234,10 +234,10 @@ struct pmi_seg {
 	 * read-only registry reads a segment of any field list).
 	 */
 	size_t nfields;
-	char *fields; /* the file's list, copied: name, NUL, doc, NUL, ... */
+	char *fields; /* the file's list, copied: name, NUL, doc, NUL, ... (in field_part's block) */
 	size_t fields_len;
 	bool own_fields; /* the list is this library's (always, for a writer) */
-	const char *field_name[SEG_MAX_FIELDS], *field_doc[SEG_MAX_FIELDS];
+	const char **field_part; /* field f's name at [2f], its doc at [2f + 1]; `fields` after */
 	dev_t dev; /* the data file's identity: one registry per segment per process */
 	ino_t ino;
 	char *path; /* as opened: re-checked at each flush and scrape */

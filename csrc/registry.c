@@ -577,14 +577,14 @@ const char *pmem_metrics_registry_field_name(struct pmem_metrics_registry *r, si
 {
 	if (f >= pmem_metrics_registry_nfields(r))
 		return NULL;
-	return r->seg ? r->seg->field_name[f] : pmem_metrics_field_name(f);
+	return r->seg ? r->seg->field_part[2 * f] : pmem_metrics_field_name(f);
 }
 
 const char *pmem_metrics_registry_field_doc(struct pmem_metrics_registry *r, size_t f)
 {
 	if (f >= pmem_metrics_registry_nfields(r))
 		return NULL;
-	return r->seg ? r->seg->field_doc[f] : pmem_metrics_field_doc(f);
+	return r->seg ? r->seg->field_part[2 * f + 1] : pmem_metrics_field_doc(f);
 }
 
 const char *pmem_metrics_registry_fields(struct pmem_metrics_registry *r, size_t *len)

@@ -269,9 +269,11 @@ static int read_fields(struct pmi_seg *g, const struct pmi_seg_header *h)
 {
 	size_t at = 0, size = (size_t)h->fields_size;
 
-	g->fields = pmi_malloc(size + 1);
-	if (!g->fields)
+	/* One block: a pointer to each name and doc, then the list itself. */
+	g->field_part = pmi_malloc(2 * h->nfields * sizeof(*g->field_part) + size + 1);
+	if (!g->field_part)
 		return ENOMEM;
+	g->fields = (char *)(g->field_part + 2 * h->nfields);
 	if (pread(g->fd, g->fields, size, (off_t)h->fields_off) != (ssize_t)size)
 		return EBADMSG;
 	g->fields[size] = '\0';
@@ -282,13 +284,13 @@ static int read_fields(struct pmi_seg *g, const struct pmi_seg_header *h)
 
 			if (at + len >= size || !(k ? field_doc_ok(part, len) : field_name_ok(part, len)))
 				return EBADMSG;
-			*(k ? &g->field_doc[f] : &g->field_name[f]) = part;
+			g->field_part[2 * f + (size_t)k] = part;
 			at += len + 1;
 		}
 	}
 	for (size_t f = 0; f < h->nfields; f++)
 		for (size_t e = 0; e < f; e++)
-			if (strcmp(g->field_name[e], g->field_name[f]) == 0)
+			if (strcmp(g->field_part[2 * e], g->field_part[2 * f]) == 0)
 				return EBADMSG; /* a name twice: which is which? */
 	g->nfields = h->nfields;
 	g->fields_len = size;
@@ -458,7 +460,8 @@ void pmi_seg_close(struct pmi_seg *g)
 		close(g->lock_fd);
 	free(g->path);
 	free(g->refs);
-	free(g->fields);
+	free(g->field_part);
+	g->field_part = NULL;
 	g->fields = NULL;
 	g->refs = NULL;
 	g->map = NULL;

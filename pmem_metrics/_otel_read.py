@@ -44,19 +44,32 @@ class Points:
         # pmem.segment for the scrape's segment label, a pattern's labels as they are.
         self._names = (SEGMENT, *label_names[1:])
         self._clamped: set[tuple[str, str, str]] = set()  # (segment, drive id, field) said
+        # Each source's attributes per device, kept while its ids and labels are the same
+        # (what the last collection used: a gone segment's go).
+        self._attrs: dict[tuple[tuple[str, ...], str], list[dict[str, str]]] = {}
+        self._used: dict[tuple[tuple[str, ...], str], list[dict[str, str]]] = {}
+
+    def start(self) -> None:
+        """A new collection: the attributes the last one did not use are let go."""
+        self._attrs, self._used = self._used, {}
 
     def row(self, reading: Reading) -> tuple[Row, Snapshot] | None:
         """*reading*'s points, and its snapshot; ``None`` if it could not be read."""
         labels, snap, _ = reading
         if snap is None:
             return None
-        extra = {n: v for n, v in zip(self._names, labels) if v}
-        ids = Snapshot.split(snap.ids_text)
+        key = (labels, snap.ids_text)
+        attrs = self._attrs.get(key) or self._used.get(key)
+        if attrs is None:
+            extra = {n: v for n, v in zip(self._names, labels) if v}
+            attrs = [{DRIVE_ID: i, **extra} for i in Snapshot.split(snap.ids_text)]
+        self._used[key] = attrs
         columns = dict(zip(snap.fields, snap.columns(snap.counts)))
         for field, column in columns.items():
             if column and max(column) > INT64_MAX:
+                ids = Snapshot.split(snap.ids_text)
                 self._clamp(labels[0] if labels else "", ids, field, column)
-        return ([{DRIVE_ID: i, **extra} for i in ids], columns), snap
+        return (attrs, columns), snap
 
     def _clamp(self, segment: str, ids: list[str], field: str, column: list[int]) -> None:
         """Counts of *column* past :data:`INT64_MAX` set to it, each new one said once."""

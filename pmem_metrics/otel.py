@@ -148,6 +148,7 @@ class Instrumentation:
             _log.warning("pmem_metrics: OpenTelemetry: the default registry can be read again")
             self._down = False
         rows = []
+        self._points.start()
         for reading in readings:
             points = self._points.row(reading)
             if points is None:
