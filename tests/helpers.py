@@ -7,7 +7,9 @@ imported in pytest's ``append`` mode (see pyproject.toml), so the installed
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,28 @@ from pmem_metrics import FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 """The checkout (tests use its csrc/ to build C code)."""
+
+IN_CI = os.environ.get("PMEM_METRICS_CI") == "1"
+"""Whether this is CI (``.ci/run``), which installs every tool the tests use."""
+
+
+def tool(name: str, package: str) -> str:
+    """The path of the program *name*, from Debian's *package*.
+
+    Missing, the test is skipped -- except in CI, where it fails: a test
+    that skips there for want of its tool never ran (``.ci/setup`` installs
+    *package*).
+    """
+    import pytest  # only the tests that need a tool need pytest here
+
+    path = shutil.which(name)
+    if path is None:
+        why = f"{name} is not installed (apt-get install {package})"
+        if IN_CI:
+            pytest.fail(f"{why}: .ci/setup must install it", pytrace=False)
+        pytest.skip(why)
+    return path
+
 
 NATIVE_C = r"""
 #include <errno.h>
