@@ -28,12 +28,17 @@ def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], Path]:
-    """The demo in the background, its stdout going to a file (returned with it)."""
+def start_demo(
+    tmp_path: Path, *args: str, nohup: bool = False
+) -> tuple[subprocess.Popen[str], Path]:
+    """The demo in the background, its stdout going to a file (returned with it).
+
+    *nohup*: started by ``nohup`` (SIGHUP ignored, as inherited).
+    """
     out = tmp_path / "stdout.json"
     with out.open("w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pmem_metrics", "demo", *args],
+            [*(["nohup"] if nohup else []), sys.executable, "-m", "pmem_metrics", "demo", *args],
             cwd=tmp_path,
             stdout=f,
             stderr=subprocess.PIPE,

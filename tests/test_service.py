@@ -48,11 +48,13 @@ def test_demo_sigterm_writes_a_final_line_and_exits_0(tmp_path: Path) -> None:
     assert len(objs) == int(re.search(r"(\d+) metrics lines", err).group(1))
 
 
-def test_demo_sighup_reopens_the_metrics_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("nohup", [False, True], ids=["started", "under-nohup"])
+def test_demo_sighup_reopens_the_metrics_path(tmp_path: Path, nohup: bool) -> None:
+    # Under nohup, SIGHUP ignored as inherited: a daemon's handlers do not depend on it.
     path, rotated = tmp_path / "metrics.json", tmp_path / "metrics.json.1"
     proc, _ = start_demo(
         tmp_path, "--devices", "2", "--duration", "60", "--interval", "0.05",
-        "--metrics-path", str(path),
+        "--metrics-path", str(path), nohup=nohup,
     )  # fmt: skip
     try:
         eventually(lambda: has_a_line(path), "a first line")

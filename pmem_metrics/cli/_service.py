@@ -49,9 +49,13 @@ class Signals:
     further one would only interrupt its exit with a traceback.
     SIGHUP calls *on_hup* from :meth:`sleep_until` (never from the handler),
     as daemons reopen their log files.  The signal wakeup fd wakes the sleep
-    even when the signal lands just before ``select()`` blocks.  Outside the
-    main thread, or for a signal whose handler is not the default (ignored,
-    say, by ``nohup``), nothing is installed for it.
+    even when the signal lands just before ``select()`` blocks.
+
+    A daemon's handlers do not depend on what it inherited: SIGTERM and
+    SIGHUP are taken even when the parent ignored them (``nohup`` ignores
+    SIGHUP, so log rotation would silently stop).  SIGINT is taken unless
+    ignored: a shell ignores it for the commands it starts in the background,
+    and Ctrl-C is not theirs.  Outside the main thread nothing is installed.
     """
 
     def __init__(self, on_hup: Callable[[], object] | None = None) -> None:
@@ -71,12 +75,11 @@ class Signals:
     def __enter__(self) -> Signals:
         if threading.current_thread() is not threading.main_thread():
             return self
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        wanted = [signal.SIGTERM]
         if self._on_hup is not None:
-            defaults[signal.SIGHUP] = signal.SIG_DFL
-        wanted = [sig for sig, default in defaults.items() if signal.getsignal(sig) is default]
-        if not wanted:
-            return self
+            wanted.append(signal.SIGHUP)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            wanted.append(signal.SIGINT)
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
