@@ -17,9 +17,11 @@ series):
   page; targets at 10,000: <= 100 ms), ``generate_latest()`` over
   ``PmemCollector(patterns=...)``, and ``generate_latest()`` over
   ``MultiProcessCollector`` (targets: >= 15x ours at 1,000, >= 60x at
-  10,000); each the best of several after a first scrape (which opens every
-  segment: shown too).  The scrapes include the pattern's rescan whenever one
-  is due (at most one a second), as the agent's do;
+  10,000); ours and prometheus_client's each in a process of its own, the
+  two asked in turn for one scrape at a time (so a slow spell of this noisy
+  machine falls on both), the best of several after a first scrape (which
+  opens every segment: shown too).  Our scrapes include the pattern's rescan
+  whenever one is due (at most one a second), as the agent's do;
   ``--profile`` adds the top of a cProfile of one ``render()``, and the time
   of the pattern's glob (``Pattern.find()``, a rescan's first step);
 - an OpenTelemetry collection of ``otel.instrument(patterns=...)`` into an
@@ -51,6 +53,7 @@ import random
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,9 +63,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+Calls = dict[str, Callable[[], object]]
+
 DEVICES = 4  # per segment
 SIZES = "10,100,1000,10000"
 CAPACITY = 16  # device slots per segment: files of a few pages
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -151,7 +157,7 @@ def segments_up(page: bytes) -> int:
     return len(_UP.findall(page))
 
 
-def ours(n: int, scratch: str, flat: bool, repeat: int, profile: bool) -> dict[str, Any]:
+def ours(n: int, scratch: str, flat: bool, profile: bool) -> tuple[dict[str, Any], Calls]:
     """A scrape of the pattern: our page, and PmemCollector through prometheus_client."""
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -165,29 +171,27 @@ def ours(n: int, scratch: str, flat: bool, repeat: int, profile: bool) -> dict[s
     out: dict[str, Any] = {}
     out["render_first"], page = _timed(exposition.render)
     assert segments_up(page) == n, (segments_up(page), n)
-    out["render"] = _best(exposition.render, repeat)
     if profile:
         import cProfile
         import io
         import pstats
 
+        exposition.render()  # the profile's render is not the one after the first
         prof = cProfile.Profile()
         prof.runcall(exposition.render)
         text = io.StringIO()
         pstats.Stats(prof, stream=text).strip_dirs().sort_stats("tottime").print_stats(10)
         out["profile"] = text.getvalue()
         found = Pattern(patterns[0])
-        out["find"] = _best(found.find, repeat)  # what a rescan costs before any open
-    del exposition
+        out["find"] = _best(found.find, 3)  # what a rescan costs before any open
     registry = CollectorRegistry()
     registry.register(PmemCollector(patterns=patterns))
     out["collector_first"], theirs = _timed(lambda: generate_latest(registry))
     assert theirs == page, "PmemCollector's page differs from Exposition's"
-    out["collector"] = _best(lambda: generate_latest(registry), max(1, repeat // 2))
-    return out
+    return out, {"render": exposition.render, "collector": lambda: generate_latest(registry)}
 
 
-def prom(n: int, scratch: str, repeat: int) -> dict[str, float]:
+def prom(n: int, scratch: str) -> tuple[dict[str, Any], Calls]:
     """prometheus_client's multiprocess mode: MultiProcessCollector + generate_latest."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -197,7 +201,16 @@ def prom(n: int, scratch: str, repeat: int) -> dict[str, float]:
     first, page = _timed(lambda: generate_latest(registry))
     samples = page.count(b'\npmem_activate_fails_total{drive_id="drv0",')
     assert samples == n, (samples, n)
-    return {"prom_first": first, "prom": _best(lambda: generate_latest(registry), repeat)}
+    return {"prom_first": first}, {"prom": lambda: generate_latest(registry)}
+
+
+def serve(made: tuple[dict[str, Any], Calls]) -> str:
+    """Print what setting up measured, then time a call of each name stdin asks for."""
+    first, calls = made
+    print(json.dumps(first), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(_best(calls[line.strip()], 1)), flush=True)
+    return "done"
 
 
 def otel(n: int, scratch: str, flat: bool, repeat: int) -> dict[str, float]:
@@ -247,14 +260,13 @@ def _status(pid: int) -> dict[str, int]:
 def agent(n: int, scratch: str, flat: bool, creations: int) -> dict[str, Any]:
     """The exporter over the pattern: start-up, memory, and discovery of new segments."""
     log_path = os.path.join(scratch, "agent.log")
-    here = os.path.dirname(os.path.abspath(__file__))
     command = [sys.executable, "-m", "pmem_metrics", "export", "--shm-glob"]
     command += [pattern(scratch, flat), "--prometheus-port", "0"]
     deadline = time.monotonic() + 120
     with open(log_path, "wb") as log:
         start = time.perf_counter()
         # cwd: this folder, so that -m finds the installed package, not a checkout's source.
-        proc = subprocess.Popen(command, stderr=log, stdout=subprocess.DEVNULL, cwd=here)
+        proc = subprocess.Popen(command, stderr=log, stdout=subprocess.DEVNULL, cwd=HERE)
     try:
 
         def log_text() -> str:
@@ -307,9 +319,9 @@ def worker(kind: str, n: int, scratch: str, opts: dict[str, Any]) -> object:
     if kind == "make":
         return make(n, scratch, opts["flat"])
     if kind == "ours":
-        return ours(n, scratch, opts["flat"], opts["repeat"], opts["profile"])
+        return serve(ours(n, scratch, opts["flat"], opts["profile"]))
     if kind == "prom":
-        return prom(n, scratch, opts["repeat"])
+        return serve(prom(n, scratch))
     if kind == "otel":
         return otel(n, scratch, opts["flat"], opts["repeat"])
     if kind == "agent":
@@ -317,19 +329,76 @@ def worker(kind: str, n: int, scratch: str, opts: dict[str, Any]) -> object:
     raise ValueError(kind)
 
 
+def _command(kind: str, n: int, scratch: str, opts: dict[str, Any]) -> list[str]:
+    here = os.path.abspath(__file__)
+    return [sys.executable, here, "--worker", kind, str(n), scratch, json.dumps(opts)]
+
+
 def run(kind: str, n: int, scratch: str, opts: dict[str, Any]) -> dict[str, Any]:
     """*kind* for N segments in a fresh process: what it measured."""
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker", kind, str(n), scratch,
-         json.dumps(opts)],
-        capture_output=True,
+    proc = subprocess.Popen(
+        _command(kind, n, scratch, opts),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        cwd=os.path.dirname(os.path.abspath(__file__)),
-    )  # fmt: skip
+        cwd=HERE,
+    )
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        proc.terminate()  # not killed: the agent worker's own cleanup ends the agent
+        proc.communicate()
+        raise
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} at {n:,} segments failed:\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(proc.stdout)
+        raise RuntimeError(f"{kind} at {n:,} segments failed:\n{err}")
+    result: dict[str, Any] = json.loads(out)
     return result
+
+
+def scrapes(n: int, scratch: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Our scrapes and prometheus_client's, each in a process of its own, timed alternately.
+
+    The best of ``repeat`` each (``PmemCollector``: of 3 at most), the two
+    processes asked in turn for one scrape at a time, so a slow spell of
+    this machine falls on both sides (``bench_shared.py``'s method).
+    """
+    out: dict[str, Any] = {}
+    servers = {
+        kind: subprocess.Popen(
+            _command(kind, n, scratch, opts),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=HERE,
+        )
+        for kind in ("ours", "prom")
+    }
+    try:
+
+        def ask(kind: str, line: str | None) -> Any:
+            server = servers[kind]
+            assert server.stdin is not None and server.stdout is not None
+            if line is not None:
+                server.stdin.write(line + "\n")
+                server.stdin.flush()
+            answer = server.stdout.readline()
+            if not answer:
+                server.kill()
+                _, err = server.communicate()
+                raise RuntimeError(f"{kind} at {n:,} segments failed:\n{err}")
+            return json.loads(answer)
+
+        for kind in servers:
+            out.update(ask(kind, None))
+        for r in range(opts["repeat"]):
+            for kind, name in (("ours", "render"), ("prom", "prom"), ("ours", "collector")):
+                if name != "collector" or r < 3:
+                    out[name] = min(out.get(name, math.inf), ask(kind, name))
+    finally:
+        for server in servers.values():
+            server.communicate()
+    return out
 
 
 def measure(n: int, opts: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +407,9 @@ def measure(n: int, opts: dict[str, Any]) -> dict[str, Any]:
     scratch = tempfile.mkdtemp(prefix="pmem-fleet-", dir=base)
     try:
         out: dict[str, Any] = {}
-        for kind in ("make", "ours", "prom", "otel", "agent"):
+        out.update(run("make", n, scratch, opts))
+        out.update(scrapes(n, scratch, opts))
+        for kind in ("otel", "agent"):
             out.update(run(kind, n, scratch, opts))
         return out
     finally:
@@ -379,7 +450,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in sizes:
-        repeat = 2 if args.quick else 3 if n >= 10_000 else 7
+        repeat = 2 if args.quick else 5 if n >= 10_000 else 7
         opts = {"flat": args.flat, "repeat": repeat, "creations": creations,
                 "profile": args.profile}  # fmt: skip
         m = results[n] = measure(n, opts)
@@ -409,6 +480,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    # A SIGTERM unwinds like Ctrl-C: the scratch folder and the agent go too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, n, scratch, opts = sys.argv[2:6]
         print(json.dumps(worker(kind, int(n), scratch, json.loads(opts))))
