@@ -46,6 +46,7 @@ the end, whatever happens.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -244,9 +245,22 @@ def otel(n: int, scratch: str, flat: bool, repeat: int) -> dict[str, float]:
         provider.shutdown()
 
 
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+"""What a Prometheus 2 server asks for (it asks for gzip too)."""
+
+
 def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as response:
+    """The page, asked for as a Prometheus server asks (OpenMetrics, gzip), decompressed."""
+    request = urllib.request.Request(
+        url, headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
         body: bytes = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
         return body
 
 
