@@ -167,79 +167,74 @@ def test_a_fragment_left_on_a_named_pipe_does_not_spoil_the_next_writers_line(
 
 # Flushers appending to one shared file, each process with its own registry
 # (a fork of a process that has allocated the devices and counted nothing).
-# Keepers run to the end; victims are SIGKILLed at random instants and
-# replaced.  Lines are some 50 kB (600 devices), many pages: a kill can land
-# in the middle of one.  Each keeper records how many rounds it counted: a
-# round adds 1 to every device's queue_event_count, then writes a line.
+# Keepers count and write KEEPER_ROUNDS rounds; victims write at most
+# VICTIM_ROUNDS and are SIGKILLed at random instants (while writing, or after)
+# and replaced, KILLS times.  Lines are some 50 kB (600 devices), many
+# pages: a kill can land in the middle of one.  A round adds 1 to every
+# device's queue_event_count, then writes a line.  Bounded by work, not time:
+# a faster machine writes the same lines (at most some 30 MB), not more.
 SIGKILLED_FLUSHERS = """
-import json, os, random, select, signal, sys, time
+import json, os, random, signal, sys, time
 from pmem_metrics import MetricsWriter, PmemMetricsPerDevice
 
+KEEPER_ROUNDS, VICTIM_ROUNDS, KILLS = 60, 10, 60
 DEVICES = [PmemMetricsPerDevice.alloc(f"d{i:04d}") for i in range(600)]
 
-def flusher(name, stop):
+def flusher(name, rounds):
     w = MetricsWriter()
     w.init("m.json", id=name)
-    rounds = 0
-    while True:
+    for _ in range(rounds):
         for m in DEVICES:
             m.queue_event_count.inc()
-        rounds += 1
         w.write()
-        if stop is not None and select.select([stop], [], [], 0)[0]:
-            break
-    with open(name + ".rounds", "w") as f:
-        f.write(str(rounds))
 
-def spawn(name, stop):
+def spawn(name, rounds):
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            os.close(stop_w)  # the parent's end: only the parent's close stops the keepers
-            flusher(name, stop)
+            flusher(name, rounds)
             code = 0
+            if rounds == VICTIM_ROUNDS:
+                signal.pause()  # a victim waits for its kill
         finally:
             os._exit(code)
     return pid
 
-stop_r, stop_w = os.pipe()
-keepers = {spawn(f"keeper{i}", stop_r): f"keeper{i}" for i in range(3)}
-os.close(stop_r)
-victims = [spawn(f"victim{i}", None) for i in range(3)]
-kills = tears = 0
-end = time.monotonic() + 2.5
-while time.monotonic() < end:
-    time.sleep(random.uniform(0, 0.01))
+keepers = {spawn(f"keeper{i}", KEEPER_ROUNDS): f"keeper{i}" for i in range(3)}
+victims = [spawn(f"victim{i}", VICTIM_ROUNDS) for i in range(3)]
+kills = 0
+while kills < KILLS:
+    time.sleep(random.uniform(0, 0.005))
     pid = victims.pop(random.randrange(len(victims)))
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     kills += 1
-    victims.append(spawn(f"victim{kills + 2}", None))
+    victims.append(spawn(f"victim{kills + 2}", VICTIM_ROUNDS))
 for pid in victims:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-os.close(stop_w)
-for pid, name in keepers.items():
-    assert os.waitpid(pid, 0)[1] == 0, name
-print(json.dumps({name: int(open(name + ".rounds").read()) for name in keepers.values()}))
+statuses = [os.waitpid(pid, 0)[1] for pid in keepers]
+assert statuses == [0, 0, 0], statuses
+print(json.dumps({"kills": kills, "keepers": list(keepers.values())}))
 """
 
 
 def test_flushers_sigkilled_mid_line_lose_no_other_writers_counts(run_python, tmp_path) -> None:
     """Every line that parses is whole; every count a surviving flusher committed is read back."""
-    rounds = json.loads(run_python(SIGKILLED_FLUSHERS, timeout=120))
+    out = json.loads(run_python(SIGKILLED_FLUSHERS, timeout=120))
+    assert out["kills"] > 0
     lines, _fragments = read_lines(tmp_path / "m.json")
     got = totals(lines)
-    for name, n in rounds.items():
-        assert got[name]["queue_event_count"] == 600 * n, name
+    for name in out["keepers"]:
+        assert got[name]["queue_event_count"] == 600 * 60, name
         per_device: dict[str, int] = defaultdict(int)
         for obj in lines:
             if obj["id"] == name:
                 for k, v in obj.items():
                     if k.startswith("pmem_"):
                         per_device[k] += v["queue_event_count"]
-        assert per_device == {f"pmem_d{i:04d}": n for i in range(600)}, name
+        assert per_device == {f"pmem_d{i:04d}": 60 for i in range(600)}, name
 
 
 def test_a_writer_holding_the_files_lock_delays_a_line_until_the_timeout(
