@@ -95,8 +95,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.handles)
     @rule(data=st.data())
     def drop_handle(self, data: st.DataObject) -> None:
-        self.handles.pop(data.draw(st.integers(0, len(self.handles) - 1)))
-        gc.collect()
+        self.handles.pop(data.draw(st.integers(0, len(self.handles) - 1)))  # freed at once
 
     @rule()
     def flush(self) -> None:
