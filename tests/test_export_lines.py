@@ -22,7 +22,7 @@ from pmem_metrics.cli._lines import Lines
 from pmem_metrics.cli._segment_lines import AllLines
 from pmem_metrics.fleet import Fleet
 
-from .test_export import PATIENCE, Exporter, eventually
+from .test_export import PATIENCE, Exporter, eventually, scrape
 
 VMS = {"a": 3, "b": 5, "c": 7}
 """Each VM's name, and the cfg_fails its device ``d`` counts at first."""
@@ -171,3 +171,23 @@ def test_several_shm_give_a_line_each_and_one_shm_gives_firecrackers_line(tmp_pa
     (raw,) = one.read_text().splitlines(keepends=True)
     stamp = json.loads(raw)["utc_timestamp_ms"]
     assert raw == f'{{"utc_timestamp_ms":{stamp},' + firecracker_body(7)  # no labels: as before
+
+
+def test_lines_and_prometheus_of_one_pattern_both_read_every_vm_whoever_opens_first(
+    tmp_path: Path,
+) -> None:
+    """A scrape opens a new VM's segment before the lines do (a beat is an hour away here):
+    the lines, which must open it for writing, still get it, and so does the scrape."""
+    paths = make_vms(tmp_path)
+    lines = tmp_path / "lines.json"
+    exporter = Exporter(tmp_path, "--shm-glob", str(tmp_path / "{vm}" / "pmem.seg"),
+                        "--prometheus-port", "0", "--interval", "3600",
+                        "--metrics-path", str(lines))  # fmt: skip
+    try:
+        counts, up = scrape(exporter.url())
+    finally:
+        rc, err = exporter.stop()
+    assert rc == 130, err
+    assert counts == {(str(p), "d"): float(VMS[vm]) for vm, p in paths.items()}
+    assert up == dict.fromkeys(map(str, paths.values()), 1.0)
+    assert totals(lines) == {str(p): VMS[vm] for vm, p in paths.items()}, exporter.stderr

@@ -21,8 +21,10 @@ With one ``--shm`` the lines are Firecracker's, byte for byte: no labels.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
+from .. import follow
 from ..fleet import Fleet
 from ..follow import Followed
 from ..registry import Registry
@@ -132,3 +134,16 @@ class AllLines:
             found[member.path] = lines
         self._found = found
         return [*self.given, *found.values()]
+
+
+@contextmanager
+def writable_where_permitted(lines: bool) -> Iterator[None]:
+    """While in it, with *lines*, the scrape's and OTLP's segments are opened read-write where
+    this process may (:data:`pmem_metrics.follow.WRITABLE_WHERE_PERMITTED`): else one a scrape
+    opened first, read-only, could not be opened for its lines (``EBUSY``)."""
+    before = follow.WRITABLE_WHERE_PERMITTED
+    follow.WRITABLE_WHERE_PERMITTED = lines or before
+    try:
+        yield
+    finally:
+        follow.WRITABLE_WHERE_PERMITTED = before

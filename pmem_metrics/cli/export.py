@@ -43,7 +43,7 @@ from ..segment import open_segment
 from ..writer import DEFAULT_TIMEOUT, MetricsWriter
 from ._args import add_otlp, add_prometheus, interval, otlp_of, prometheus_of, seconds
 from ._lines import Lines, add_write_timeout
-from ._segment_lines import AllLines
+from ._segment_lines import AllLines, writable_where_permitted
 from ._service import Signals, raise_open_files, serve_prometheus
 
 POLL_INTERVAL = 0.2
@@ -205,7 +205,8 @@ def export(
             raise SystemExit(f"{_ME}: --otlp-endpoint needs pip install '.[otel]'") from None
     raise_open_files()
     writer = MetricsWriter()
-    with Signals(on_hup=writer.reopen if metrics_path is not None else None) as signals:
+    on_hup = writer.reopen if metrics_path is not None else None
+    with Signals(on_hup=on_hup) as signals, writable_where_permitted(lines_wanted):
         start = time.monotonic()
         segments: dict[str, Registry] = {}
         for path in paths:
