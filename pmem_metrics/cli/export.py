@@ -117,8 +117,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         metavar="PATTERN",
         help="every shared segment at a path PATTERN matches, found as it appears and let go "
-        "once gone; {NAME} matches as * does and labels its series NAME=<match> (repeat it "
-        "for several), e.g. /srv/jailer/firecracker/{vm}/root/run/pmem.seg",
+        "once gone; {NAME} matches as * does and labels its series and lines NAME=<match> "
+        "(repeat it for several), e.g. /srv/jailer/firecracker/{vm}/root/run/pmem.seg",
     )
     p.add_argument(
         "--metrics-path",
