@@ -23,6 +23,7 @@ from pmem_metrics.cli._segment_lines import AllLines
 from pmem_metrics.fleet import Fleet
 
 from .test_export import PATIENCE, Exporter, eventually, scrape
+from .test_export_faults import corrupt
 
 VMS = {"a": 3, "b": 5, "c": 7}
 """Each VM's name, and the cfg_fails its device ``d`` counts at first."""
@@ -191,3 +192,35 @@ def test_lines_and_prometheus_of_one_pattern_both_read_every_vm_whoever_opens_fi
     assert counts == {(str(p), "d"): float(VMS[vm]) for vm, p in paths.items()}
     assert up == dict.fromkeys(map(str, paths.values()), 1.0)
     assert totals(lines) == {str(p): VMS[vm] for vm, p in paths.items()}, exporter.stderr
+
+
+def test_a_segment_whose_lines_fail_is_said_once_and_the_others_lines_go_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One VM's segment corrupt for three beats: its lines fail (said once, its counts kept),
+    the other VMs' go out at every beat, and its next line carries what it counted meanwhile."""
+    paths = make_vms(tmp_path)
+    lines = tmp_path / "lines.json"
+    writer = MetricsWriter()
+    writer.init(str(lines))
+    fleet = Fleet([str(tmp_path / "{vm}" / "pmem.seg")], readonly=False, rescan=0)
+    beats = Lines("export", AllLines({}, fleet, writer, print), None, stdout=False)
+
+    def beat() -> dict[str, int]:
+        before = len(parsed(lines))
+        beats.write()
+        return {line["labels"]["vm"]: line["pmem"]["cfg_fails"] for line in parsed(lines)[before:]}
+
+    assert beat() == VMS
+    count(paths["b"], 4)
+    with corrupt(paths["b"]):
+        for _ in range(3):
+            assert beat() == {"a": 0, "c": 0}
+    assert beat() == {"a": 0, "b": 4, "c": 0}
+    err = capsys.readouterr().err.splitlines()
+    b = repr(str(paths["b"]))
+    assert len(err) == 2, err  # once when b's lines start failing, once when they go again
+    assert err[0].startswith("export: a metrics line failed (") and "corrupt" in err[0]
+    assert err[0].endswith(f"its counts stay in the segment {b} for its next flush, whoever "
+                           "makes it; the next beat tries again")  # fmt: skip
+    assert err[1] == f"export: metrics lines go out again from {b}"
