@@ -220,7 +220,8 @@ def export(
         beats: Lines | None = None
         if lines_wanted:
             writer.init(sys.stdout if metrics_path is None else metrics_path, timeout=write_timeout)
-            # The patterns' segments again, read-write: the scrape's are its own, read-only.
+            # The patterns' own Fleet for the lines (the scrape's is read on its threads); both
+            # open read-write where they may, so share each segment's registry.
             every = AllLines(segments, Fleet(patterns, readonly=False) if patterns else None,
                              writer, _say)  # fmt: skip
             single = None if every.labelled else next(iter(segments))
