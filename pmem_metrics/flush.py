@@ -21,6 +21,13 @@ the aggregate, last)::
 
     {"utc_timestamp_ms":1700000000000,"pmem_drv0":{...},"pmem_drv1":{...},"pmem":{...}}
     {"utc_timestamp_ms":1700000000000,"id":"vm-1","properties":{"k":"v"},"pmem_drv0":{...},...}
+
+A writer told which segment a line is from (:meth:`MetricsWriter.set_registry`
+with labels, as the exporter does with several segments) puts them in one
+``"labels"`` object after the head (:func:`labels_json`), so no label can
+clash with a Firecracker key::
+
+    {"utc_timestamp_ms":1700000000000,"labels":{"segment":"/srv/a/pmem.seg","vm":"a"},"pmem_drv0":...}
 """
 
 from __future__ import annotations
@@ -116,3 +123,24 @@ def line_head(instance_id: str | None, properties: Mapping[str, str] | None) -> 
         text = json.dumps(dict(properties), ensure_ascii=False, separators=(",", ":"))
         head += '"properties":' + text.replace("%", "%%") + ","
     return head
+
+
+def labels_json(labels: Mapping[str, str] | None) -> str:
+    """``"labels":{...},``, what a line says after its head of the segment it is from; ``""``
+    for ``None``.  Raises ``TypeError`` for *labels* that do not map ``str`` to ``str``.
+
+    UTF-8 as ids are, but text that has none (a path's undecodable bytes) is
+    ``\\u`` escaped: a line never fails for its labels.
+    """
+    if labels is None:
+        return ""
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise TypeError("labels must map str to str")
+    text = json.dumps(dict(labels), ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(dict(labels), separators=(",", ":"))
+    return '"labels":' + text + ","

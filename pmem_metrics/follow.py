@@ -30,6 +30,17 @@ from .segment import open_segment
 _log = logging.getLogger("pmem_metrics")
 _T = TypeVar("_T")
 
+WRITABLE_WHERE_PERMITTED = False
+"""Whether a read-only :class:`Followed` opens its segment read-write where this process may.
+
+For a process that also flushes the segments it reads (the exporter's lines):
+a segment it opened read-only cannot be opened read-write as well (``EBUSY``)
+until that is closed, so a scrape that opened a new segment first would keep
+the lines from it.  Where the process may not write (``EACCES``, ``EPERM``:
+another user's, ``EROFS``) it is opened read-only, as asked.
+"""
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 
 class Followed:
     """The segment at *path*: opened read-only unless *readonly* is false, followed.
@@ -67,13 +78,22 @@ class Followed:
         """Its registry, opening the path if need be: None while the path has no segment."""
         if self.registry is None:
             try:
-                self.registry = open_segment(self.path, readonly=self.readonly, create=False)
+                self.registry = self._open()
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise
                 return None
             self.fresh = True
         return self.registry
+
+    def _open(self) -> Registry:
+        if self.readonly and WRITABLE_WHERE_PERMITTED:
+            try:
+                return open_segment(self.path, create=False)
+            except OSError as e:
+                if e.errno not in _NOT_WRITABLE:
+                    raise
+        return open_segment(self.path, readonly=self.readonly, create=False)
 
     def peek(self, deadline: float, scratch: Scratch | None = None) -> Snapshot | None:
         """Every device's counts now (C's peek), and its room; its final ones once it is gone.

@@ -21,7 +21,7 @@ from ._periodic import Periodic, PeriodicWriting, seconds
 from ._sink import Destination, FileSink, sink_for
 from ._snapshot import dispose, new_slot, publish, take
 from .errors import AlreadyInitializedError, WriterStateError
-from .flush import as_json, line_head
+from .flush import as_json, labels_json, line_head
 from .registry import Registry
 
 _log = logging.getLogger("pmem_metrics")
@@ -43,7 +43,8 @@ class MetricsWriter(PeriodicWriting):
         if registry is not None and not isinstance(registry, Registry):
             what = type(registry).__name__
             raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
-        self._registry = Registry.default() if registry is None else registry
+        # What each line flushes, and its labels: read once per line, by _write.
+        self._flushed = (Registry.default() if registry is None else registry, "")
         self._sink: FdSink | FileSink | None = None
         self._path: str | os.PathLike[str] | None = None  # what init() opened, for reopen()
         self._hup = False  # a SIGHUP asked for reopen() before the next line
@@ -57,7 +58,7 @@ class MetricsWriter(PeriodicWriting):
         self._exit_hook = False  # _stop_at_exit is registered with atexit
         _WRITERS.add(self)
 
-    def set_registry(self, registry: Registry) -> None:
+    def set_registry(self, registry: Registry, labels: Mapping[str, str] | None = None) -> None:
         """Flush *registry* for every line from now on, instead of the one flushed so far.
 
         For a writer that follows a segment's path: when the segment was
@@ -66,17 +67,21 @@ class MetricsWriter(PeriodicWriting):
         the path again and hands the new one here
         (:class:`~pmem_metrics.follow.Followed`).  A line being written
         meanwhile (by the periodic thread) flushes one or the other, whole.
-        Raises ``TypeError`` for what is not a ``Registry``.
+        *labels*: each line says them, as ``"labels":{...}`` after its head
+        (:func:`pmem_metrics.flush.labels_json`): which segment it is from,
+        for lines of several segments in one destination.  Raises
+        ``TypeError`` for what is not a ``Registry``, or *labels* that do not
+        map ``str`` to ``str``.
         """
         if not isinstance(registry, Registry):
             what = type(registry).__name__
             raise TypeError(f"registry must be a pmem_metrics.Registry, not {what}")
-        self._registry = registry  # read once per line, by _write
+        self._flushed = (registry, labels_json(labels))
 
     @property
     def registry(self) -> Registry:
         """The registry each line flushes."""
-        return self._registry
+        return self._flushed[0]
 
     @property
     def initialized(self) -> bool:
@@ -185,11 +190,12 @@ class MetricsWriter(PeriodicWriting):
         sink = self._sink
         if sink is None:
             return False
+        registry, labels = self._flushed
         slot = new_slot()
         progress = Progress()
         try:
-            body = as_json(take(slot, deadline, self._registry._r))  # ValueError once closed
-            line = self._head % (time.time_ns() // 1_000_000) + body[1:] + "\n"
+            body = as_json(take(slot, deadline, registry._r))  # ValueError once closed
+            line = self._head % (time.time_ns() // 1_000_000) + labels + body[1:] + "\n"
             until = time.monotonic() + self._timeout
             sink.write(line, until if deadline is None else min(deadline, until), progress)
             publish(slot)

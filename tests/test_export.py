@@ -142,19 +142,25 @@ GROUP = 4711
 
 NOBODY = 65534
 
-AS_NOBODY = f"""
+
+def becoming(uid: int, groups: list[int]) -> str:
+    """``python -c`` code that runs the CLI as *uid* (its group the same), in *groups* too."""
+    return f"""
 import os, sys
 # Everything the exporter will import, while the interpreter's own files (which
 # may be where the other user cannot read, under /root) are still readable;
 # then become that user, before the exporter opens anything.
 # (3.13's argparse imports locale lazily, through gettext.)
 import encodings.idna, gettext, locale, pmem_metrics.cli, pmem_metrics.exposition
-os.setgroups([{GROUP}])
-os.setgid({NOBODY})
-os.setuid({NOBODY})
+os.setgroups({groups!r})
+os.setgid({uid})
+os.setuid({uid})
 sys.argv[0] = "python -m pmem_metrics"
 sys.exit(pmem_metrics.cli.main(sys.argv[1:]))
 """
+
+
+AS_NOBODY = becoming(NOBODY, [GROUP])
 
 
 @pytest.fixture

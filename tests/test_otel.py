@@ -304,12 +304,24 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[ExportMetricsServiceRequest] = []
+        self.refuse = 0
+        """Requests still to refuse, with HTTP 400 (which the OTLP client does not retry)."""
+        self.refused = 0
         self._cond = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver._cond:
+                    refuse = receiver.refuse > 0
+                    receiver.refuse -= refuse
+                    receiver.refused += refuse
+                if refuse:
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
                 assert self.path == "/v1/metrics"
@@ -491,7 +503,37 @@ def test_exporter_pushes_through_a_receiver_down_then_up(
     said += rest
     assert said[-1].startswith("export: served, 1 segment(s), ")
     works_again = f"export: OTLP export to {receiver.url} works again\n"
-    assert said[1:-1] == [said[1]] * (len(said) - 3) + [works_again], said  # one line a failure
+    assert said[1:-1] == [said[1], works_again], said  # one line for all the failures
+
+
+def test_a_collector_refusing_5_exports_in_a_row_is_said_once_and_its_recovery_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    path = tmp_path / "seg"
+    seg = open_segment(path)
+    devices = {"drv0": seg.alloc("drv0")}
+    devices["drv0"].cfg_fails.add(3)
+    receiver.refuse = 5
+    receiver.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmem_metrics", "export", "--shm", str(path),
+         "--otlp-endpoint", receiver.url, "--otlp-interval", "0.05"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        got = receiver.wait_for(bool, "an export after the refused ones")
+        assert receiver.refused == 5 and got == wanted(devices, str(path))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=PATIENCE)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    what = f"export: OTLP export to {receiver.url}"
+    said = [line for line in err.splitlines() if line.startswith(what)]
+    assert said == [
+        f"{what} failed (the next one carries its counts): HTTP 400 Bad Request",
+        f"{what} works again",
+    ], err
 
 
 def test_exporter_refuses_a_url_that_is_not_http(tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def export_fails(tmp_path: Path, *args: str) -> str:
 
 def test_the_exporter_refuses_what_it_cannot_read_and_creates_nothing(tmp_path: Path) -> None:
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    assert "one --shm" in export_fails(tmp_path, "--shm", a, "--shm", b)
+    assert f"no segment at {a!r}" in export_fails(tmp_path, "--shm", a, "--shm", b)
     assert "no segment at" in export_fails(tmp_path, "--shm", a)  # a typo is not a new file
     assert "no segment at ''" in export_fails(tmp_path, "--shm", "")
     (tmp_path / "junk").write_bytes(b"x" * 4096)

@@ -645,3 +645,37 @@ def test_json_and_the_live_view_show_each_segments_room(tmp_path: Path) -> None:
     assert room == {"capacity": 8, "devices": 1, "retired": 1, "alloc_failures": 0}
     line = describe(seg.stats())
     assert line == "1 live of 8 slots, 1 retired, 0 allocations refused"
+
+
+def test_a_pattern_that_names_a_wildcard_gives_a_column_of_its_values(tmp_path: Path) -> None:
+    for vm, n in (("vm-a", 3), ("vm-b", 5)):
+        (tmp_path / vm).mkdir()
+        make_segment(tmp_path / vm / "seg", d=n)
+    make_segment(tmp_path / "given", d=7)
+    pattern = str(tmp_path / "{vm}" / "seg")
+    r = run_top(tmp_path, "--shm", "given", "--shm-glob", pattern, "--once", "--interval", "0.01")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["VM", "SEGMENT", "ID", "FIELD", "COUNT", "RATE/S", "AVG/S"]
+    rows = [line.split()[:-2] for line in lines[1:]]  # but the rates
+    a, b = str(tmp_path / "vm-a" / "seg"), str(tmp_path / "vm-b" / "seg")
+    assert rows == [  # a --shm has no such label: its cell is blank
+        ["given", "d", "cfg_fails", "7"],
+        ["vm-a", a, "d", "cfg_fails", "3"],
+        ["vm-b", b, "d", "cfg_fails", "5"],
+    ]
+    assert lines[1].index("given") == lines[2].index(a)  # aligned: the VM column is there
+    r = run_top(tmp_path, "--shm-glob", pattern, "--json", "--interval", "0.01")
+    assert r.returncode == 0, r.stderr
+    segments = json.loads(r.stdout)["segments"]
+    assert {
+        p: (s["labels"], s["devices"]["d"]["cfg_fails"]["count"]) for p, s in segments.items()
+    } == {
+        a: ({"vm": "vm-a"}, 3),
+        b: ({"vm": "vm-b"}, 5),
+    }
+    view = View(("{vm}", "segment", "drive_id"), sort="{vm}", reverse=True)
+    rows_ = [Row(a, "d", "f", 1, None, None, (("vm", "vm-a"),)),
+             Row(b, "d", "f", 1, None, None, (("vm", "vm-b"),))]  # fmt: skip
+    assert [r.segment for r in view.select(rows_)[0]] == [b, a]  # sorted by it, Z to A
+    assert view.keys().startswith("q quit  s sort: VM (Z to A)")

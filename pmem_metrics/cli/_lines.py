@@ -10,27 +10,29 @@ another writer's).  Lines are tried again every beat; stderr says when they
 start failing and when they go out again, not at every beat.  A broken pipe
 on stdout is the end (nobody can read stdout again): it is raised.
 
-A stop (:class:`~._service.Signals`) ends the beats; the final line then
-waits at most the write timeout, and a line that did not go out says, in
-one line, where its counts are.  A second stop signal abandons the line
-under way at once (:class:`~._service.Abandoned`): leaving a :class:`Lines`
-(a context manager) with it says so, and lets it on its way out.
+Each beat writes a line per segment (:mod:`._segment_lines`), each tried
+on its own: one segment's failing lines are said once for that segment, the
+others' go on.  A line whose destination failed ends the beat, as every
+other line would wait on it too: they are all tried at the next.
 
-:class:`SegmentLines` writes the lines of the segment at a path, from
-whichever segment is there: a final line from one removed or replaced.
+A stop (:class:`~._service.Signals`) ends the beats; the final lines then
+wait at most the write timeout (the first whose destination fails ends
+them), and a line that did not go out says, in one line, where its counts
+are.  A second stop signal abandons the line under way at once
+(:class:`~._service.Abandoned`): leaving a :class:`Lines` (a context
+manager) with it says so, and lets it on its way out.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from ..errors import PmemMetricsError
-from ..follow import Followed
-from ..registry import Registry
-from ..writer import DEFAULT_TIMEOUT, MetricsWriter
+from ..writer import DEFAULT_TIMEOUT
 from ._args import positive
+from ._segment_lines import SegmentLines
 from ._service import Abandoned, Signals, write_lines
 
 
@@ -47,58 +49,98 @@ def add_write_timeout(p: argparse.ArgumentParser) -> None:
     )
 
 
-class Lines:
-    """Metrics lines of the segment at *path* that *write* writes (``False``: none was).
+def _kept(path: str) -> str:
+    """Where the counts of a line of *path* that did not go out are: its flush was withdrawn."""
+    return f"its counts stay in the segment {path!r} for its next flush, whoever makes it"
 
-    *who* begins what it says on stderr; *stdout*: the lines go to stdout,
-    whose broken pipe ends them.
+
+_KEPT_ALL = "their counts stay in their segments for their next flushes, whoever makes them"
+
+
+def _of_destination(e: BaseException) -> bool:
+    """Whether *e* is the destination's failure (every line would wait on it), not a segment's."""
+    return isinstance(e, OSError) and not isinstance(e, PmemMetricsError)
+
+
+class Lines:
+    """Metrics lines of the segments *segments* gives (asked at each beat), one each a beat.
+
+    *who* begins what it says on stderr; *single*: the one path lines come
+    from, if only one (said where counts stay after a second signal);
+    *stdout*: the lines go to stdout, whose broken pipe ends them.
     """
 
-    def __init__(self, who: str, write: Callable[[], bool], path: str, stdout: bool) -> None:
+    def __init__(
+        self,
+        who: str,
+        segments: Callable[[], Sequence[SegmentLines]],
+        single: str | None,
+        stdout: bool,
+    ) -> None:
         self._who = who
-        self._write = write
-        # Where the counts no line reported are: a flush whose line did not go out is withdrawn.
-        self._kept = f"its counts stay in the segment {path!r} for its next flush, whoever makes it"
+        self._segments = segments
+        self._kept = _kept(single) if single else _KEPT_ALL
         self._stdout = stdout
         self.written = 0
         """Lines that went out."""
-        self.failing: str | None = None
-        """Why the last line failed, while lines fail; ``None`` once one goes out."""
+        self.failing: dict[str, str] = {}
+        """Why the last line of each segment whose lines fail failed, by path."""
 
     def _say(self, text: str) -> None:
         print(f"{self._who}: {text}", file=sys.stderr, flush=True)
 
-    def _attempt(self) -> tuple[bool, str | None]:
-        """Write a line: whether one went out, and why not if it failed."""
+    def _attempt(self, segment: SegmentLines) -> tuple[bool, BaseException | None]:
+        """Write *segment*'s line: whether one went out, and why not if it failed."""
         try:
-            wrote = self._write()
+            wrote = segment.write()
         except (PmemMetricsError, OSError) as e:
             if self._stdout and isinstance(e, BrokenPipeError):
                 raise
-            return False, str(e)
+            return False, e
         self.written += wrote
         return wrote, None
 
-    def write(self) -> bool:
-        """One beat's line; ``False`` if none went out (a failure is said once, until one does)."""
-        wrote, why = self._attempt()
-        if why is not None and self.failing is None:
-            self._say(f"a metrics line failed ({why}); {self._kept}; the next beat tries again")
-        elif wrote and self.failing is not None:
-            self._say("metrics lines go out again")
-        if wrote or why is not None:
-            self.failing = why
+    def write(self) -> int:
+        """One beat's lines; how many went out (a segment's failing lines are said once)."""
+        segments = self._segments()
+        wrote = 0
+        for segment in segments:
+            path = segment.path
+            ok, e = self._attempt(segment)
+            if e is not None:
+                if path not in self.failing:
+                    self._say(
+                        f"a metrics line failed ({e}); {_kept(path)}; the next beat tries again"
+                    )
+                self.failing[path] = str(e)
+                if _of_destination(e):
+                    break  # the others would wait on it too: all tried at the next beat
+            elif ok:
+                wrote += 1
+                if self.failing.pop(path, None) is not None:
+                    self._say(f"metrics lines go out again from {path!r}")
+        followed = {s.path for s in segments}
+        self.failing = {p: why for p, why in self.failing.items() if p in followed}
         return wrote
 
     def run(self, signals: Signals, start: float, interval: float, duration: float) -> int:
-        """A line per beat from *start* (as :func:`~._service.write_lines`), then the final one.
+        """Lines per beat from *start* (as :func:`~._service.write_lines`), then the final ones.
 
         Returns the lines that went out.
         """
         write_lines(signals, start, interval, duration, self.write)
-        why = self._attempt()[1]
-        if why is not None:
-            self._say(f"the final line was not written ({why}); {self._kept}")
+        segments = self._segments()
+        for k, segment in enumerate(segments):
+            e = self._attempt(segment)[1]
+            if e is None:
+                continue
+            self._say(f"the final line was not written ({e}); {_kept(segment.path)}")
+            if _of_destination(e) and k + 1 < len(segments):
+                self._say(
+                    f"the final lines of {len(segments) - k - 1} more segment(s) were not tried "
+                    f"(the same destination); {_KEPT_ALL}"
+                )
+                break
         return self.written
 
     def __enter__(self) -> Lines:
@@ -107,35 +149,3 @@ class Lines:
     def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
         if kind is not None and issubclass(kind, Abandoned):
             self._say(f"a second signal: stopped at once, without a final line; {self._kept}")
-
-
-class SegmentLines:
-    """The metrics lines of the segment at one path, from whichever segment is there now.
-
-    When the segment is removed or replaced, one more line reports what it
-    counted since the last one (read from the file still open), then the
-    path is followed to the next segment (:class:`~pmem_metrics.follow.Followed`).
-    """
-
-    def __init__(
-        self, path: str, writer: MetricsWriter, registry: Registry, say: Callable[[str], None]
-    ) -> None:
-        self._say = say  # one line on stderr
-        self._path = path
-        self._writer = writer
-        self._followed = Followed(path, readonly=False, registry=registry)
-        self._gone = False  # the path had no segment at the last look (said once on stderr)
-
-    def write(self) -> bool:
-        """Write a line; ``False`` (none written) while the path has no segment."""
-        registry = self._followed.open()
-        if registry is None:
-            if not self._gone:
-                self._say(f"the segment at {self._path!r} was removed; waiting for a new one")
-                self._gone = True
-            return False
-        if registry is not self._writer.registry:
-            self._say(f"the segment at {self._path!r} was replaced; lines come from the new one")
-            self._writer.set_registry(registry)
-        self._gone = False
-        return bool(self._followed.use(lambda _: self._writer.write()))

@@ -27,6 +27,7 @@ class Row(NamedTuple):
     total: int
     rate: float | None  # over the last interval
     average: float | None  # since the first read the device was in
+    labels: tuple[tuple[str, str], ...] = ()  # its segment's, from a pattern: ((name, value), ...)
 
 
 def is_zero(row: Row) -> bool:
@@ -48,7 +49,9 @@ class Rates:
     def __init__(self) -> None:
         self._seen: dict[str, dict[str, tuple[_Read, _Read]]] = {}
 
-    def update(self, segment: str, counts: Counts, now: float) -> list[Row]:
+    def update(
+        self, segment: str, counts: Counts, now: float, labels: tuple[tuple[str, str], ...] = ()
+    ) -> list[Row]:
         """*segment*'s rows, from its *counts* read at *now* (seconds, any monotonic clock).
 
         A device read for the first time starts its baseline here: its rates
@@ -70,6 +73,7 @@ class Rates:
                     n,
                     _per_second(last, field, n, now),
                     _per_second(first, field, n, now),
+                    labels,
                 )
                 for field, n in fields.items()
             )
@@ -87,6 +91,7 @@ class Source(Protocol):
     path: str
     error: str | None  # why the last read failed
     fresh: bool  # (re)opened since the last read: its devices start new baselines
+    # Optional: labels, a pattern's names and what they matched (Followed.labels), go in its rows.
 
     def read(self) -> Counts | None:
         """The counts now; ``None`` when they cannot be read."""
@@ -121,7 +126,8 @@ class Monitor:
                 self._rates.forget(s.path)
                 s.fresh = False
             if counts is not None:
-                rows += self._rates.update(s.path, counts, now)
+                labels = tuple(getattr(s, "labels", {}).items())
+                rows += self._rates.update(s.path, counts, now, labels)
         self.interval = None if self.polled is None else now - self.polled
         self.polled, self.rows = now, rows
         return rows

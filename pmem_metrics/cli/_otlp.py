@@ -19,8 +19,9 @@ It asks for cumulative temporality whatever the environment says: a receiver
 that is down, or refuses a request, loses nothing, since the next export that
 goes through carries the totals.  The SDK's OTLP client retries each export
 within its timeout (``OTEL_EXPORTER_OTLP_METRICS_TIMEOUT``, 10 s by default);
-an export that fails in the end is one line on stderr, with the client's last
-reason, and one line says when exports go through again.  The client's own
+when exports start failing, one line on stderr says so, with the client's last
+reason (not one a failed export: a collector down for an hour is one line),
+and one line says when exports go through again.  The client's own
 retry messages stay off stderr.  At the end the provider is shut down: a final
 export, within :data:`SHUTDOWN_TIMEOUT` seconds.
 """
@@ -112,7 +113,7 @@ class _Session(Session):
 
 
 class _Said(MetricExporter):
-    """An exporter that says on stderr when its exports fail, and when they work again."""
+    """An exporter that says on stderr when its exports start failing, and when they work again."""
 
     def __init__(self, url: str, who: str) -> None:
         self._session = _Session()
@@ -136,12 +137,13 @@ class _Said(MetricExporter):
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as e:  # not into the SDK's thread, which logs a traceback
             self._reason.text, result = str(e), MetricExportResult.FAILURE
-        if result is not MetricExportResult.SUCCESS:
+        failed = result is not MetricExportResult.SUCCESS
+        if failed and not self._failing:  # said once, until one goes through
             why = self._session.failure or self._reason.text or "no reason given"
             _say(f"{self._what} failed (the next one carries its counts): {why}")
-        elif self._failing:
+        elif not failed and self._failing:
             _say(f"{self._what} works again")
-        self._failing = result is not MetricExportResult.SUCCESS
+        self._failing = failed
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:

@@ -3,12 +3,14 @@
 :class:`Signals` turns SIGINT, SIGTERM and SIGHUP into steps of the
 command's own loop, never into a line cut short; :func:`write_lines` writes
 a line per beat; :func:`serve_prometheus` serves the counters while the
-command runs; :func:`endpoint` writes an address as a URL does.
+command runs; :func:`endpoint` writes an address as a URL does;
+:func:`raise_open_files` makes room for the descriptors of many segments.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import sys
@@ -144,13 +146,14 @@ class Signals:
 
 
 def write_lines(
-    signals: Signals, start: float, interval: float, duration: float, write: Callable[[], bool]
+    signals: Signals, start: float, interval: float, duration: float, write: Callable[[], int]
 ) -> int:
-    """*write* writes a line at each multiple of *interval* before *duration*; then wait.
+    """*write* writes lines (returning how many) at each multiple of *interval* before *duration*.
 
     A beat missed (a write that ran long, a stopped process) is skipped, not
     written in a burst: the next line is due at the next multiple still
-    ahead.  A stop signal ends it at once.  Returns the lines written.
+    ahead.  Then it waits out *duration*.  A stop signal ends it at once.
+    Returns the lines written.
     """
     lines = 0
     beat = 1
@@ -161,6 +164,17 @@ def write_lines(
         beat = max(beat + 1, int((time.monotonic() - start) // interval) + 1)
     signals.sleep_until(start + duration)
     return lines
+
+
+def raise_open_files() -> None:
+    """The open-file soft limit raised to the hard one: a segment takes two descriptors
+    when read-write, one read-only (a fleet of VMs is many segments)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit the kernel caps lower: keep the soft one
+            pass
 
 
 def endpoint(host: str, port: int) -> str:

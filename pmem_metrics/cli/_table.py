@@ -12,7 +12,8 @@ from ..registry import Stats
 from ._monitor import Row, is_zero
 
 COLUMNS = ("segment", "drive_id", "field", "total", "rate", "average")
-"""Every column, in order; the segment's is shown only when there are several segments."""
+"""Every column, in order; the segment's is shown only when there are several segments.
+Before them, with patterns that name wildcards, a column a name: :func:`label_column`."""
 
 HEADERS = {
     "segment": "SEGMENT",
@@ -27,8 +28,25 @@ NUMERIC = ("total", "rate", "average")
 """Columns aligned right and sorted high first (the text columns: A to Z)."""
 
 
+def label_column(name: str) -> str:
+    """The column of the label *name* (``{vm}``: as the pattern names it, no row field's name)."""
+    return f"{{{name}}}"
+
+
+def header(column: str) -> str:
+    """The column's header: a label's is its name in capitals."""
+    return column[1:-1].upper() if column.startswith("{") else HEADERS[column]
+
+
+def _value(row: Row, column: str) -> str | int | float | None:
+    if column.startswith("{"):
+        return dict(row.labels).get(column[1:-1], "")
+    value: str | int | float | None = getattr(row, column)
+    return value
+
+
 def _sort_key(row: Row, column: str) -> tuple[bool, float | str]:
-    value = getattr(row, column)
+    value = _value(row, column)
     return (value is not None, 0 if value is None else value)  # unknown rates sort lowest
 
 
@@ -100,13 +118,13 @@ class View:
         else:
             order = "Z to A" if self.reverse else "A to Z"
         return (
-            f"q quit  s sort: {HEADERS[self.sort]} ({order})  r reverse  "
+            f"q quit  s sort: {header(self.sort)} ({order})  r reverse  "
             f"z zeros: {'shown' if self.zeros else 'hidden'}  / filter ids: {self.text or '-'}"
         )
 
 
 def _cell(row: Row, column: str) -> str:
-    value = getattr(row, column)
+    value = _value(row, column)
     if value is None:
         return "-"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -114,7 +132,7 @@ def _cell(row: Row, column: str) -> str:
 
 def table(rows: Iterable[Row], columns: tuple[str, ...]) -> list[str]:
     """A header line and a line per row, in aligned columns (numbers to the right)."""
-    grid = [[HEADERS[c] for c in columns], *([_cell(r, c) for c in columns] for r in rows)]
+    grid = [[header(c) for c in columns], *([_cell(r, c) for c in columns] for r in rows)]
     widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
     return [
         "  ".join(
@@ -133,12 +151,14 @@ def as_json(
     errors: Mapping[str, str | None],
     interval: float | None,
     rooms: Mapping[str, tuple[int | None, int, int, int] | None] | None = None,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Json:
     """``top --json``'s object: *rows* by segment (every one in *errors*), device and field.
 
     *errors* maps each segment's path to why it could not be read (``None``:
     it could); *interval* is the seconds the rates are over; *rooms* each
-    segment's room (:class:`~pmem_metrics.Stats`), where known.
+    segment's room (:class:`~pmem_metrics.Stats`), where known; *labels*
+    the labels of the segments a pattern found (``"labels": {"vm": "a"}``).
     """
     devices: dict[str, dict[str, dict[str, Json]]] = {path: {} for path in errors}
     for r in rows:
@@ -150,6 +170,9 @@ def as_json(
     for path, room in (rooms or {}).items():
         names = ("capacity", "devices", "retired", "alloc_failures")
         segments[path]["room"] = None if room is None else dict(zip(names, room))
+    for path, named in (labels or {}).items():
+        if named:
+            segments[path]["labels"] = dict(named)
     return {"interval": interval, "segments": segments}
 
 

@@ -11,12 +11,13 @@ seconds (and a final one), a Prometheus endpoint, an OpenTelemetry push
 
 Lines are flushes: they report each count once, across every process that
 flushes the segment.  A flush moves the segment's baselines, so lines need
-write access to it.  A line has no room to say which segment it is from, so
-lines need exactly one ``--shm``.  Prometheus and OpenTelemetry read (they
-reset nothing) any number, each series labelled with the path it was given as
-(``segment``, ``pmem.segment``; one segment given twice is read once, under
-the first).  Without lines the segments are opened read-only: read
-permission is enough (a 0640 segment scraped by its group).
+write access to it (a pattern's segment without it is said once and gets no
+lines).  With several segments each beat writes a line per segment, which
+says in ``"labels"`` which it is from (:mod:`._segment_lines`).  Prometheus
+and OpenTelemetry read (they reset nothing), each series labelled with the
+path it was given as (``segment``, ``pmem.segment``; one segment given twice
+is read once, under the first).  Without lines the segments are opened
+read-only: read permission is enough (a 0640 segment scraped by its group).
 
 The exporter follows its paths: when a segment is removed or replaced (its
 process restarted, say), what it counted since the last line or scrape is
@@ -30,20 +31,20 @@ from __future__ import annotations
 
 import argparse
 import errno
-import resource
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 
 from ..errors import SegmentError
-from ..fleet import Pattern
+from ..fleet import Fleet, Pattern
 from ..registry import Registry
 from ..segment import open_segment
 from ..writer import DEFAULT_TIMEOUT, MetricsWriter
 from ._args import add_otlp, add_prometheus, interval, otlp_of, prometheus_of, seconds
-from ._lines import Lines, SegmentLines, add_write_timeout
-from ._service import Signals, serve_prometheus
+from ._lines import Lines, add_write_timeout
+from ._segment_lines import AllLines, writable_where_permitted
+from ._service import Signals, raise_open_files, serve_prometheus
 
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a path that ``--wait`` waits on."""
@@ -89,26 +90,17 @@ def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None)
             return None
 
 
-def _raise_open_files() -> None:
-    """The open-file soft limit raised to the hard one: a segment takes two descriptors
-    when read-write, one read-only (a fleet of VMs is many segments)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # a hard limit the kernel caps lower: keep the soft one
-            pass
-
-
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``export`` command and its options."""
     p = commands.add_parser(
         "export",
         help="report every device of a shared segment: lines, Prometheus, OpenTelemetry",
         description="Report every device of existing shared segments, from every process "
-        "in them: a Firecracker metrics line every --interval seconds (one --shm; needs write "
-        "access), and/or a Prometheus endpoint, and/or an OpenTelemetry push (any number of "
-        "--shm; read access is enough). A failed line is tried again at the next beat. "
+        "in them: a Firecracker metrics line a segment every --interval seconds (needs write "
+        'access; with several segments each line says which, as "labels":{"segment":PATH,'
+        '"vm":...} after utc_timestamp_ms), and/or a Prometheus endpoint, and/or an '
+        "OpenTelemetry push (read access is enough). A failed line is tried again at the next "
+        "beat. "
         "Ctrl-C or SIGTERM ends it (final line, then status 130 or 0; a second one abandons "
         "a line that hangs); SIGHUP reopens --metrics-path.",
     )
@@ -117,7 +109,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="PATH",
-        help="a shared segment to read (repeat it for several: Prometheus and OTLP only)",
+        help="a shared segment to read (repeat it for several)",
     )
     p.add_argument(
         "--shm-glob",
@@ -125,8 +117,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=[],
         metavar="PATTERN",
         help="every shared segment at a path PATTERN matches, found as it appears and let go "
-        "once gone; {NAME} matches as * does and labels its series NAME=<match> (repeat it "
-        "for several; Prometheus and OTLP only), e.g. /srv/jailer/firecracker/{vm}/root/pmem.seg",
+        "once gone; {NAME} matches as * does and labels its series and lines NAME=<match> "
+        "(repeat it for several), e.g. /srv/jailer/firecracker/{vm}/root/run/pmem.seg",
     )
     p.add_argument(
         "--metrics-path",
@@ -196,11 +188,6 @@ def export(
     paths = list(dict.fromkeys(shms))
     if not paths and not patterns:
         raise SystemExit(f"{_ME}: give the segments to read: --shm PATH or --shm-glob PATTERN")
-    if lines_wanted and (len(paths) != 1 or patterns):
-        raise SystemExit(
-            f"{_ME}: metrics lines report one segment; give one --shm, or several (and "
-            "--shm-glob) with --prometheus-port or --otlp-endpoint and no --metrics-path"
-        )
     for pattern in patterns:
         try:
             Pattern(pattern)
@@ -216,9 +203,10 @@ def export(
             from ._otlp import Pusher  # the extra otel: imported only when asked for
         except ImportError:
             raise SystemExit(f"{_ME}: --otlp-endpoint needs pip install '.[otel]'") from None
-    _raise_open_files()
+    raise_open_files()
     writer = MetricsWriter()
-    with Signals(on_hup=writer.reopen if metrics_path is not None else None) as signals:
+    on_hup = writer.reopen if metrics_path is not None else None
+    with Signals(on_hup=on_hup) as signals, writable_where_permitted(lines_wanted):
         start = time.monotonic()
         segments: dict[str, Registry] = {}
         for path in paths:
@@ -231,10 +219,13 @@ def export(
                 segments[path] = registry
         beats: Lines | None = None
         if lines_wanted:
-            writer.set_registry(segments[paths[0]])
             writer.init(sys.stdout if metrics_path is None else metrics_path, timeout=write_timeout)
-            follower = SegmentLines(paths[0], writer, segments[paths[0]], _say)
-            beats = Lines("export", follower.write, paths[0], stdout=metrics_path is None)
+            # The patterns' own Fleet for the lines (the scrape's is read on its threads); both
+            # open read-write where they may, so share each segment's registry.
+            every = AllLines(segments, Fleet(patterns, readonly=False) if patterns else None,
+                             writer, _say)  # fmt: skip
+            single = None if every.labelled else next(iter(segments))
+            beats = Lines("export", every, single, stdout=metrics_path is None)
         with nullcontext() if beats is None else beats:  # says what a second signal left
             if prometheus is not None:
                 serve_prometheus(
@@ -247,6 +238,6 @@ def export(
                     beats.run(signals, opened, interval, start + duration - opened)
                 else:
                     signals.sleep_until(start + duration)
-    what = f"{beats.written} metrics lines from {paths[0]}" if beats else "served"
+    what = "served" if beats is None else f"{beats.written} metrics lines"
     _say(f"{what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s")
     return signals.status

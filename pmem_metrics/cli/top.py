@@ -2,17 +2,20 @@
 
 A row per device and field: its count, its rate per second over the last
 ``--interval`` and its average per second since top first saw the device
-(``-`` until a second read).  With several ``--shm``, a SEGMENT column gives
-the path each row is from.  Rows whose count is zero are hidden.  Keys: ``q``
-quits, ``s`` sorts by the next column, ``r`` reverses, ``z`` shows or hides
-zero rows, ``/`` types a filter on ids (Enter applies, empty clears).
+(``-`` until a second read).  With several ``--shm`` or a ``--shm-glob``, a
+SEGMENT column gives the path each row is from, and before it a column a
+label the patterns name (``{vm}``: a VM column, what ``{vm}`` matched).  Rows
+whose count is zero are hidden.  Keys: ``q`` quits, ``s`` sorts by the next
+column, ``r`` reverses, ``z`` shows or hides zero rows, ``/`` types a filter
+on ids (Enter applies, empty clears).
 
 For scripts, ``--once`` prints the table as text and ``--json`` as one
 object; both read, wait one ``--interval``, read again and print, so their
 rates are over that interval (and the average is that rate); ``--all`` keeps
 zero rows and ``--filter`` is the ``/`` key's.  The JSON holds the rows the
-table would, ``interval`` the seconds between the two reads and ``error`` why a
-segment could not be read at the second (``null``: it could)::
+table would, ``interval`` the seconds between the two reads, ``error`` why a
+segment could not be read at the second (``null``: it could), and ``labels``
+those of a segment a pattern found::
 
     {"interval": 1.0002, "segments": {"/dev/shm/vm-17": {"error": null, "devices":
       {"drv0": {"cfg_fails": {"count": 12, "rate": 2.0, "average": 2.0}}}}}}
@@ -43,7 +46,7 @@ from ..segment import open_segment
 from ._args import interval
 from ._monitor import Monitor
 from ._service import Signals
-from ._table import COLUMNS, View, as_json, describe, room_of, table
+from ._table import COLUMNS, View, as_json, describe, label_column, room_of, table
 
 _ME = "python -m pmem_metrics top"
 _KEY_WAIT = 0.1  # seconds the live view waits for a key at most: how soon it sees a signal
@@ -130,6 +133,8 @@ def _main(args: argparse.Namespace) -> int:
         raise SystemExit(f"{_ME}: --shm-glob {e}") from None
     monitor = Monitor(given if fleet is None else lambda: [*given, *fleet.members()])
     columns = COLUMNS if len(given) > 1 or fleet is not None else COLUMNS[1:]
+    if fleet is not None:  # a column a label the patterns name, first: which VM a row is of
+        columns = (*map(label_column, fleet.names), *columns)
     view = View(columns, zeros=args.all, text=args.filter)
     with Signals() as signals:
         if one_shot:
@@ -156,7 +161,8 @@ def print_once(
     errors = monitor.errors()
     if as_object:
         rooms = {s.path: room_of(s) for s in monitor.segments}
-        print(json.dumps(as_json(rows, errors, monitor.interval, rooms)), flush=True)
+        labels = {s.path: getattr(s, "labels", {}) for s in monitor.segments}
+        print(json.dumps(as_json(rows, errors, monitor.interval, rooms, labels)), flush=True)
     else:
         print("\n".join(table(rows, view.columns)), flush=True)
     for path, error in errors.items():
