@@ -504,6 +504,17 @@ int pmem_metrics_registry_close(struct pmem_metrics_registry *r);
 int pmem_metrics_registry_forget_path(struct pmem_metrics_registry *r);
 
 /*
+ * The identity of the file the segment `r` has open: its st_dev and
+ * st_ino, as stat() gave them when it was opened (they never change), into
+ * `dev` and `ino`.  How a follower that watches the path itself (inotify,
+ * or an lstat() of many paths at once) tells that the path names another
+ * file now, having called pmem_metrics_registry_forget_path() so that no
+ * read stats it.  -1 with errno EINVAL for a NULL pointer or a private
+ * registry.  Takes no lock.
+ */
+int pmem_metrics_registry_identity(struct pmem_metrics_registry *r, uint64_t *dev, uint64_t *ino);
+
+/*
  * As pmem_metrics_registry_open(), with PMEM_METRICS_OPEN_* flags: a
  * read-only registry (READONLY), no creation (EXISTING), no ownership
  * check (TRUST).  Opening a segment this process has open already returns

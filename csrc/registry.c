@@ -331,6 +331,17 @@ int pmem_metrics_registry_forget_path(struct pmem_metrics_registry *r)
 	return 0;
 }
 
+int pmem_metrics_registry_identity(struct pmem_metrics_registry *r, uint64_t *dev, uint64_t *ino)
+{
+	if (!r || !dev || !ino || !pmem_metrics_registry_is_shared(r)) {
+		errno = EINVAL;
+		return -1;
+	}
+	*dev = (uint64_t)r->seg->dev; /* set once, when the file was opened */
+	*ino = (uint64_t)r->seg->ino;
+	return 0;
+}
+
 /*
  * Whether this process holds anything of `r` that closing it would leave
  * dangling: a flush not freed yet, or a reference to one of its devices.

@@ -72,6 +72,7 @@ class _Lib:
     def pmem_metrics_fields(self, len: CData, /) -> CData: ...
     def pmem_metrics_registry_close(self, r: CData, /) -> int: ...
     def pmem_metrics_registry_forget_path(self, r: CData, /) -> int: ...
+    def pmem_metrics_registry_identity(self, r: CData, dev: CData, ino: CData, /) -> int: ...
     def pmem_metrics_registry_alloc_len(self, r: CData, drive_id: bytes, len: int, /) -> CData: ...
     def pmem_metrics_registry_alloc_within(
         self, r: CData, drive_id: bytes, len: int, timeout_ms: int, /
@@ -91,6 +92,26 @@ class _Lib:
         self, fd: int, buf: CData, len: int, sent: CData, start: CData, /
     ) -> int: ...
     def pmem_metrics_line_cut(self, fd: int, start: int, sent: CData, /) -> int: ...
+    # inotify(7) (PMI_HAVE_INOTIFY 0: the calls fail with ENOSYS)
+    PMI_HAVE_INOTIFY: int
+    PMI_INOTIFY_EVENT_SIZE: int
+    IN_NONBLOCK: int
+    IN_CLOEXEC: int
+    IN_CREATE: int
+    IN_DELETE: int
+    IN_MOVED_FROM: int
+    IN_MOVED_TO: int
+    IN_DELETE_SELF: int
+    IN_MOVE_SELF: int
+    IN_ONLYDIR: int
+    IN_DONT_FOLLOW: int
+    IN_EXCL_UNLINK: int
+    IN_ISDIR: int
+    IN_IGNORED: int
+    IN_Q_OVERFLOW: int
+    def inotify_init1(self, flags: int, /) -> int: ...
+    def inotify_add_watch(self, fd: int, pathname: bytes, mask: int, /) -> int: ...
+    def inotify_rm_watch(self, fd: int, wd: int, /) -> int: ...
 
 ffi: _FFI
 lib: _Lib

@@ -11,6 +11,13 @@ path is opened again at the next read, if a segment is there.  So nothing a
 VM counted is lost when it exits, and the agent holds descriptors and memory
 for the live segments only.
 
+A segment a :class:`~pmem_metrics.fleet.Fleet` follows is *watched*: its
+path is forgotten as soon as it is open, so no read stats the path, and the
+fleet, which learns of paths changing from inotify or by one ``lstat`` of
+each at a rescan (against :attr:`Followed.identity`), calls
+:meth:`Followed.end` once the path names another file or none: the next read
+is the final one, and the segment is never opened again by this object.
+
 The exporter's lines, ``top``, the Prometheus page and the OpenTelemetry
 bridge all read their segments through this one object.
 """
@@ -49,9 +56,14 @@ class Followed:
     first read).  *reopen* false: a segment replaced or removed stays
     unreadable (:class:`SegmentReplacedError`), as it is read no more.
     *labels*: what its series are labelled with (the caller's to use).
+    *watched*: the caller tells when the path no longer names the file
+    (:meth:`end`), so no read checks it (see the module's docstring).
     """
 
-    __slots__ = ("error", "fresh", "labels", "path", "readonly", "registry", "reopen", "room")
+    __slots__ = (
+        "ended", "ending", "error", "fresh", "identity", "labels", "path", "readonly",
+        "registry", "reopen", "room", "watched",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -61,12 +73,20 @@ class Followed:
         readonly: bool = True,
         registry: Registry | None = None,
         reopen: bool = True,
+        watched: bool = False,
     ) -> None:
         self.path = path
         self.labels = labels if labels is not None else {}
         self.readonly = readonly
         self.registry = registry
         self.reopen = reopen
+        self.watched = watched
+        self.identity: tuple[int, int] | None = None
+        """``(st_dev, st_ino)`` of the file open, when watched (else None)."""
+        self.ending = False
+        """Told that the path names another file or none: the next read is the final one."""
+        self.ended = False
+        """Watched and read out: never opened again by this object."""
         self.error: str | None = None
         """Why the last read failed (``"no segment"`` while the path has none); else None."""
         self.fresh = True
@@ -78,11 +98,19 @@ class Followed:
         """Its registry, opening the path if need be: None while the path has no segment."""
         if self.registry is None:
             try:
-                self.registry = self._open()
+                registry = self._open()
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise
                 return None
+            if self.watched:
+                try:
+                    registry.forget_path()  # the caller watches the path: no read stats it
+                    self.identity = registry.identity()
+                except BaseException:
+                    registry.close()
+                    raise
+            self.registry = registry
             self.fresh = True
         return self.registry
 
@@ -127,12 +155,18 @@ class Followed:
 
         When the path no longer names the file, *call* runs once more on the
         old file, then the registry is closed: the next use opens the path
-        again.  None, with :attr:`error` set, while the path has no segment.
+        again (not if :attr:`watched`: once :meth:`end` was called, this is the last).
+        None, with :attr:`error` set, while the path has no segment.
         """
+        if self.ended:
+            self.error = "no segment"
+            return None
         registry = self.open()
         if registry is None:
             self.error = "no segment"
             return None
+        if self.ending:
+            return self._final(registry, call)
         try:
             out = call(registry)
         except SegmentReplacedError:
@@ -149,10 +183,16 @@ class Followed:
             out = call(registry)
         finally:
             self.let_go()
+            self.ended = self.watched
         _log.info("pmem_metrics: the segment at %s was removed or replaced: final counts read",
                   self.path)  # fmt: skip
         self.error = None
         return out
+
+    def end(self) -> None:
+        """The path names another file or none (a watcher saw it): the next use is the final
+        one, through the descriptor still open, then the registry is let go for good."""
+        self.ending = True
 
     def let_go(self) -> None:
         """Close its registry (the path is opened again at the next use)."""

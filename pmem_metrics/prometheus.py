@@ -73,8 +73,8 @@ class PmemCollector(Collector):
 
     *patterns*: paths with wildcards, a segment at every path they match
     (:mod:`pmem_metrics.fleet`: ``/srv/jailer/firecracker/{vm}/root/run/pmem.seg``),
-    found when it appears (patterns are looked at again at most once a
-    second) and followed as with *reopen*: once its file is gone, the next
+    found when it appears (by inotify, at the next scrape; else by a rescan
+    each second) and followed as with *reopen*: once its file is gone, the next
     scrape has its final counts and then it is gone too.  Its series are
     labelled ``segment`` with its path, and with each named wildcard's match.
 

@@ -106,6 +106,14 @@ class Registry:
         if lib.pmem_metrics_registry_forget_path(self._r) != 0:
             raise registry_error(ffi.errno, self._r, "follow", "not a segment")
 
+    def identity(self) -> tuple[int, int]:
+        """The ``(st_dev, st_ino)`` of the file this segment has open: what ``os.lstat`` of
+        its path gives while the path still names it (:class:`pmem_metrics.fleet.Fleet`)."""
+        ids = ffi.new("uint64_t[2]")
+        if lib.pmem_metrics_registry_identity(self._r, ids, ids + 1) != 0:
+            raise registry_error(ffi.errno, self._r, "follow", "not a segment")
+        return ids[0], ids[1]
+
     def __enter__(self) -> Registry:
         return self
 

@@ -1508,8 +1508,41 @@ static bool many_open_at_once(const void *arg)
 	return check_failures == failures;
 }
 
+/* What a follower compares a path's lstat() with: the file the registry has open, not the path. */
+static bool identity_is_the_open_files(const void *arg)
+{
+	int before = check_failures;
+	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("ident"), 4, 0600);
+	struct pmem_metrics_registry *next;
+	uint64_t dev = 0, ino = 0, dev2 = 0, ino2 = 0;
+	struct stat st;
+	char lock[160];
+
+	(void)arg;
+	CHECK(r && pmem_metrics_registry_identity(r, &dev, &ino) == 0);
+	CHECK(lstat(seg_path("ident"), &st) == 0 && st.st_dev == dev && st.st_ino == ino);
+	/* Removed, and a new segment made at the path: the old registry still names the old file. */
+	snprintf(lock, sizeof(lock), "%s.lock", seg_path("ident"));
+	CHECK(unlink(seg_path("ident")) == 0 && unlink(lock) == 0);
+	next = pmem_metrics_registry_open(seg_path("ident"), 4, 0600);
+	CHECK(next && next != r && pmem_metrics_registry_identity(next, &dev2, &ino2) == 0);
+	CHECK(lstat(seg_path("ident"), &st) == 0 && st.st_dev == dev2 && st.st_ino == ino2);
+	CHECK(r && pmem_metrics_registry_identity(r, &dev2, &ino2) == 0 && dev2 == dev && ino2 == ino);
+	errno = 0;
+	CHECK(pmem_metrics_registry_identity(pmem_metrics_registry_default(), &dev, &ino) == -1 &&
+	      errno == EINVAL); /* a private registry has no file */
+	errno = 0;
+	CHECK(pmem_metrics_registry_identity(r, NULL, &ino) == -1 && errno == EINVAL);
+	errno = 0;
+	CHECK(pmem_metrics_registry_identity(NULL, &dev, &ino) == -1 && errno == EINVAL);
+	CHECK(r && pmem_metrics_registry_close(r) == 0);
+	CHECK(next && pmem_metrics_registry_close(next) == 0);
+	return check_failures == before;
+}
+
 static void test_a_closed_registry_holds_nothing(void)
 {
+	CHECK(in_child(identity_is_the_open_files, NULL) == 0);
 	CHECK(in_child(close_and_reopen, NULL) == 0);
 	CHECK(in_child(many_open_at_once, NULL) == 0);
 	CHECK(in_child(room_read_only, NULL) == 0);
