@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ._snapshot import Scratch, Snapshot, peek
-from .errors import PmemMetricsError, SegmentReplacedError
+from .errors import PmemMetricsError, SegmentError, SegmentReplacedError
 from .registry import Registry, Stats
 from .segment import open_segment
 
@@ -177,17 +177,31 @@ class Followed:
         return out
 
     def _final(self, registry: Registry, call: Callable[[Registry], _T]) -> _T:
-        """*call*'s last run on the file *registry* has open, then the registry let go."""
+        """*call*'s last run on the file *registry* has open, then the registry let go.
+
+        If *call* fails for want of its destination (a line that did not go
+        out), the registry is kept and the next use runs it again: the
+        counts a VM left are never let go unreported.  If the file itself
+        cannot be read (a :class:`SegmentError`), nothing more can come of
+        it: it is let go, and the error raised.
+        """
         registry.forget_path()
+        self.ending = True  # until the final call succeeds, every use is the final one
         try:
             out = call(registry)
-        finally:
-            self.let_go()
-            self.ended = self.watched
+        except SegmentError:
+            self._ended()
+            raise
+        self._ended()
         _log.info("pmem_metrics: the segment at %s was removed or replaced: final counts read",
                   self.path)  # fmt: skip
         self.error = None
         return out
+
+    def _ended(self) -> None:
+        self.ending = False
+        self.let_go()
+        self.ended = self.watched
 
     def end(self) -> None:
         """The path names another file or none (a watcher saw it): the next use is the final

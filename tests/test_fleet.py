@@ -16,9 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pmem_metrics import Registry, open_segment
+from pmem_metrics import FIELDS, Registry, open_segment
 from pmem_metrics.exposition import Exposition
 from pmem_metrics.fleet import Pattern
+from pmem_metrics.follow import Followed
 from pmem_metrics.prometheus import register
 
 
@@ -172,3 +173,35 @@ def test_top_shows_every_vm_a_pattern_finds(tmp_path: Path) -> None:
         path: {d: f["cfg_fails"]["count"] for d, f in s["devices"].items()}
         for path, s in segments.items()
     } == {f"{tmp_path}/a/run/pmem.seg": {"drv0": 1}, f"{tmp_path}/b/run/pmem.seg": {"drv0": 2}}
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["pattern", "given-path"])
+def test_a_final_report_that_fails_is_tried_again_never_let_go_unreported(
+    tmp_path: Path, watched: bool
+) -> None:
+    # A VM exits while the agent's destination is down: its last counts are in the file the
+    # agent still has open, and stay there, the file open, until a report of them goes out.
+    path = tmp_path / "vm.seg"
+    seg = open_segment(path, capacity=4)
+    seg.alloc("drv0").cfg_fails.add(7)
+    member = Followed(str(path), readonly=True, watched=watched)
+    assert member.open() is not None
+    os.unlink(path)
+    if watched:
+        member.end()  # what the fleet does when an event names the path
+    failures = iter([TimeoutError("the pipe's reader paused"), TimeoutError("still"), None])
+
+    def report(registry: Registry) -> dict[str, dict[str, int]]:
+        counts = registry.read()
+        failure = next(failures)
+        if failure is not None:
+            raise failure
+        return counts
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            member.use(report)
+        assert member.registry is not None  # kept open: its counts not reported yet
+    assert member.use(report) == {"drv0": {**dict.fromkeys(FIELDS, 0), "cfg_fails": 7}}
+    assert member.registry is None  # reported: let go
+    assert member.use(report) is None and member.error == "no segment"
