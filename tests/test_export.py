@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pmem_metrics import Registry, open_segment
+from pmem_metrics.cli._args import prog
 from pmem_metrics.cli.export import export
 
 PATIENCE = 60.0
@@ -361,6 +362,6 @@ def test_a_segment_gone_between_a_check_and_the_open_is_not_created(
     seg = tmp_path / "seg"
     with pytest.raises(SystemExit) as e:
         export([str(seg)], str(tmp_path / "lines.json"), 1.0, 0.0, prometheus)
-    assert str(e.value).startswith(f"python -m pmem_metrics export: no segment at {str(seg)!r}")
+    assert str(e.value).startswith(f"{prog()} export: no segment at {str(seg)!r}")
     assert "\n" not in str(e.value)
     assert os.listdir(tmp_path) == []

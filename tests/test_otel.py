@@ -501,7 +501,7 @@ def test_exporter_pushes_through_a_receiver_down_then_up(
     while not lines.empty():
         rest.append(lines.get())
     said += rest
-    assert said[-1].startswith("export: served, 1 segment(s), ")
+    assert said[-1].startswith("export: served, 1 segment, ")
     works_again = f"export: OTLP export to {receiver.url} works again\n"
     assert said[1:-1] == [said[1], works_again], said  # one line for all the failures
 

@@ -45,7 +45,7 @@ def test_demo_sigterm_writes_a_final_line_and_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "terminated" in err and "Traceback" not in err
     objs = check_lines(out.read_text(), 3, err)  # exact: the final line holds the last counts
-    assert len(objs) == int(re.search(r"(\d+) metrics lines", err).group(1))
+    assert len(objs) == int(re.search(r"(\d+) metrics lines?", err).group(1))
 
 
 @pytest.mark.parametrize("nohup", [False, True], ids=["started", "under-nohup"])
@@ -263,12 +263,18 @@ def test_a_commands_bad_option_gets_that_commands_usage(tmp_path: Path) -> None:
     assert proc.stderr.splitlines()[-1].endswith("unrecognized arguments: --frobnicate")
 
 
-def test_version_and_the_console_script() -> None:
+def test_version_and_the_console_script_each_named_as_called() -> None:
     script = Path(sys.executable).with_name("pmem-metrics")
-    for argv in ([sys.executable, "-m", "pmem_metrics"], [str(script)]):
+    for argv, name in (
+        ([sys.executable, "-m", "pmem_metrics"], "python -m pmem_metrics"),
+        ([str(script)], "pmem-metrics"),
+    ):
         proc = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.split()[-1] == pmem_metrics.__version__
+        assert proc.stdout == f"{name} {pmem_metrics.__version__}\n"
+        proc = subprocess.run([*argv, "export"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert proc.stderr.startswith(f"{name} export: give the segments to read"), proc.stderr
 
 
 def test_every_command_has_a_description_and_readable_placeholders() -> None:

@@ -19,9 +19,8 @@ from typing import Callable
 
 from .. import __version__, capi
 from . import demo, export, top
+from ._args import prog
 from ._service import Abandoned
-
-PROG = "python -m pmem_metrics"
 
 
 def _discard_stdout() -> None:
@@ -42,7 +41,7 @@ def _discard_stdout() -> None:
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser of ``python -m pmem_metrics``, and each command's own."""
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog(),
         description="pmem_metrics: exact per-device virtio-pmem counters (Firecracker "
         "compatible). Run a command, or print the flags to build C code against the library.",
     )
@@ -75,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cflags or args.libs:
             if sys.stdout is None:
-                raise SystemExit(f"{PROG}: stdout is closed")
+                raise SystemExit(f"{prog()}: stdout is closed")
             flags = (capi.cflags() if args.cflags else []) + (capi.libs() if args.libs else [])
             print(" ".join(flags), flush=True)  # a broken pipe fails here, not at exit
             return 0
@@ -91,5 +90,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             _discard_stdout()
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{prog()}: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Callable, TypeVar
 
 _T = TypeVar("_T", int, float)
@@ -87,3 +89,20 @@ def otlp_of(args: argparse.Namespace) -> tuple[str, float] | None:
     if args.otlp_endpoint is None:
         return None
     return args.otlp_endpoint, args.otlp_interval
+
+
+def prog() -> str:
+    """This program's name as it was called, for its messages and usage.
+
+    ``pmem-metrics`` when run as the installed script (or whatever name a
+    link gives it), ``python -m pmem_metrics`` when run as the module.
+    """
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not name or name == "-c" or name.endswith(".py"):
+        return "python -m pmem_metrics"
+    return name
+
+
+def counted(n: int, noun: str) -> str:
+    """*n* and *noun*, plural unless *n* is 1: ``1 device``, ``4 devices``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import PmemMetricsError
 from ..writer import DEFAULT_TIMEOUT
-from ._args import positive
+from ._args import counted, positive
 from ._segment_lines import SegmentLines
 from ._service import Abandoned, Signals, write_lines
 
@@ -137,7 +137,8 @@ class Lines:
             self._say(f"the final line was not written ({e}); {_kept(segment.path)}")
             if _of_destination(e) and k + 1 < len(segments):
                 self._say(
-                    f"the final lines of {len(segments) - k - 1} more segment(s) were not tried "
+                    f"the final lines of {counted(len(segments) - k - 1, 'more segment')} were "
+                    "not tried "
                     f"(the same destination); {_KEPT_ALL}"
                 )
                 break

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 from ..registry import Registry
+from ._args import prog
 
 _MAX_WAIT = 60.0  # seconds one select() may wait (a deadline may be inf: --duration inf)
 
@@ -204,7 +205,7 @@ def serve_prometheus(
     except OSError as e:
         why = e.strerror or str(e)
         raise SystemExit(
-            f"python -m pmem_metrics {who}: cannot serve Prometheus on {endpoint(addr, port)} "
+            f"{prog()} {who}: cannot serve Prometheus on {endpoint(addr, port)} "
             f"(--prometheus-addr, --prometheus-port): {why}"
         ) from None
     bound = server.server_address[1]

@@ -23,7 +23,7 @@ import time
 from ..device import PmemMetricsPerDevice
 from ..segment import attach
 from ..writer import METRICS
-from ._args import add_prometheus, count, interval, prometheus_of, seconds
+from ._args import add_prometheus, count, counted, interval, prog, prometheus_of, seconds
 from ._service import Signals, serve_prometheus, write_lines
 from ._workers import Processes, Threads
 
@@ -105,8 +105,7 @@ def demo(
     """
     if metrics_path is None and sys.stdout is None:
         raise SystemExit(
-            "python -m pmem_metrics: stdout is closed; "
-            "give --metrics-path to write the metrics elsewhere"
+            f"{prog()}: stdout is closed; give --metrics-path to write the metrics elsewhere"
         )
     with tempfile.TemporaryDirectory(prefix="pmem-demo-") as scratch:
         if processes:
@@ -146,9 +145,9 @@ def _run(
         stopped = _STOPPED_BY.get(signals.caught, "")
         requested = f"{stopped}{duration:g} s requested"
         print(
-            f"demo: {devices} devices on {len(pool.started)} worker {pool.kind}, "
-            f"{added} increments in {elapsed:.2f} s ({requested}), "
-            f"{lines} metrics lines written to {where}",
+            f"demo: {counted(devices, 'device')} on {len(pool.started)} worker {pool.kind}, "
+            f"{counted(added, 'increment')} in {elapsed:.2f} s ({requested}), "
+            f"{counted(lines, 'metrics line')} written to {where}",
             file=sys.stderr,
         )
         return signals.status

@@ -41,15 +41,22 @@ from ..fleet import Fleet, Pattern
 from ..registry import Registry
 from ..segment import open_segment
 from ..writer import DEFAULT_TIMEOUT, MetricsWriter
-from ._args import add_otlp, add_prometheus, interval, otlp_of, prometheus_of, seconds
+from ._args import (
+    add_otlp,
+    add_prometheus,
+    counted,
+    interval,
+    otlp_of,
+    prog,
+    prometheus_of,
+    seconds,
+)
 from ._lines import Lines, add_write_timeout
 from ._segment_lines import AllLines, writable_where_permitted
 from ._service import Signals, raise_open_files, serve_prometheus
 
 POLL_INTERVAL = 0.2
 """Seconds between two looks at a path that ``--wait`` waits on."""
-
-_ME = "python -m pmem_metrics export"
 
 
 def _say(line: str) -> None:  # one line on stderr, as export: LINE
@@ -58,7 +65,7 @@ def _say(line: str) -> None:  # one line on stderr, as export: LINE
 
 def _missing(path: str) -> SystemExit:
     return SystemExit(
-        f"{_ME}: no segment at {path!r} (a process creates it when it attaches; "
+        f"{prog()} export: no segment at {path!r} (a process creates it when it attaches; "
         "--wait waits for one)"
     )
 
@@ -85,7 +92,9 @@ def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None)
             _say(f"waiting for a segment at {path!r}")
             announced = True
         if time.monotonic() >= wait_until:
-            raise SystemExit(f"{_ME}: still no segment at {path!r} at the end of --duration")
+            raise SystemExit(
+                f"{prog()} export: still no segment at {path!r} at the end of --duration"
+            )
         if signals.sleep_until(min(wait_until, time.monotonic() + POLL_INTERVAL)):
             return None
 
@@ -187,14 +196,16 @@ def export(
     lines_wanted = metrics_path is not None or (prometheus is None and otlp is None)
     paths = list(dict.fromkeys(shms))
     if not paths and not patterns:
-        raise SystemExit(f"{_ME}: give the segments to read: --shm PATH or --shm-glob PATTERN")
+        raise SystemExit(
+            f"{prog()} export: give the segments to read: --shm PATH or --shm-glob PATTERN"
+        )
     for pattern in patterns:
         try:
             Pattern(pattern)
         except ValueError as e:
-            raise SystemExit(f"{_ME}: --shm-glob {e}") from None
+            raise SystemExit(f"{prog()} export: --shm-glob {e}") from None
     if lines_wanted and metrics_path is None and sys.stdout is None:
-        raise SystemExit("python -m pmem_metrics: stdout is closed; give --metrics-path")
+        raise SystemExit(f"{prog()}: stdout is closed; give --metrics-path")
     for path in paths:
         if not path:
             raise _missing(path)
@@ -202,7 +213,9 @@ def export(
         try:
             from ._otlp import Pusher  # the extra otel: imported only when asked for
         except ImportError:
-            raise SystemExit(f"{_ME}: --otlp-endpoint needs pip install '.[otel]'") from None
+            raise SystemExit(
+                f"{prog()} export: --otlp-endpoint needs pip install '.[otel]'"
+            ) from None
     raise_open_files()
     writer = MetricsWriter()
     on_hup = writer.reopen if metrics_path is not None else None
@@ -238,6 +251,6 @@ def export(
                     beats.run(signals, opened, interval, start + duration - opened)
                 else:
                     signals.sleep_until(start + duration)
-    what = "served" if beats is None else f"{beats.written} metrics lines"
-    _say(f"{what}, {len(segments)} segment(s), {time.monotonic() - start:.2f} s")
+    what = "served" if beats is None else counted(beats.written, "metrics line")
+    _say(f"{what}, {counted(len(segments), 'segment')}, {time.monotonic() - start:.2f} s")
     return signals.status

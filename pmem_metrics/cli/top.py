@@ -43,12 +43,11 @@ from collections.abc import Callable, Sequence
 from ..fleet import Fleet
 from ..follow import Followed
 from ..segment import open_segment
-from ._args import interval
+from ._args import counted, interval, prog
 from ._monitor import Monitor
 from ._service import Signals
 from ._table import COLUMNS, View, as_json, describe, label_column, room_of, table
 
-_ME = "python -m pmem_metrics top"
 _KEY_WAIT = 0.1  # seconds the live view waits for a key at most: how soon it sees a signal
 _KEYS = {curses.KEY_BACKSPACE: "\b", curses.KEY_ENTER: "\n"}
 
@@ -65,9 +64,9 @@ def open_all(paths: Sequence[str]) -> list[Followed]:
         except OSError as e:  # an OSError, printed as one line by the CLI
             if e.errno != errno.ENOENT:
                 raise
-            raise SystemExit(f"{_ME}: no segment at {path!r} (--shm)") from None
+            raise SystemExit(f"{prog()} top: no segment at {path!r} (--shm)") from None
         except ValueError:
-            raise SystemExit(f"{_ME}: not a segment path: {path!r} (--shm)") from None
+            raise SystemExit(f"{prog()} top: not a segment path: {path!r} (--shm)") from None
         if all(s.registry != registry for s in segments):
             segments.append(Followed(path, registry=registry))
     return segments
@@ -116,21 +115,27 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _main(args: argparse.Namespace) -> int:
     one_shot = args.once or args.json
     if not one_shot and not all(f is not None and f.isatty() for f in (sys.stdin, sys.stdout)):
-        raise SystemExit(f"{_ME}: the live view needs a terminal; --once or --json print once")
+        raise SystemExit(
+            f"{prog()} top: the live view needs a terminal; --once or --json print once"
+        )
     if sys.stdout is None:
-        raise SystemExit(f"{_ME}: stdout is closed")
+        raise SystemExit(f"{prog()} top: stdout is closed")
     if not one_shot:
         try:  # what curses.initscr() does first, for a one-line error instead of a traceback
             curses.setupterm(os.environ.get("TERM", "unknown"), sys.stdout.fileno())
         except curses.error as e:
-            raise SystemExit(f"{_ME}: cannot use this terminal ({e}); --once or --json") from None
+            raise SystemExit(
+                f"{prog()} top: cannot use this terminal ({e}); --once or --json"
+            ) from None
     if not args.shm and not args.shm_glob:
-        raise SystemExit(f"{_ME}: give the segments to show: --shm PATH or --shm-glob PATTERN")
+        raise SystemExit(
+            f"{prog()} top: give the segments to show: --shm PATH or --shm-glob PATTERN"
+        )
     given = open_all(args.shm)
     try:
         fleet = Fleet(args.shm_glob) if args.shm_glob else None
     except ValueError as e:
-        raise SystemExit(f"{_ME}: --shm-glob {e}") from None
+        raise SystemExit(f"{prog()} top: --shm-glob {e}") from None
     monitor = Monitor(given if fleet is None else lambda: [*given, *fleet.members()])
     columns = COLUMNS if len(given) > 1 or fleet is not None else COLUMNS[1:]
     if fleet is not None:  # a column a label the patterns name, first: which VM a row is of
@@ -217,8 +222,9 @@ def draw(stdscr: curses.window, monitor: Monitor, view: View, every: float) -> N
     room = max(0, height - header - 1)  # rows that fit under the table's header
     below = f", {len(rows) - room} below the window" if len(rows) > room else ""
     lines = [
-        f"pmem_metrics top: {devices} devices in {len(monitor.segments)} segment(s), every "
-        f"{every:g} s; {len(rows)} rows{below}, {hidden} zero rows hidden",
+        f"pmem_metrics top: {counted(devices, 'device')} in "
+        f"{counted(len(monitor.segments), 'segment')}, every {every:g} s; "
+        f"{counted(len(rows), 'row')}{below}, {counted(hidden, 'zero row')} hidden",
         view.keys(),
         *errors,
         *table(rows[:room], view.columns),
