@@ -253,6 +253,7 @@ def settled_fds(pid: int) -> int:
     return fewest
 
 
+@pytest.mark.heavy
 def test_an_exporter_follows_300_vm_restarts_with_every_last_count_and_no_leak(
     tmp_path: Path,
 ) -> None:

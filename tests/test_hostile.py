@@ -288,6 +288,7 @@ def scribble_under_victims(seg: Path, trust: bool, user: int | None, seed: int) 
             assert r["errors"].get("ReadOnlySegmentError", 0) > 0, r
 
 
+@pytest.mark.heavy
 def test_victims_survive_a_scribbler_with_segment_errors_only(tmp_path: Path) -> None:
     seg = tmp_path / "seg"
     made = open_segment(seg, capacity=64)
@@ -296,6 +297,7 @@ def test_victims_survive_a_scribbler_with_segment_errors_only(tmp_path: Path) ->
     scribble_under_victims(seg, trust=False, user=None, seed=1)
 
 
+@pytest.mark.heavy
 @as_root
 def test_victims_of_another_user_survive_a_root_scribbler(shared_dir: Path) -> None:
     seg = shared_dir / "seg"
@@ -553,6 +555,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.heavy
 def test_attach_racing_the_first_calls_has_exactly_one_outcome(tmp_path: Path) -> None:
     rounds = 12
     outcomes = []

@@ -63,6 +63,7 @@ def dropped(sock: socket.socket) -> bool:
         return True
 
 
+@pytest.mark.heavy
 @pytest.mark.usefixtures("descriptors")
 def test_idle_clients_and_half_requests_are_dropped_and_a_scrape_gets_through(
     tmp_path: Path,

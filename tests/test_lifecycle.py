@@ -126,11 +126,13 @@ class SegmentLifecycle(Lifecycle):
         return open_segment(self.directory / f"seg{next(_runs)}", capacity=16)
 
 
+@pytest.mark.heavy
 def test_lifecycle_in_the_default_registry() -> None:
     Lifecycle.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
     Lifecycle.TestCase().runTest()
 
 
+@pytest.mark.heavy
 def test_lifecycle_in_a_segment(tmp_path: Path) -> None:
     SegmentLifecycle.directory = tmp_path
     SegmentLifecycle.TestCase.settings = settings(
@@ -284,12 +286,14 @@ def churn(tmp_path: Path, cycles: int, kill_one: bool) -> tuple[list[int], dict[
     return totals, json.loads(out), killed_at
 
 
+@pytest.mark.heavy
 def test_three_processes_plug_and_unplug_through_64_slots(tmp_path: Path) -> None:
     totals, result, _ = churn(tmp_path, 20_000, kill_one=False)
     assert result["reported"] == sum(totals)  # every add reported once
     assert result["stats"] == {"capacity": 64, "devices": 0, "retired": 0, "alloc_failures": 0}
 
 
+@pytest.mark.heavy
 def test_a_churner_killed_mid_run_leaks_no_room(tmp_path: Path) -> None:
     totals, result, killed_at = churn(tmp_path, 20_000, kill_one=True)
     # The survivors' adds exactly; the killed one's up to its last report, and at most the

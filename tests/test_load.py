@@ -6,8 +6,8 @@ as JSON).  Every flushed object must have its aggregate equal to the sum of
 its devices, and, per device and field, the diffs of all flushes plus a final
 one must add up to exactly what was incremented.
 
-The ``soak`` size runs for minutes and is not run by default:
-``pytest -m soak``.
+The ``soak`` size runs for minutes and is not in the quick run:
+``pytest -m heavy``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ QUICK = Load(8, 3, 20_000, 2, 2, 1_000_000, 1000)
 SOAK = Load(64, 8, 1_500_000, 8, 4, 20_000_000, 50_000)
 
 
-@pytest.mark.parametrize("load", [QUICK, pytest.param(SOAK, marks=pytest.mark.soak)], ids=str)
+@pytest.mark.parametrize("load", [QUICK, pytest.param(SOAK, marks=pytest.mark.heavy)], ids=str)
 def test_exact_accounting_under_load(native, uid: str, load: Load) -> None:
     py_ids = [f"{uid}py{i}" for i in range(load.devices)]
     native_ids = [f"{uid}c{i}" for i in range(load.native_devices)]

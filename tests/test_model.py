@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -193,4 +194,4 @@ class Registry(RuleBasedStateMachine):
 
 
 Registry.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
-TestRegistryModel = Registry.TestCase
+TestRegistryModel = pytest.mark.heavy(Registry.TestCase)

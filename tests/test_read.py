@@ -148,6 +148,7 @@ class SegmentReadsTakeNothing(ReadsTakeNothing):
         assert self.reader.read(self.path, pending) == self.registry.read(pending=pending)
 
 
+@pytest.mark.heavy
 def test_reads_take_nothing_in_the_default_registry() -> None:
     ReadsTakeNothing.TestCase.settings = settings(max_examples=60, stateful_step_count=30)
     ReadsTakeNothing.TestCase().runTest()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
+
+@pytest.mark.heavy
 def test_100k_devices(run_python) -> None:
     out = run_python(
         """

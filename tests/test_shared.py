@@ -397,6 +397,7 @@ while True:
 """
 
 
+@pytest.mark.heavy
 def test_processes_killed_at_random_instants_lose_nothing_and_wedge_nobody(
     tmp_path: Path,
 ) -> None:
@@ -472,6 +473,7 @@ def start_holder(seg_path: Path, tmp_path: Path) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+@pytest.mark.heavy
 def test_a_process_stopped_holding_the_lock_stalls_no_scrape_flush_or_ctrl_c(
     tmp_path: Path,
 ) -> None:
@@ -516,6 +518,7 @@ def test_a_process_stopped_holding_the_lock_stalls_no_scrape_flush_or_ctrl_c(
     assert flushed["pmem_new"]["cfg_fails"] == 3
 
 
+@pytest.mark.heavy
 def test_a_stopped_inserter_times_out_a_new_id_within_the_bound(tmp_path: Path) -> None:
     seg_path = tmp_path / "seg"
     open_segment(seg_path).alloc("early")

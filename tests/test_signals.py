@@ -248,6 +248,7 @@ for name, (fn, value) in calls.items():
 """
 
 
+@pytest.mark.heavy
 def test_sigint_inside_each_c_step_strands_nothing(tmp_path: Path) -> None:
     """SIGINT sent from inside take, copy, commit (and withdraw) of every kind of flush."""
     fault = fault_library(tmp_path)
@@ -536,6 +537,7 @@ MIN_INTERRUPTS = 100
 """Interrupted flushes a storm goes on until (at least 2 s, at most 60 s)."""
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("dest", sorted(DESTINATIONS))
 def test_a_sigint_storm_over_every_flush_loses_nothing(tmp_path: Path, dest: str) -> None:
     """Real SIGINTs at random instants over flush_metrics, _json and METRICS.write."""
