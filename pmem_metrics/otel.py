@@ -1,7 +1,7 @@
 """OpenTelemetry bridge: every device's cumulative counts as observable counters.
 
 Needs the optional extra ``otel`` (``pip install '.[otel]'`` from a
-checkout), which brings opentelemetry-api and -sdk.  README.md, section
+checkout), which brings opentelemetry-api and -sdk.  docs/python.md, section
 OpenTelemetry, has an example.
 
 Each field becomes an observable counter ``pmem.<field>`` (unit

@@ -1,8 +1,8 @@
 """Shared segments: :func:`attach` the process's default registry to one, or :func:`open_segment`.
 
 A segment is a file (normally under ``/dev/shm``) that holds devices shared by
-every process that opens it.  See the README's "Across processes" for what
-is shared, what a flush promises, and the threat model.
+every process that opens it.  docs/shared-segments.md says what is shared,
+what a flush promises, and the threat model.
 """
 
 from __future__ import annotations

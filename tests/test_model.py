@@ -1,6 +1,6 @@
 """Random sequences of calls agree with a small pure-Python model of the semantics.
 
-The model is the Firecracker metrics semantics of README.md's "Semantics"
+The model is the Firecracker metrics semantics of docs/python.md's "Semantics"
 section written out:
 - per counter a current and an old value modulo 2**64; ``count`` is current,
   ``fetch_diff`` current - old, a flush reports the diffs and sets old to
