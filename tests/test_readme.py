@@ -170,11 +170,13 @@ def test_watching_the_counts_with_top(tmp_path: Path) -> None:
     text = "\n".join(lines[start:])
     script, shown = re.findall(r"^```(?:sh)?\n(.*?)^```$", text, re.S | re.M)[:2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run(
-        ["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == shown  # as the README shows it
+    for _ in range(2):  # run twice, as a reader may: the same table, not twice the counts
+        r = subprocess.run(
+            ["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == shown  # as the page shows it
 
 
 def test_a_segment_shared_by_processes(tmp_path: Path) -> None:
