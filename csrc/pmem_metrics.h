@@ -89,83 +89,10 @@
  * ===============
  * A segment is a regular file (normally under /dev/shm) that every process
  * sharing it maps; a process that only reads it can open it read-only.
- *
- * - What is in the file: integers only -- counts, lengths, slot numbers, the
- *   layout -- never a pointer or a library's private state (no pthread
- *   object: glibc keeps pointers inside a robust mutex).  Every value read
- *   from it is read once, bounded, and used from that copy.
- * - Two files: the data file at `path` (what readers open) and the lock
- *   file `path` + ".lock", which only writers open (its mode gives read
- *   access to no one who may not write), so no process that can only read
- *   the segment can take, hold or even test a lock a writer waits for.
- * - Locks: inserting a device, flushing, a claim and a reference are each a
- *   byte-range lock of the open file description (F_OFD_SETLK) in the lock
- *   file: the kernel keeps it, and drops it when its holder's last
- *   descriptor closes, so a process that dies holding one frees it by
- *   construction.  A wait polls until a deadline: every wait on a
- *   segment is bounded (the call's timeout, or
- *   PMEM_METRICS_SEGMENT_WAIT_MS), and a binding waits in slices.  A
- *   process's references to a device (pmem_metrics_alloc(), _find()) are a
- *   shared byte-range lock on one byte per slot: a retired device's slot is
- *   reused only while nobody holds it, and a dead process holds nothing.
- * - Readers take no lock: a peek (a scrape), a device count and a flush's
- *   copy read the slots below `high`, each published (release stores by
- *   the inserter, acquire loads here), and check the sorted index before
- *   they trust it (each entry a device, once; ids strictly increasing); a
- *   bad index is sorted around, an impossible count or id is EBADMSG.  (An
- *   index another process scrambled can make an insert miss an id and add
- *   it in a second slot: the slots of one id are reported as one device,
- *   each committed by what it held; a device count counts slots.)  A
- *   registry opened read-only (PMEM_METRICS_OPEN_READONLY) has no mapping:
- *   it reads the file with pread() into private memory.
- * - Identity: each flush and peek checks that the path still names the file
- *   it opened (ESTALE once it was removed or replaced).
- * - Whose segment: a segment owned by another user, or writable by users
- *   other than its owner and group, is refused (EPERM) unless the caller
- *   passes PMEM_METRICS_OPEN_TRUST; a read-only open checks only the second.
- *
- * Threat model.  A process that can write a segment can change the counts in
- * it (any of them, to anything) and can delay other processes' calls on
- * that segment, each delay bounded as above; it can make their flushes and
- * peeks fail with a clean error (EBADMSG).  It can never make another
- * process crash, hang without bound, read or write outside the segment, or
- * corrupt memory that is not the segment's counters -- with one exception
- * no file-backed design avoids: a process that shrinks the file (truncate,
- * or punches holes in it on a full file system)
- * makes the kernel send SIGBUS to whoever touches the lost pages through a
- * mapping, that is, to the processes that increment or flush there (and so
- * also read there).  (The file is sparse: a writer touches only the slots it
- * has itself made sure have storage, so a scribbled count never leads it
- * into a hole, which on a full file system would be a SIGBUS too.)  A
- * read-only registry reads with pread() and gets EBADMSG instead: an
- * exporter that only scrapes survives it.  A process that can only read a
- * segment can scrape it, and affects nobody: readers take no lock, and
- * every lock a writer takes or waits for is in the lock file, which a
- * reader cannot open.
- *
- * What a flush promises.  Exactly once while no process is killed: every
- * increment is reported by one flush, across every process that flushes the
- * segment.  A flusher killed between delivering its report and publishing
- * it makes a later flush report those counts again (at least once).  A
- * kill at any other step under-reports nothing.
- *
- * Reports on their way.  A flush of a segment holds the segment's flush
- * lock only while it copies: it writes what it took into one of a few claim
- * records in the file (holding that record's byte-range lock), moves the
- * baselines, and lets the lock go, so a report stuck on its way (a pipe
- * nobody drains) holds up no other process's flushes; they report what came
- * after.  The claim stays until the flush is settled for good (freed once
- * published, or withdrawn: the baselines move back first), and while it
- * stays no device it names is let go, retired or not (its baselines may yet
- * move back).  A flusher killed before publishing has its lock dropped by
- * the kernel, and the next flush moves the baselines back for it (its record
- * says how far they had moved; at most one device's counts more than had
- * moved are reported twice); one killed after publishing had its report
- * out, and its claim is let go as it stands.  With every claim record in
- * use (four), a flush holds the lock until it is settled.
- * A report handed to a caller in memory (not a line) lives there: a process
- * killed after the flush was published takes it with it, and a withdrawal
- * of a published report cut short by a kill leaves the rest published.
+ * What is shared, what a flush promises across processes (and across a
+ * kill), how writers lock and why readers take no lock, and the threat model
+ * (who can affect whom) are written once, in docs/shared-segments.md; the
+ * file's bytes, in docs/segment-format.md.  Each call below says its errors.
  *
  * Limitations
  * ===========
