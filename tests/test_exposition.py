@@ -325,7 +325,7 @@ def test_a_prometheus_server_scrapes_it(fixed: dict[str, Registry], tmp_path: Pa
         web = s.getsockname()[1]
     config = tmp_path / "prometheus.yml"
     config.write_text(
-        "global: {scrape_interval: 1s}\nscrape_configs:\n"
+        "global: {scrape_interval: 200ms, scrape_timeout: 200ms}\nscrape_configs:\n"
         "  - job_name: pmem\n"
         f"    static_configs: [{{targets: ['127.0.0.1:{server.server_port}']}}]\n"
     )
