@@ -30,16 +30,13 @@ under the same label, and lines come from the new one.
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 
-from ..errors import SegmentError
 from ..fleet import Fleet, Pattern
 from ..registry import Registry
-from ..segment import open_segment
 from ..writer import DEFAULT_TIMEOUT, MetricsWriter
 from ._args import (
     add_otlp,
@@ -51,52 +48,14 @@ from ._args import (
     prometheus_of,
     seconds,
 )
+from ._given import missing, open_given
 from ._lines import Lines, add_write_timeout
 from ._segment_lines import AllLines, writable_where_permitted
 from ._service import Signals, raise_open_files, serve_prometheus
 
-POLL_INTERVAL = 0.2
-"""Seconds between two looks at a path that ``--wait`` waits on."""
-
 
 def _say(line: str) -> None:  # one line on stderr, as export: LINE
     print(f"export: {line}", file=sys.stderr, flush=True)
-
-
-def _missing(path: str) -> SystemExit:
-    return SystemExit(
-        f"{prog()} export: no segment at {path!r} (a process creates it when it attaches; "
-        "--wait waits for one)"
-    )
-
-
-def _open(path: str, readonly: bool, signals: Signals, wait_until: float | None) -> Registry | None:
-    """The segment at *path*, never created; ``None`` after a Ctrl-C.
-
-    A missing segment is an error, unless *wait_until* (``time.monotonic()``)
-    is given: then the path is looked at every :data:`POLL_INTERVAL` until
-    a segment is there, or the time is up (an error too).
-    """
-    announced = False
-    while True:
-        try:
-            # create=False, not a check for the file first: a segment removed
-            # between the check and the open would be created by the open.
-            return open_segment(path, readonly=readonly, create=False)
-        except SegmentError as e:
-            if e.errno != errno.ENOENT:
-                raise
-        if wait_until is None:
-            raise _missing(path)
-        if not announced:
-            _say(f"waiting for a segment at {path!r}")
-            announced = True
-        if time.monotonic() >= wait_until:
-            raise SystemExit(
-                f"{prog()} export: still no segment at {path!r} at the end of --duration"
-            )
-        if signals.sleep_until(min(wait_until, time.monotonic() + POLL_INTERVAL)):
-            return None
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -208,7 +167,7 @@ def export(
         raise SystemExit(f"{prog()}: stdout is closed; give --metrics-path")
     for path in paths:
         if not path:
-            raise _missing(path)
+            raise missing(path)
     if otlp is not None:
         try:
             from ._otlp import Pusher  # the extra otel: imported only when asked for
@@ -224,7 +183,8 @@ def export(
         segments: dict[str, Registry] = {}
         for path in paths:
             # Lines flush, which writes to the segment; Prometheus and OTLP only read.
-            registry = _open(path, not lines_wanted, signals, start + duration if wait else None)
+            until = start + duration if wait else None
+            registry = open_given(path, not lines_wanted, signals, until)
             if registry is None:
                 _say(f"interrupted while waiting for {path!r}")
                 return signals.status
