@@ -193,6 +193,7 @@ def test_add_takes_bools_and_objects_with_index(uid: str) -> None:
 
 def test_add_takes_numpy_integers(uid: str) -> None:
     import numpy as np  # a test dependency: the [test] extra brings it
+
     c = PmemMetricsPerDevice.alloc(uid + "add").activate_fails
     c.add(np.uint64(2**64 - 1))
     c.add(np.int8(3))
