@@ -18,7 +18,7 @@ See :mod:`pmem_metrics.flush` for the format and the flush guarantees, and
 :mod:`pmem_metrics.capi` for linking C code against the same library.
 """
 
-from importlib.metadata import version as _version
+from __future__ import annotations
 
 from ._binding import FIELD_DOCS, FIELDS, ID_MAX_CHARS
 from .capi import get_include, get_library_dir
@@ -60,7 +60,22 @@ retire = _default.retire
 stats = _default.stats
 del _default
 
-__version__ = _version("pmem_metrics")
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed metadata on first use.
+
+    ``importlib.metadata`` costs more than the rest of the package to import
+    (about 70 ms), and every command and every process that only counts
+    would pay it; so it is imported only when the version is asked for.
+    """
+    if name == "__version__":
+        from importlib.metadata import version
+
+        value = version("pmem_metrics")
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FIELDS",

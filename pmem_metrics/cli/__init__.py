@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Callable
 
-from .. import __version__, capi
+from .. import capi
 from . import demo, export, top
 from ._args import prog
 from ._service import Abandoned
@@ -38,6 +38,22 @@ def _discard_stdout() -> None:
     os.close(null)
 
 
+class _Version(argparse.Action):
+    """``--version``: the version is read only when asked for (it costs an import)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from .. import __version__
+
+        print(f"{parser.prog} {__version__}")
+        parser.exit()
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser of ``python -m pmem_metrics``, and each command's own."""
     parser = argparse.ArgumentParser(
@@ -45,7 +61,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="pmem_metrics: exact per-device virtio-pmem counters (Firecracker "
         "compatible). Run a command, or print the flags to build C code against the library.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     parser.add_argument(
         "--cflags", action="store_true", help="print compiler flags for C code using libpmemmetrics"
     )
