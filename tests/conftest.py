@@ -8,6 +8,8 @@ an empty registry run their code in a fresh interpreter (``run_python``).
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,9 +18,49 @@ from pathlib import Path
 import cffi
 import pytest
 
-from .helpers import NATIVE_C, c_flags
+from .helpers import NATIVE_C, REPO, c_flags
 
 _ids = itertools.count()
+
+# Firecracker v1.16's two rate-limiter counters, as the README's Compatibility note adds them.
+V116_FIELDS = (
+    '\tX(rate_limiter_event_count, "Number of events associated with the rate limiter.") \\\n'
+    '\tX(rate_limiter_throttled_events, "Number of rate limiter throttling events.") \\\n'
+)
+
+
+@pytest.fixture(scope="session")
+def v116_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout with Firecracker v1.16's two fields added, built.
+
+    The two lines go into the header's field list, as the README says, and
+    nothing else changes: the Makefile builds the library, then CFFI the
+    module. Running Python with this folder as the working directory imports
+    that build. Unoptimised and in parallel: the tests are about fields.
+    """
+    root = tmp_path_factory.mktemp("v116")
+    shutil.copytree(REPO / "csrc", root / "csrc", ignore=shutil.ignore_patterns("build"))
+    shutil.copy(REPO / "VERSION", root / "VERSION")  # the Makefile's soname comes from it
+    shutil.copytree(
+        REPO / "pmem_metrics",
+        root / "pmem_metrics",
+        ignore=shutil.ignore_patterns("lib", "include", "_ffi.*", "__pycache__"),
+    )
+    header = root / "csrc" / "pmem_metrics.h"
+    lines = header.read_text().splitlines(keepends=True)
+    end = lines.index("\t/* end of PMEM_METRICS_FIELDS */\n")
+    header.write_text("".join([*lines[:end], V116_FIELDS, *lines[end:]]))
+    pkg = root / "pmem_metrics"
+    quick = "CFLAGS=-O0"
+    subprocess.run(
+        ["make", "-s", "-j2", "-C", str(root / "csrc"), f"B={pkg / 'lib'}", quick, "shared"],
+        check=True,
+    )
+    env = {**os.environ, "LIBRARY_PATH": str(pkg / "lib"), "CFLAGS": "-O0"}
+    subprocess.run(
+        [sys.executable, "_ffi_build.py"], cwd=pkg, env=env, check=True, capture_output=True
+    )
+    return root
 
 
 @pytest.fixture(scope="session")

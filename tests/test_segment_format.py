@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import struct
 import subprocess
 import sys
@@ -37,19 +36,12 @@ from pmem_metrics._binding import lib
 from pmem_metrics.segment import segment_offset
 
 from . import segment_reader as reader
-from .helpers import REPO
 from .segment_reader import Counts, SegmentFormatError, read_segment
 
 FUZZ = settings(
     max_examples=int(os.environ.get("PMEM_FUZZ_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-# Firecracker v1.16's two rate-limiter counters, as the header's Compatibility note adds them.
-SIXTH = (
-    '\tX(rate_limiter_event_count, "Number of events associated with the rate limiter.") \\\n'
-    '\tX(rate_limiter_throttled_events, "Number of rate limiter throttling events.") \\\n'
 )
 
 # Makes a segment at argv[1] of capacity argv[2] with whatever fields the build has, and
@@ -174,32 +166,6 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
     return seg, run_make(d, seg, 24)
 
 
-@pytest.fixture(scope="module")
-def six_fields(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the checkout with two more fields, built (as test_fields builds a fifth)."""
-    root = tmp_path_factory.mktemp("six")
-    shutil.copytree(REPO / "csrc", root / "csrc", ignore=shutil.ignore_patterns("build"))
-    shutil.copy(REPO / "VERSION", root / "VERSION")
-    shutil.copytree(
-        REPO / "pmem_metrics",
-        root / "pmem_metrics",
-        ignore=shutil.ignore_patterns("lib", "include", "_ffi.*", "__pycache__"),
-    )
-    header = root / "csrc" / "pmem_metrics.h"
-    lines = header.read_text().splitlines(keepends=True)
-    end = lines.index("\t/* end of PMEM_METRICS_FIELDS */\n")
-    header.write_text("".join([*lines[:end], SIXTH, *lines[end:]]))
-    pkg = root / "pmem_metrics"
-    subprocess.run(
-        ["make", "-s", "-C", str(root / "csrc"), f"B={pkg / 'lib'}", "shared"], check=True
-    )
-    env = {**os.environ, "LIBRARY_PATH": str(pkg / "lib")}
-    subprocess.run(
-        [sys.executable, "_ffi_build.py"], cwd=pkg, env=env, check=True, capture_output=True
-    )
-    return root
-
-
 _copies = itertools.count()
 
 
@@ -271,9 +237,9 @@ def test_the_reader_agrees_with_the_library(made: tuple[Path, dict[str, Any]]) -
     )
 
 
-def test_the_reader_takes_the_fields_from_the_segment(six_fields: Path, tmp_path: Path) -> None:
+def test_the_reader_takes_the_fields_from_the_segment(v116_build: Path, tmp_path: Path) -> None:
     seg = tmp_path / "seg6"
-    lib_read = run_make(six_fields, seg, 40)
+    lib_read = run_make(v116_build, seg, 40)
     fields = lib_read["fields"]
     assert fields == [*p.FIELDS, "rate_limiter_event_count", "rate_limiter_throttled_events"]
     got = read_segment(seg)
