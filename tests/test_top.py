@@ -465,11 +465,14 @@ def test_an_interval_below_the_floor_is_refused_naming_interval(tmp_path: Path) 
 class Terminal:
     """``top ARGS`` on a pseudo-terminal of *rows* x *cols*, its controlling terminal."""
 
-    def __init__(self, cwd: Path, *args: str, rows: int = 24, cols: int = 80, term: str = "xterm"):
+    def __init__(
+        self, cwd: Path, *args: str, rows: int = 24, cols: int = 80, term: str = "xterm",
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         master, slave = os.openpty()
         # The size is set before the child exists, so curses starts with it.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        env = {**os.environ, "TERM": term}
+        env = {**os.environ, "TERM": term, **(env or {})}
         argv = [*TOP, *args]
         pid = os.fork()
         if pid == 0:  # only system calls from here to exec: the parent may have threads
@@ -581,7 +584,11 @@ def test_live_view_survives_tiny_terminals_and_resizes(
     tmp_path: Path, terminal: list[Terminal]
 ) -> None:
     make_segment(tmp_path / "seg", **{f"drv{i}": 4321 for i in range(6)})
-    t = start(terminal, tmp_path, "--shm", "seg", "--interval", "0.05", rows=2, cols=4)
+    # LINES and COLUMNS of another size exported (as pytest-xdist does): the window's wins.
+    t = start(
+        terminal, tmp_path, "--shm", "seg", "--interval", "0.05", rows=2, cols=4,
+        env={"LINES": "24", "COLUMNS": "80"},
+    )  # fmt: skip
     t.expect(b"pme")  # what fits of the title: the last column is left alone
     for rows, cols in ((1, 1), (3, 20), (1, 80), (40, 200), (6, 132)):
         t.resize(rows, cols)

@@ -121,6 +121,11 @@ def _main(args: argparse.Namespace) -> int:
     if sys.stdout is None:
         raise SystemExit(f"{prog()} top: stdout is closed")
     if not one_shot:
+        # The window's size is the terminal's, at start and at every resize: with LINES
+        # or COLUMNS in its environment (pytest-xdist exports them, a shell may), ncurses
+        # would take those instead, and keep them through every resize.
+        for name in ("LINES", "COLUMNS"):
+            os.environ.pop(name, None)
         try:  # what curses.initscr() does first, for a one-line error instead of a traceback
             curses.setupterm(os.environ.get("TERM", "unknown"), sys.stdout.fileno())
         except curses.error as e:
