@@ -16,6 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+import pmem_metrics
 from pmem_metrics import FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,10 +100,11 @@ def fault_library(build: Path) -> Path:
     """The Makefile's fault-injection build of libpmemmetrics, made under *build*: its directory.
 
     Put first on ``LD_LIBRARY_PATH``, the package's extension loads it instead
-    of the shipped library.
+    of the shipped library. Unoptimised and in parallel: it is built for one test.
     """
     target = build / "fault" / "libpmemmetrics.so"
-    subprocess.run(["make", "-s", "-C", str(REPO / "csrc"), f"B={build}", str(target)], check=True)
+    make = ["make", "-s", "-j2", "-C", str(REPO / "csrc"), f"B={build}", "CFLAGS=-O0 -g"]
+    subprocess.run([*make, str(target)], check=True)
     return target.parent
 
 
@@ -134,3 +136,16 @@ def assert_aggregate_is_sum(obj: dict) -> None:
     assert list(obj)[-1] == "pmem"
     for f in FIELDS:
         assert obj["pmem"][f] == sum(d[f] for d in devices) % 2**64, (f, obj)
+
+
+def retire_mine(prefix: str) -> None:
+    """Retire every device of the default registry whose id starts with *prefix*, and flush.
+
+    For a test that leaves thousands of devices in the pytest process: the
+    later tests' flushes and collections then go over their own devices only.
+    """
+    for drive_id in pmem_metrics.ids():
+        if drive_id.startswith(prefix):
+            pmem_metrics.retire(drive_id)
+    pmem_metrics.flush_metrics()  # the final one of each: reported, let go
+    assert not [i for i in pmem_metrics.ids() if i.startswith(prefix)]

@@ -18,7 +18,7 @@ import pytest
 
 from pmem_metrics import PmemMetricsPerDevice, flush_metrics
 
-from .helpers import fault_library
+from .helpers import fault_library, retire_mine
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")
@@ -68,6 +68,7 @@ def test_fork_while_other_threads_allocate_flush_and_bump(native, uid: str) -> N
     assert failures == 0
     assert parent.event_fails.count() == 25
     assert "pmem_" + uid + "child" not in flush_metrics()  # children touch only themselves
+    retire_mine(uid)  # its up to 2,000 devices
 
 
 def test_out_of_memory_raises_memory_error_and_changes_nothing(tmp_path: Path) -> None:

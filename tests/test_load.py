@@ -24,11 +24,9 @@ from pmem_metrics import (
     PmemMetricsPerDevice,
     flush_metrics,
     flush_metrics_json,
-    ids,
-    retire,
 )
 
-from .helpers import assert_aggregate_is_sum, run_threads
+from .helpers import assert_aggregate_is_sum, retire_mine, run_threads
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,4 @@ def test_exact_accounting_under_load(native, uid: str, load: Load) -> None:
     assert wrong == {}
     for (i, f), want in expected.items():
         assert getattr(PmemMetricsPerDevice.alloc(i), f).count() == want
-    # Let the process's later tests flush their own devices, not these thousands.
-    for i in (*py_ids, *native_ids, *new_ids):
-        retire(i)
-    flush_metrics()  # the final one of each: retired, reported, let go
-    assert not set(ids()) & {*py_ids, *new_ids}
+    retire_mine(uid)  # the later tests' flushes go over their own devices, not these thousands

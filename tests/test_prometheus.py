@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -92,7 +93,7 @@ def test_scraped_over_http_on_loopback(uid: str) -> None:
 
 def test_demo_serves_prometheus(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pmem_metrics", "demo", "--devices", "3", "--duration", "3",
+        [sys.executable, "-m", "pmem_metrics", "demo", "--devices", "3", "--duration", "60",
          "--prometheus-port", "0", "--metrics-path", str(tmp_path / "m.json")],
         cwd=tmp_path, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -101,11 +102,15 @@ def test_demo_serves_prometheus(tmp_path: Path) -> None:
         first = proc.stderr.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/metrics", first)
         assert url, first
-        time.sleep(0.3)  # let the device threads count something
-        with urllib.request.urlopen(url.group(0), timeout=10) as r:
-            families = scrape_text(r.read().decode())
+        for _ in range(600):  # until the device threads have counted something
+            with urllib.request.urlopen(url.group(0), timeout=10) as r:
+                families = scrape_text(r.read().decode())
+            if sum(families["pmem_queue_event_count"]["samples"].values()):
+                break
+            time.sleep(0.05)
     finally:
-        proc.wait(timeout=60)
+        proc.send_signal(signal.SIGTERM)  # a clean stop, whatever happened
+        proc.communicate(timeout=60)
     assert proc.returncode == 0
     samples = families["pmem_queue_event_count"]["samples"]
     assert sorted(drive for _, drive in samples) == ["drv0", "drv1", "drv2"]
