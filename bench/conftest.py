@@ -25,6 +25,12 @@ ORDER = ("test_bench_flush", "test_bench_inc", "test_bench_alloc")
 RESULTS: dict[str, float] = {}
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """No workers for ``-n auto`` (pyproject's default): pytest-benchmark
+    disables itself under xdist, and a benchmark times one process."""
+    return 0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def key(item: pytest.Item) -> int:
         name = Path(str(item.fspath)).stem

@@ -22,6 +22,18 @@ from .helpers import NATIVE_C, REPO, c_flags
 
 _ids = itertools.count()
 
+WORKERS_MAX = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (the default: pyproject.toml): a worker per core, 4 at most.
+
+    Each worker builds the session's fixtures (a C library, a CFFI module)
+    anew and holds its own interpreter: more workers than that cost more
+    than they save on a suite of this size.
+    """
+    return max(1, min(WORKERS_MAX, len(os.sched_getaffinity(0))))
+
 # Firecracker v1.16's two rate-limiter counters, as the README's Compatibility note adds them.
 V116_FIELDS = (
     '\tX(rate_limiter_event_count, "Number of events associated with the rate limiter.") \\\n'
