@@ -74,8 +74,14 @@ static void fail(const char *what)
 
 static void cleanup(void)
 {
+	char lock[sizeof(rw_path) + 8];
+
 	unlink(rw_path);
 	unlink(ro_path);
+	snprintf(lock, sizeof(lock), "%s.lock", rw_path); /* rw's lock file */
+	unlink(lock);
+	snprintf(lock, sizeof(lock), "%s.lock", ro_path);
+	unlink(lock);
 	rmdir(dir);
 }
 

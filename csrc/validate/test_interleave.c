@@ -1134,6 +1134,7 @@ int main(int argc, char **argv)
 {
 	const char *tmp = getenv("TMPDIR");
 	struct stat st;
+	char lock[sizeof(seg) + 8];
 
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "-k") == 0)
@@ -1153,6 +1154,8 @@ int main(int argc, char **argv)
 	RUN(test_every_interleaving_when_the_first_flush_fails);
 	RUN(test_every_interleaving_when_both_flushes_deliver);
 	unlink(seg);
+	snprintf(lock, sizeof(lock), "%s.lock", seg); /* the segment's lock file */
+	unlink(lock);
 	rmdir(dir);
 	return check_summary();
 }
