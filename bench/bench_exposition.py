@@ -28,19 +28,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
-from collections.abc import Callable
 
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    """Seconds of one call: the best of *repeat*."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from _timing import best
 
 
 def worker(n: int, seg: str) -> dict[str, float]:
@@ -65,13 +55,13 @@ def worker(n: int, seg: str) -> dict[str, float]:
     assert om_latest(collectors) == ours.render(True)
     repeat = 3 if n >= 100_000 else 7
     out = {
-        "theirs": _best(lambda: generate_latest(collectors), repeat),
-        "ours": _best(ours.render, repeat),
-        "theirs_om": _best(lambda: om_latest(collectors), repeat),
-        "ours_om": _best(lambda: ours.render(True), repeat),
+        "theirs": best(lambda: generate_latest(collectors), repeat=repeat),
+        "ours": best(ours.render, repeat=repeat),
+        "theirs_om": best(lambda: om_latest(collectors), repeat=repeat),
+        "ours_om": best(lambda: ours.render(True), repeat=repeat),
         # What prometheus_client's handler does for Accept-Encoding: gzip (level 9).
-        "theirs_gzip": _best(lambda: gzip.compress(generate_latest(collectors)), repeat),
-        "ours_gzip": _best(lambda: ours.respond(None, "gzip"), repeat),
+        "theirs_gzip": best(lambda: gzip.compress(generate_latest(collectors)), repeat=repeat),
+        "ours_gzip": best(lambda: ours.respond(None, "gzip"), repeat=repeat),
     }
     tracemalloc.start()
     text = ours.render()

@@ -64,22 +64,14 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from _timing import best
+
 Calls = dict[str, Callable[[], object]]
 
 DEVICES = 4  # per segment
 SIZES = "10,100,1000,10000"
 CAPACITY = 16  # device slots per segment: files of a few pages
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    """Seconds of one call: the best of *repeat*."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -184,7 +176,7 @@ def ours(n: int, scratch: str, flat: bool, profile: bool) -> tuple[dict[str, Any
         pstats.Stats(prof, stream=text).strip_dirs().sort_stats("tottime").print_stats(10)
         out["profile"] = text.getvalue()
         found = Pattern(patterns[0])
-        out["find"] = _best(found.find, 3)  # what a rescan costs before any open
+        out["find"] = best(found.find, repeat=3)  # what a rescan costs before any open
     registry = CollectorRegistry()
     registry.register(PmemCollector(patterns=patterns))
     out["collector_first"], theirs = _timed(lambda: generate_latest(registry))
@@ -210,7 +202,7 @@ def serve(made: tuple[dict[str, Any], Calls]) -> str:
     first, calls = made
     print(json.dumps(first), flush=True)
     for line in sys.stdin:
-        print(json.dumps(_best(calls[line.strip()], 1)), flush=True)
+        print(json.dumps(best(calls[line.strip()], repeat=1)), flush=True)
     return "done"
 
 
@@ -239,7 +231,7 @@ def otel(n: int, scratch: str, flat: bool, repeat: int) -> dict[str, float]:
             for m in sm.metrics
         )
         assert points == n * DEVICES * len(FIELDS), (points, n)
-        return {"otel_first": first, "otel": _best(collect, repeat)}
+        return {"otel_first": first, "otel": best(collect, repeat=repeat)}
     finally:
         handle.uninstrument()
         provider.shutdown()

@@ -26,15 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
-from collections.abc import Callable
+
+from _timing import best
 
 INCS = 200_000
-
-
-def _best(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
-    """Seconds per call: the best of *repeat* runs of *number* calls."""
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
 
 
 def worker(kind: str, seg: str) -> float:
@@ -45,10 +40,10 @@ def worker(kind: str, seg: str) -> float:
     if kind == "inc":
         c = r.alloc("drv0").cfg_fails
         inc = c.inc
-        return _best(lambda: [inc() for _ in range(1000)], INCS // 1000) / 1000
+        return best(lambda: [inc() for _ in range(1000)], number=INCS // 1000) / 1000
     if kind == "alloc":
         r.alloc("drv0")
-        return _best(lambda: r.alloc("drv0"), 20_000)
+        return best(lambda: r.alloc("drv0"), number=20_000)
     if kind == "cycle":  # alloc + retire + final flush of one device (one other device there)
         r.alloc("other")
         names = iter(range(10**9))
@@ -59,7 +54,7 @@ def worker(kind: str, seg: str) -> float:
             r.retire(name)
             r.flush_metrics_json()
 
-        return _best(cycle, 2_000)
+        return best(cycle, number=2_000)
     if kind.startswith("flush"):
         retired = int(kind[len("flush") :])
         held = [r.alloc(f"drv{i:05d}") for i in range(1000)]

@@ -69,15 +69,12 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+from _timing import best
+
 INCS = 200_000
 SIZES = (19, 1000, 10000)
 CHUNK_IDS = 4096  # new ids the chunk split times one by one
 PAIR_ROUNDS = 15  # alternations of a pair timed in one process
-
-
-def _best(fn: Callable[[], object], number: int, repeat: int = 7) -> float:
-    """Seconds per call: the best of *repeat* runs of *number* calls."""
-    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
 
 
 def worker(kind: str, arg: str, seg: str) -> object:
@@ -91,7 +88,7 @@ def worker(kind: str, arg: str, seg: str) -> object:
 
         registry = CollectorRegistry()
         register(registry, {"seg": p.open_segment(seg)})
-        return _best(lambda: generate_latest(registry), 50)
+        return best(lambda: generate_latest(registry), number=50)
     if kind == "serve":  # read-only readers of `seg`, timed on request (see served())
         return served(p, int(arg), seg)
     if kind == "where":  # which library this interpreter imports
@@ -110,7 +107,7 @@ def worker(kind: str, arg: str, seg: str) -> object:
         if kind == "fill":  # a segment for others to read (each version makes its own)
             return 0
         inc = p.PmemMetricsPerDevice.alloc("inc").activate_fails.inc
-        return _best(inc, INCS)
+        return best(inc, number=INCS)
     if kind == "lines":  # lines written to a file in `arg` seconds (opened, not attached)
         registry = p.open_segment(seg)
         registry.alloc(f"lines-{os.getpid()}").cfg_fails.inc()
@@ -142,7 +139,7 @@ def worker(kind: str, arg: str, seg: str) -> object:
             p.PmemMetricsPerDevice.alloc(f"drv{i}").queue_event_count.inc()
         return 0
     if kind == "read":
-        return _best(p.flush_metrics_json, 200)
+        return best(p.flush_metrics_json, number=200)
     raise ValueError(kind)
 
 
@@ -299,7 +296,7 @@ def prom_worker(kind: str) -> object:
     # One counter per field, as ours has: a read returns as many samples on both sides.
     counters = [Counter(f"pmem_{name}", "doc", ["drive_id"]) for name in FIELDS]
     if kind == "inc":
-        return _best(counters[-1].labels("drv0").inc, INCS)
+        return best(counters[-1].labels("drv0").inc, number=INCS)
     if kind == "fill":
         for i in range(19):
             for counter in counters:
@@ -312,7 +309,7 @@ def prom_worker(kind: str) -> object:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
 
-        return _best(scrape, 50)
+        return best(scrape, number=50)
     raise ValueError(kind)
 
 

@@ -115,21 +115,32 @@ def test_lines_of_a_pattern_carry_each_vms_label_and_exact_counts_and_a_gone_vm_
     assert all(line.startswith("export: ") for line in exporter.stderr), exporter.stderr
 
 
+class Beats:
+    """The exporter's own objects writing lines of the VMs under *tmp_path*, a beat at a time."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "lines.json"
+        writer = MetricsWriter()
+        writer.init(str(self.path))
+        self.fleet = Fleet([str(tmp_path / "{vm}" / "pmem.seg")], readonly=False, rescan=0)
+        self.lines = Lines("export", AllLines({}, self.fleet, writer, print), None, stdout=False)
+
+    def beat(self) -> dict[str, int]:
+        """One beat: each line's VM and its ``cfg_fails`` diff."""
+        before = len(parsed(self.path))
+        self.lines.write()
+        return {
+            line["labels"]["vm"]: line["pmem"]["cfg_fails"] for line in parsed(self.path)[before:]
+        }
+
+
 def test_a_vm_removed_between_beats_gets_exactly_one_final_line_then_is_let_go(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The exporter's own objects, driven a beat at a time: nothing but the file changes."""
     paths = make_vms(tmp_path)
-    lines = tmp_path / "lines.json"
-    writer = MetricsWriter()
-    writer.init(str(lines))
-    fleet = Fleet([str(tmp_path / "{vm}" / "pmem.seg")], readonly=False, rescan=0)
-    beats = Lines("export", AllLines({}, fleet, writer, print), None, stdout=False)
-
-    def beat() -> dict[str, int]:
-        before = len(parsed(lines))
-        beats.write()
-        return {line["labels"]["vm"]: line["pmem"]["cfg_fails"] for line in parsed(lines)[before:]}
+    beats = Beats(tmp_path)
+    beat = beats.beat
 
     def holds(path: Path) -> bool:
         return any(str(path) in os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir(
@@ -146,8 +157,8 @@ def test_a_vm_removed_between_beats_gets_exactly_one_final_line_then_is_let_go(
     assert not holds(paths["b"])  # then let go
     for _ in range(3):
         assert beat() == {"a": 0, "c": 0}
-    assert [m.path for m in fleet.members()] == [str(paths["a"]), str(paths["c"])]
-    assert beats.written == 3 + 3 + 3 + 3 * 2
+    assert [m.path for m in beats.fleet.members()] == [str(paths["a"]), str(paths["c"])]
+    assert beats.lines.written == 3 + 3 + 3 + 3 * 2
     assert capsys.readouterr().out == ""  # a VM that exits is no news
 
 
@@ -200,16 +211,8 @@ def test_a_segment_whose_lines_fail_is_said_once_and_the_others_lines_go_on(
     """One VM's segment corrupt for three beats: its lines fail (said once, its counts kept),
     the other VMs' go out at every beat, and its next line carries what it counted meanwhile."""
     paths = make_vms(tmp_path)
-    lines = tmp_path / "lines.json"
-    writer = MetricsWriter()
-    writer.init(str(lines))
-    fleet = Fleet([str(tmp_path / "{vm}" / "pmem.seg")], readonly=False, rescan=0)
-    beats = Lines("export", AllLines({}, fleet, writer, print), None, stdout=False)
-
-    def beat() -> dict[str, int]:
-        before = len(parsed(lines))
-        beats.write()
-        return {line["labels"]["vm"]: line["pmem"]["cfg_fails"] for line in parsed(lines)[before:]}
+    beats = Beats(tmp_path)
+    beat = beats.beat
 
     assert beat() == VMS
     count(paths["b"], 4)

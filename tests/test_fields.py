@@ -20,6 +20,18 @@ from pmem_metrics.prometheus import register
 NEW = ("rate_limiter_event_count", "rate_limiter_throttled_events")
 
 
+def v116_segment(build: Path, seg: Path, statements: str) -> Path:
+    """Create the segment *seg* by the v1.16 *build*, with *statements* run on it as ``s``."""
+    subprocess.run(
+        [sys.executable, "-c", (
+            "import sys, pmem_metrics as p; s = p.open_segment(sys.argv[1], capacity=8);"
+            + statements
+        ), str(seg)],
+        cwd=build, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return seg
+
+
 def test_field_docs_come_from_c() -> None:
     assert list(FIELD_DOCS) == list(FIELDS)
     assert FIELD_DOCS["activate_fails"] == "Number of times when activate failed on a pmem device."
@@ -48,15 +60,12 @@ def test_a_segment_of_another_build_is_read_with_its_own_fields(
     v116_build: Path, tmp_path: Path
 ) -> None:
     """A six-field build's segment, read by this (four-field) build: all six, everywhere."""
-    seg = tmp_path / "seg"
-    subprocess.run(
-        [sys.executable, "-c", (
-            "import sys, pmem_metrics as p; s = p.open_segment(sys.argv[1], capacity=8);"
-            "m = s.alloc('drv0'); m.rate_limiter_throttled_events.add(7); m.cfg_fails.add(2);"
-            "s.alloc('drv1').rate_limiter_throttled_events.add(1)"
-        ), str(seg)],
-        cwd=v116_build, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    seg = v116_segment(
+        v116_build,
+        tmp_path / "seg",
+        "m = s.alloc('drv0'); m.rate_limiter_throttled_events.add(7); m.cfg_fails.add(2);"
+        "s.alloc('drv1').rate_limiter_throttled_events.add(1)",
+    )
     with pytest.raises(p.InvalidSegmentError) as e:  # a writer: what would it count into?
         p.open_segment(seg, create=False)
     assert e.value.errno == errno.EPROTO
@@ -98,14 +107,9 @@ def test_the_opentelemetry_bridge_reports_another_builds_fields(
 
     from pmem_metrics.otel import instrument
 
-    seg = tmp_path / "seg"
-    subprocess.run(
-        [sys.executable, "-c", (
-            "import sys, pmem_metrics as p; s = p.open_segment(sys.argv[1], capacity=8);"
-            "s.alloc('drv0').rate_limiter_throttled_events.add(5)"
-        ), str(seg)],
-        cwd=v116_build, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    seg = v116_segment(
+        v116_build, tmp_path / "seg", "s.alloc('drv0').rate_limiter_throttled_events.add(5)"
+    )
     reader = InMemoryMetricReader()
     handle = instrument(
         MeterProvider(metric_readers=[reader]),
