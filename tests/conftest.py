@@ -34,6 +34,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """
     return max(1, min(WORKERS_MAX, len(os.sched_getaffinity(0))))
 
+
 # Firecracker v1.16's two rate-limiter counters, as the README's Compatibility note adds them.
 V116_FIELDS = (
     '\tX(rate_limiter_event_count, "Number of events associated with the rate limiter.") \\\n'
