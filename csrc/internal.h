@@ -311,6 +311,8 @@ int pmi_seg_ref_get(struct pmi_seg *g, uint64_t s);
 void pmi_seg_ref_put(struct pmi_seg *g, uint64_t s);
 /* Whether another process holds a reference to slot `s` (the kernel knows its lock). */
 bool pmi_seg_referenced(const struct pmi_seg *g, uint64_t s);
+/* Whether another process holds a reference to any slot in [lo, hi): one system call. */
+bool pmi_seg_any_referenced(const struct pmi_seg *g, uint64_t lo, uint64_t hi);
 /* After fork(): the child's own locks for the references it inherited. */
 int pmi_seg_refs_after_fork(struct pmi_seg *g);
 

@@ -636,8 +636,10 @@ const uint64_t *pmem_metrics_snapshot_counts(const struct pmem_metrics_snapshot 
 /*
  * A segment's room (pmem_metrics_registry_stats()) as read with the
  * snapshot's counts, from the same reading of the file: what a scrape
- * shows beside them, at no extra cost.  0, or -1 with errno EINVAL for
- * NULL or a snapshot of a private registry (ask the registry instead).
+ * shows beside them, at no extra cost.  A peek's only: a flush has no use
+ * for it and does not read it.  0, or -1 with errno EINVAL for NULL, a
+ * flush's snapshot, or a snapshot of a private registry (ask the registry
+ * instead).
  */
 int pmem_metrics_snapshot_stats(const struct pmem_metrics_snapshot *s,
 				struct pmem_metrics_registry_stats *out);

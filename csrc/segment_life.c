@@ -68,6 +68,9 @@ void pmi_seg_drain(struct pmi_seg *g, const struct pmi_reported *rep)
 void pmi_seg_view_stats(const struct pmi_seg *g, const struct pmi_seg_view *v,
 			struct pmem_metrics_registry_stats *out)
 {
+	/* One lock test for every slot: a slot's own only if another process holds any. */
+	bool others = pmi_seg_any_referenced(g, 0, v->high);
+
 	out->capacity = g->capacity;
 	out->alloc_failures = v->alloc_failures;
 	out->devices = 0;
@@ -79,7 +82,7 @@ void pmi_seg_view_stats(const struct pmi_seg *g, const struct pmi_seg_view *v,
 		/* A drained device whose references are all given back is room, not a device. */
 		out->retired += state == DEV_RETIRED ||
 				(state == DEV_DRAINED &&
-				 ((g->refs && g->refs[s] != 0) || pmi_seg_referenced(g, s)));
+				 ((g->refs && g->refs[s] != 0) || (others && pmi_seg_referenced(g, s))));
 	}
 }
 

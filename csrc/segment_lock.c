@@ -106,6 +106,18 @@ bool pmi_seg_referenced(const struct pmi_seg *g, uint64_t s)
 	return g->lock_fd >= 0 && ofd_held(g->lock_fd, ref_byte(s));
 }
 
+bool pmi_seg_any_referenced(const struct pmi_seg *g, uint64_t lo, uint64_t hi)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ref_byte(lo),
+			   .l_len = (off_t)(hi - lo)};
+
+	if (g->lock_fd < 0 || hi <= lo)
+		return false;
+	if (fcntl(g->lock_fd, F_OFD_GETLK, &fl) != 0)
+		return true; /* cannot tell: as held */
+	return fl.l_type != F_UNLCK;
+}
+
 int pmi_seg_refs_after_fork(struct pmi_seg *g)
 {
 	g->ref_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;

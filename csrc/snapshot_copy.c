@@ -245,8 +245,13 @@ static int load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state
 		err = pmi_seg_view(r->seg, &v);
 	if (err)
 		return err;
-	/* The segment's room, from the same reading: a scrape reads both at once. */
-	pmi_seg_view_stats(r->seg, &v, &room);
+	/*
+	 * The segment's room, from the same reading: a scrape reads both at
+	 * once.  Only a peek shows it; a flush (flush lock held) has no use for
+	 * it, and it costs a lock test a drained slot.
+	 */
+	if (state == SNAPSHOT_PEEK)
+		pmi_seg_view_stats(r->seg, &v, &room);
 	/*
 	 * Room for every device slot, not only the index's: a sort of the slots
 	 * (the index out of order) can list more than the index did.
@@ -268,8 +273,9 @@ static int load_segment(struct pmem_metrics_registry *r, enum pmi_snapshot_state
 		return err == EAGAIN ? EBADMSG : err;
 	}
 	pmi_seg_view_free(&v);
-	s->has_room = true;
-	s->room = room;
+	s->has_room = state == SNAPSHOT_PEEK;
+	if (s->has_room)
+		s->room = room;
 	*out = s;
 	return 0;
 }

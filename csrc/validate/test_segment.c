@@ -732,6 +732,7 @@ static bool a_killed_holder_gives_its_references_back(const void *arg)
 	int before = check_failures;
 	struct pmem_metrics_registry *r = pmem_metrics_registry_open(seg_path("churn2"), 1, 0600);
 	struct pmem_metrics *x = r ? pmem_metrics_registry_alloc(r, "x") : NULL;
+	struct pmem_metrics_registry_stats st;
 	int fds[2];
 	pid_t pid;
 	char c;
@@ -748,8 +749,11 @@ static bool a_killed_holder_gives_its_references_back(const void *arg)
 	CHECK(pmem_metrics_registry_retire(r, "x", 1) == 0 && flush_sum(r, 0, NULL, NULL) == 0);
 	errno = 0;
 	CHECK(!pmem_metrics_registry_alloc_within(r, "y", 1, 20) && errno == ETIMEDOUT); /* held */
+	CHECK(pmem_metrics_registry_stats(r, &st) == 0 && st.devices == 0 && st.retired == 1);
+	CHECK(peek_stats_agree(r)); /* drained but held elsewhere: retired, not room */
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
+	CHECK(pmem_metrics_registry_stats(r, &st) == 0 && st.devices == 0 && st.retired == 0);
 	CHECK(pmem_metrics_registry_alloc(r, "y") != NULL); /* the kernel let its lock go */
 	close(fds[0]);
 	close(fds[1]);
@@ -1449,6 +1453,11 @@ static bool room_read_only(const void *arg)
 	CHECK(m[0] && m[1] && m[2] && !pmem_metrics_registry_alloc(r, "d"));
 	CHECK(r && pmem_metrics_registry_retire(r, "b", 1) == 0);
 	CHECK(r && peek_stats_agree(r) && pmem_metrics_registry_stats(r, &want) == 0);
+	s = r ? pmem_metrics_registry_snapshot_take(r) : NULL; /* a flush reads no room */
+	errno = 0;
+	CHECK(s && pmem_metrics_snapshot_stats(s, &got) == -1 && errno == EINVAL);
+	pmem_metrics_snapshot_abort(s);
+	s = NULL;
 	for (int i = 0; i < 3; i++)
 		if (m[i])
 			pmem_metrics_release(m[i]);
