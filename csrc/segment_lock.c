@@ -26,10 +26,10 @@ static int ofd_lock(int fd, off_t byte, short type)
 	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
 }
 
-/* Whether another description holds a lock on `byte` that a write lock would meet. */
-static bool ofd_held(int fd, off_t byte)
+/* Whether another description holds a lock a write lock would meet on `len` bytes from `byte`. */
+static bool ofd_held(int fd, off_t byte, off_t len)
 {
-	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = len};
 
 	if (fcntl(fd, F_OFD_GETLK, &fl) != 0)
 		return true; /* cannot tell: as held */
@@ -103,19 +103,12 @@ void pmi_seg_ref_put(struct pmi_seg *g, uint64_t s)
 
 bool pmi_seg_referenced(const struct pmi_seg *g, uint64_t s)
 {
-	return g->lock_fd >= 0 && ofd_held(g->lock_fd, ref_byte(s));
+	return pmi_seg_any_referenced(g, s, s + 1);
 }
 
 bool pmi_seg_any_referenced(const struct pmi_seg *g, uint64_t lo, uint64_t hi)
 {
-	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = ref_byte(lo),
-			   .l_len = (off_t)(hi - lo)};
-
-	if (g->lock_fd < 0 || hi <= lo)
-		return false;
-	if (fcntl(g->lock_fd, F_OFD_GETLK, &fl) != 0)
-		return true; /* cannot tell: as held */
-	return fl.l_type != F_UNLCK;
+	return g->lock_fd >= 0 && hi > lo && ofd_held(g->lock_fd, ref_byte(lo), (off_t)(hi - lo));
 }
 
 int pmi_seg_refs_after_fork(struct pmi_seg *g)
